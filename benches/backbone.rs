@@ -1,0 +1,2 @@
+//! `cargo bench --bench backbone` (filled in by the backbone work).
+fn main() {}

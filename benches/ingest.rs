@@ -1,0 +1,2 @@
+//! `cargo bench --bench ingest` (filled in by the ingest work).
+fn main() {}

@@ -1,0 +1,490 @@
+//! The one configuration every stage reads (`configs/default.yaml`).
+//!
+//! Every section denies unknown keys so a typo in a miner's config is an error that names the key
+//! and the file, not a silently ignored setting. CLI flags and `--set a.b=value` override it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The embedded default configuration, identical to `configs/default.yaml`.
+pub const DEFAULT_YAML: &str = include_str!("../configs/default.yaml");
+
+/// Top-level configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub paths: PathsConfig,
+    pub ingest: IngestConfig,
+    pub split: SplitConfig,
+    pub mix: MixConfig,
+    pub augment: AugmentConfig,
+    pub backbone: BackboneConfig,
+    pub head: HeadConfig,
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+    pub serve: ServeConfig,
+    pub cycle: CycleConfig,
+}
+
+/// Where artifacts live on disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Root of `datasets/<name>/manifest.parquet` and the content-addressed image store.
+    pub datasets: PathBuf,
+    /// Root of `checkpoints/<run-id>/`.
+    pub checkpoints: PathBuf,
+    /// Root of `exports/<name>-<version>/`.
+    pub exports: PathBuf,
+    /// On-disk feature cache.
+    pub feature_cache: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            datasets: "datasets".into(),
+            checkpoints: "checkpoints".into(),
+            exports: "exports".into(),
+            feature_cache: "datasets/.features".into(),
+        }
+    }
+}
+
+/// `sv72 ingest` settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Folder name holding positive (roadwork) images in a folder-tree source.
+    pub positive_dir: String,
+    /// Folder name holding negative (no roadwork) images in a folder-tree source.
+    pub negative_dir: String,
+    /// Parquet column with the `{bytes, path}` image struct (NATIX / HF datasets layout).
+    pub parquet_image_column: String,
+    /// Parquet column with the integer label (1 = roadwork, 0 = none).
+    pub parquet_label_column: String,
+    /// Rows read from a Parquet file at a time (bounds memory).
+    pub parquet_batch_rows: usize,
+    /// Images larger than this many pixels are quarantined (decompression bombs).
+    pub max_pixels: u64,
+    /// Files larger than this many bytes are quarantined.
+    pub max_file_bytes: u64,
+    /// Perceptual hashes within this Hamming distance form one near-duplicate group.
+    pub near_dup_radius: u32,
+    /// Worker threads for decoding and hashing (0 = all cores).
+    pub threads: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            positive_dir: "roadwork".into(),
+            negative_dir: "none".into(),
+            parquet_image_column: "image".into(),
+            parquet_label_column: "label".into(),
+            parquet_batch_rows: 256,
+            max_pixels: 40_000_000,
+            max_file_bytes: 64 * 1024 * 1024,
+            near_dup_radius: 6,
+            threads: 0,
+        }
+    }
+}
+
+/// Deterministic train/val/test fractions; they must sum to 1.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    pub train: f64,
+    pub val: f64,
+    pub test: f64,
+    /// Mixed into the group hash; changing it reshuffles every split.
+    pub salt: String,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            train: 0.8,
+            val: 0.1,
+            test: 0.1,
+            salt: "sv72".into(),
+        }
+    }
+}
+
+/// `sv72 synth-mix` settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixConfig {
+    /// Target share of synthetic images within each label of the training split.
+    pub synthetic_fraction: f64,
+    /// Class balancing: `equal` (same count per label) or `none` (keep natural counts).
+    pub balance: String,
+    /// Seed for sampling.
+    pub seed: u64,
+    /// Augmented variants materialised on disk per training image (0 = none).
+    pub materialize_variants: usize,
+}
+
+impl Default for MixConfig {
+    fn default() -> Self {
+        Self {
+            synthetic_fraction: 0.5,
+            balance: "equal".into(),
+            seed: 72,
+            materialize_variants: 0,
+        }
+    }
+}
+
+/// Augmentation settings shared by synth-mix, training and evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    pub seed: u64,
+    /// Probability of validator levels 0..=3 (the subnet uses 0.25 each).
+    pub level_probs: [f64; 4],
+    /// The subnet's flip transforms never fire (their params are pre-set to `{}`); `false`
+    /// reproduces that faithfully, `true` flips with p = 0.5 as the transform names suggest.
+    pub validator_flips: bool,
+    /// Probability that a training view also gets one dash-cam weather/capture op.
+    pub weather_prob: f64,
+    /// Output side of validator challenges.
+    pub target_size: u32,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            seed: 72,
+            level_probs: [0.25; 4],
+            validator_flips: false,
+            weather_prob: 0.3,
+            target_size: 224,
+        }
+    }
+}
+
+/// The frozen feature extractor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackboneConfig {
+    /// A snapshot folder or a Hugging Face model name found in the HF cache.
+    pub model: String,
+    /// Hub revision used by `fetch-backbone` and cache lookups.
+    pub revision: String,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// `f32`, `f16` or `bf16` (half precision only on CUDA).
+    pub dtype: String,
+    pub batch_size: usize,
+    /// `validator` = the fixed 224x224 path validators send; `processor` = the checkpoint's
+    /// own `preprocessor_config.json`.
+    pub preprocess: String,
+}
+
+impl Default for BackboneConfig {
+    fn default() -> Self {
+        Self {
+            model: "facebook/dinov2-with-registers-small".into(),
+            revision: "main".into(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            batch_size: 8,
+            preprocess: "validator".into(),
+        }
+    }
+}
+
+/// Classification head on frozen features.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadConfig {
+    /// `linear` on [CLS ; mean patch] or `mlp`.
+    pub kind: String,
+    pub hidden: usize,
+    pub dropout: f64,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self {
+            kind: "linear".into(),
+            hidden: 256,
+            dropout: 0.1,
+        }
+    }
+}
+
+/// `sv72 train-head` settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_epochs: usize,
+    pub label_smoothing: f64,
+    /// Early stopping patience in epochs on validation MCC.
+    pub patience: usize,
+    pub seed: u64,
+    /// Augmented views per training image whose features are also used.
+    pub views: usize,
+    /// Weights & Biases project; live logging only when this and WANDB_API_KEY are set.
+    pub wandb_project: Option<String>,
+    pub wandb_entity: Option<String>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 60,
+            batch_size: 256,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            warmup_epochs: 3,
+            label_smoothing: 0.0,
+            patience: 10,
+            seed: 72,
+            views: 2,
+            wandb_project: None,
+            wandb_entity: None,
+        }
+    }
+}
+
+/// `sv72 eval` settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    pub seed: u64,
+    /// Augmented draws per image per validator level.
+    pub draws_per_image: usize,
+    /// Simulated challenge sequences for the expected subnet score.
+    pub score_sequences: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            seed: 72,
+            draws_per_image: 1,
+            score_sequences: 1000,
+        }
+    }
+}
+
+/// `sv72 serve` settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Bittensor wallet name and hotkey under `~/.bittensor/wallets`.
+    pub wallet_name: String,
+    pub wallet_hotkey: String,
+    /// Metagraph snapshot (hotkey, uid, stake, validator_permit).
+    pub metagraph: PathBuf,
+    pub min_stake: f64,
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+    pub max_body_bytes: usize,
+    pub max_image_pixels: u64,
+    /// Deployed export that serve loads and watches for hot swaps.
+    pub model: PathBuf,
+    /// Answer for an image that cannot be decoded.
+    pub fallback_prediction: f64,
+    pub prediction_log: PathBuf,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8091,
+            wallet_name: "default".into(),
+            wallet_hotkey: "default".into(),
+            metagraph: "metagraph.json".into(),
+            min_stake: 1000.0,
+            max_batch: 16,
+            max_wait_ms: 5,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_image_pixels: 40_000_000,
+            model: "exports/deployed".into(),
+            fallback_prediction: 0.5,
+            prediction_log: "logs/predictions.jsonl".into(),
+        }
+    }
+}
+
+/// The 60-day retraining cycle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CycleConfig {
+    /// The deployed export's `model_card.json`.
+    pub model_card: PathBuf,
+    /// Days a submission stays valid before its reward decays to zero.
+    pub valid_days: u32,
+    pub alert_days: Vec<u32>,
+    pub retrain_day: u32,
+    /// Minimum MCC gain for `ab-test` to promote the challenger.
+    pub min_gain: f64,
+}
+
+impl Default for CycleConfig {
+    fn default() -> Self {
+        Self {
+            model_card: "exports/deployed/model_card.json".into(),
+            valid_days: 90,
+            alert_days: vec![45, 60, 75, 90],
+            retrain_day: 60,
+            min_gain: 0.0,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the embedded default when `None`) and applies `key.path=value` overrides.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?,
+                p.display().to_string(),
+            ),
+            None => (
+                DEFAULT_YAML.to_string(),
+                "the embedded default config".to_string(),
+            ),
+        };
+        let mut value: serde_yaml::Value =
+            serde_yaml::from_str(&text).with_context(|| format!("{origin} is not valid YAML"))?;
+        if value.is_null() {
+            value = serde_yaml::Value::Mapping(Default::default());
+        }
+        for ov in overrides {
+            apply_override(&mut value, ov)?;
+        }
+        let cfg: Config = serde_yaml::from_value(value).map_err(|e| {
+            anyhow::anyhow!("{origin}: {e}. Fix or remove that key (see configs/default.yaml)")
+        })?;
+        cfg.validate()
+            .with_context(|| format!("invalid settings in {origin}"))?;
+        Ok(cfg)
+    }
+
+    /// Checks cross-field constraints that serde cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.split;
+        for (k, v) in [
+            ("split.train", s.train),
+            ("split.val", s.val),
+            ("split.test", s.test),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{k} = {v} must be within [0, 1]");
+            }
+        }
+        if ((s.train + s.val + s.test) - 1.0).abs() > 1e-6 {
+            bail!(
+                "split.train + split.val + split.test = {} must sum to 1",
+                s.train + s.val + s.test
+            );
+        }
+        if !(0.0..=1.0).contains(&self.mix.synthetic_fraction) {
+            bail!(
+                "mix.synthetic_fraction = {} must be within [0, 1]",
+                self.mix.synthetic_fraction
+            );
+        }
+        if !matches!(self.mix.balance.as_str(), "equal" | "none") {
+            bail!(
+                "mix.balance = {:?} must be `equal` or `none`",
+                self.mix.balance
+            );
+        }
+        let p: f64 = self.augment.level_probs.iter().sum();
+        if (p - 1.0).abs() > 1e-6 || self.augment.level_probs.iter().any(|x| *x < 0.0) {
+            bail!("augment.level_probs must be non-negative and sum to 1 (got {p})");
+        }
+        if !matches!(self.backbone.preprocess.as_str(), "validator" | "processor") {
+            bail!(
+                "backbone.preprocess = {:?} must be `validator` or `processor`",
+                self.backbone.preprocess
+            );
+        }
+        if !matches!(self.backbone.device.as_str(), "cpu" | "cuda") {
+            bail!(
+                "backbone.device = {:?} must be `cpu` or `cuda`",
+                self.backbone.device
+            );
+        }
+        if !matches!(self.backbone.dtype.as_str(), "f32" | "f16" | "bf16") {
+            bail!(
+                "backbone.dtype = {:?} must be `f32`, `f16` or `bf16`",
+                self.backbone.dtype
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Sets `a.b.c=value` in a YAML tree; the value is parsed as YAML so numbers stay numbers.
+fn apply_override(root: &mut serde_yaml::Value, ov: &str) -> Result<()> {
+    let (key, raw) = ov.split_once('=').with_context(|| {
+        format!("--set {ov:?}: expected KEY=VALUE, e.g. mix.synthetic_fraction=0.4")
+    })?;
+    let value: serde_yaml::Value = serde_yaml::from_str(raw)
+        .with_context(|| format!("--set {key}: value {raw:?} is not valid YAML"))?;
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let map = node
+            .as_mapping_mut()
+            .with_context(|| format!("--set {key}: {} is not a section", parts[..i].join(".")))?;
+        let k = serde_yaml::Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map
+            .entry(k)
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    }
+    bail!("--set {ov:?}: empty key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_equals_struct_default() {
+        let cfg = Config::load(None, &[]).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.yaml");
+        std::fs::write(&p, "mix:\n  synthetic_fractoin: 0.3\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&p), &[]).unwrap_err());
+        assert!(err.contains("synthetic_fractoin"), "{err}");
+        assert!(err.contains("bad.yaml"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_and_validate() {
+        let cfg = Config::load(None, &["mix.synthetic_fraction=0.3".into()]).unwrap();
+        assert_eq!(cfg.mix.synthetic_fraction, 0.3);
+        let err = Config::load(None, &["split.train=0.9".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("sum to 1"));
+        let err = Config::load(None, &["mix.nope=1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("nope"));
+    }
+}

@@ -1,0 +1,3 @@
+//! The data layer: manifests, ingest, and the training mix.
+
+pub mod manifest;

@@ -1,0 +1,11 @@
+//! sv72: a NATIX StreetVision (Bittensor subnet 72) miner toolkit.
+//!
+//! Library layout, imports flowing downwards only:
+//! `cli` → stages (`data`, `augment`, `model`, `features`) → `backend`, `config`, `util`.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod util;

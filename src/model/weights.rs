@@ -1,0 +1,269 @@
+//! Memory-mapped safetensors checkpoints (single file or sharded with an index).
+//!
+//! Tensors are converted to f32 one at a time straight from the mapping, so loading peaks at the
+//! model's size plus one tensor, not twice the checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+/// File names of a Hugging Face snapshot's weights.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// Index of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// A snapshot's weights: one or more mapped safetensors files and where each tensor lives.
+pub struct Weights {
+    files: Vec<(PathBuf, Mmap)>,
+    location: HashMap<String, usize>,
+}
+
+impl Weights {
+    /// Opens `dir/model.safetensors`, or the shards listed in `dir/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join(SINGLE_FILE);
+        let index = dir.join(INDEX_FILE);
+        let shard_files: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index)
+                .with_context(|| format!("cannot read {}", index.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", index.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .with_context(|| format!("{} has no `weight_map` object", index.display()))?;
+            let mut uniq: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            uniq.sort();
+            uniq.dedup();
+            uniq.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            bail!(
+                "no weights in {}: expected {SINGLE_FILE} or {INDEX_FILE} (download the snapshot with `sv72 fetch-backbone`)",
+                dir.display()
+            );
+        };
+        Self::open_files(&shard_files)
+    }
+
+    /// Maps the given safetensors files.
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut location = HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let f = File::open(path)
+                .with_context(|| format!("cannot open weights file {}", path.display()))?;
+            // SAFETY: the file is opened read-only; sv72 never writes a checkpoint it has mapped,
+            // and a concurrent external truncation is the same hazard every safetensors reader takes.
+            let mmap = unsafe { Mmap::map(&f) }
+                .with_context(|| format!("cannot map weights file {}", path.display()))?;
+            let st = SafeTensors::deserialize(&mmap).with_context(|| {
+                format!(
+                    "{} is not a valid safetensors file (truncated download?)",
+                    path.display()
+                )
+            })?;
+            for name in st.names() {
+                location.insert(name.to_string(), i);
+            }
+            files.push((path.clone(), mmap));
+        }
+        Ok(Self { files, location })
+    }
+
+    /// Whether a tensor of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.location.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Shape and dtype of every tensor, by name.
+    pub fn shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
+        let mut out = BTreeMap::new();
+        for name in self.location.keys() {
+            let (view, _) = self.view(name)?;
+            out.insert(name.clone(), view.shape().to_vec());
+        }
+        Ok(out)
+    }
+
+    fn view(&self, name: &str) -> Result<(safetensors::tensor::TensorView<'_>, &Path)> {
+        let Some(&i) = self.location.get(name) else {
+            let files: Vec<String> = self
+                .files
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect();
+            bail!("tensor `{name}` is missing from {}", files.join(", "));
+        };
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap)
+            .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+        let view = st
+            .tensor(name)
+            .with_context(|| format!("tensor `{name}` in {}", path.display()))?;
+        Ok((view, path))
+    }
+
+    /// The tensor as f32 values with its shape (f16/bf16/f64 are converted).
+    pub fn f32_data(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (view, path) = self.view(name)?;
+        let bytes = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F64 => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            other => bail!(
+                "tensor `{name}` in {} has dtype {other:?}; expected a float type",
+                path.display()
+            ),
+        };
+        Ok((values, view.shape().to_vec()))
+    }
+
+    /// Loads tensor `name`, checking that its shape is exactly `shape`.
+    pub fn tensor<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let (values, found) = self.f32_data(name)?;
+        if found != shape {
+            let (_, path) = self.view(name)?;
+            bail!(
+                "tensor `{name}` in {} has shape {found:?}, but the config implies {shape:?} (config.json and weights disagree)",
+                path.display()
+            );
+        }
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// Like [`Weights::tensor`] for an optional tensor: `None` when absent.
+    pub fn tensor_opt<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Option<Tensor<B, D>>> {
+        if self.contains(name) {
+            self.tensor(name, shape, device).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The first prefix (e.g. `""`, `"dinov2."`) under which `probe` exists.
+    pub fn detect_prefix<'a>(&self, probe: &str, candidates: &[&'a str]) -> Option<&'a str> {
+        candidates
+            .iter()
+            .copied()
+            .find(|p| self.contains(&format!("{p}{probe}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    type B = burn::backend::Flex;
+
+    fn write_st(path: &Path, tensors: &[(&str, Vec<f32>, Vec<usize>)]) {
+        let bufs: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+            .iter()
+            .map(|(n, v, s)| {
+                (
+                    n.to_string(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    s.clone(),
+                )
+            })
+            .collect();
+        let views: HashMap<String, safetensors::tensor::TensorView<'_>> = bufs
+            .iter()
+            .map(|(n, b, s)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+
+    #[test]
+    fn loads_single_and_sharded_and_reports_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        write_st(
+            &dir.path().join("model.safetensors"),
+            &[("a", vec![1.0, 2.0], vec![2])],
+        );
+        let w = Weights::open(dir.path()).unwrap();
+        let t: Tensor<B, 1> = w.tensor("a", [2], &Default::default()).unwrap();
+        assert_eq!(t.into_data().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+        let e = w
+            .tensor::<B, 1>("a", [3], &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`a`") && e.contains("model.safetensors") && e.contains("[3]"),
+            "{e}"
+        );
+        let e = w
+            .tensor::<B, 1>("zz", [3], &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`zz`") && e.contains("missing"), "{e}");
+
+        let sh = tempfile::tempdir().unwrap();
+        write_st(
+            &sh.path().join("s1.safetensors"),
+            &[("a", vec![1.0], vec![1])],
+        );
+        write_st(
+            &sh.path().join("s2.safetensors"),
+            &[("b", vec![2.0, 3.0], vec![1, 2])],
+        );
+        std::fs::write(
+            sh.path().join(INDEX_FILE),
+            r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#,
+        )
+        .unwrap();
+        let w = Weights::open(sh.path()).unwrap();
+        assert_eq!(w.names(), vec!["a", "b"]);
+        let t: Tensor<B, 2> = w.tensor("b", [1, 2], &Default::default()).unwrap();
+        assert_eq!(t.into_data().to_vec::<f32>().unwrap(), vec![2.0, 3.0]);
+
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Weights::open(empty.path()).is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! Small shared helpers: atomic file writes, hashing, progress bars.
+
+pub mod fsx;
+pub mod hash;
+pub mod progress;

@@ -1,0 +1,42 @@
+//! The binary's surface: help lists every stage, config errors are clear.
+
+use std::process::Command;
+
+fn sv72() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sv72"))
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = sv72().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "ingest",
+        "synth-mix",
+        "train-head",
+        "eval",
+        "ab-test",
+        "export",
+        "serve",
+        "retrain-check",
+        "embed",
+        "fetch-backbone",
+    ] {
+        assert!(text.contains(cmd), "--help does not list {cmd}:\n{text}");
+    }
+}
+
+#[test]
+fn unknown_config_key_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("my.yaml");
+    std::fs::write(&cfg, "train:\n  epohcs: 3\n").unwrap();
+    let out = sv72()
+        .args(["--config", cfg.to_str().unwrap(), "train-head"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("epohcs") && err.contains("my.yaml"), "{err}");
+}
