@@ -7,5 +7,8 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
+pub mod metrics;
 pub mod model;
+pub mod train;
 pub mod util;

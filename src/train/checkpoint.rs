@@ -1,0 +1,235 @@
+//! Checkpoint folders: `checkpoints/<run-id>/{head.safetensors, run.yaml, metrics.jsonl, events…}`
+//! and the `checkpoints/latest` pointer.
+//!
+//! `head.safetensors` holds the head in PyTorch layout (`classifier.weight` `[2, 2·hidden]`,
+//! `classifier.bias` `[2]`, plus `hidden.*` for an MLP) and, in its metadata, the temperature and
+//! threshold. `latest` is a one-line file naming the run; it is replaced atomically and only after
+//! a run has written everything, so an interrupted run never becomes `latest`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use super::head::{served_probability, Head};
+use crate::config::Config;
+use crate::metrics::{BinaryMetrics, ScoreSummary};
+use crate::util::fsx;
+
+/// File name of the head weights.
+pub const HEAD_FILE: &str = "head.safetensors";
+/// File name of the run record.
+pub const RUN_FILE: &str = "run.yaml";
+/// Name of the pointer file in the checkpoints root.
+pub const LATEST: &str = "latest";
+
+/// The backbone a head was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneInfo {
+    /// `backbone.model` as given (HF name or folder).
+    pub name: String,
+    /// blake3 of the weights (the feature cache's backbone key).
+    pub weights_hash: String,
+    pub hidden_size: usize,
+    /// Preprocessing id used for the features.
+    pub preprocess: String,
+}
+
+/// The data a head was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestInfo {
+    pub path: String,
+    /// blake3 of the manifest file.
+    pub hash: String,
+    pub train_images: usize,
+    pub val_images: usize,
+    /// Feature rows used for training (images × (1 + views)).
+    pub train_rows: usize,
+    pub val_rows: usize,
+}
+
+/// Head architecture and input layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    pub kind: String,
+    pub input_dim: usize,
+    pub hidden: Option<usize>,
+    /// Always `concat(cls, patch_mean)`.
+    pub features: String,
+    /// `id2label`, index = logit.
+    pub labels: Vec<String>,
+}
+
+/// Validation results stored with the head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalMetrics {
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub val: BinaryMetrics,
+    pub val_expected_score: ScoreSummary,
+}
+
+/// Everything `run.yaml` records about a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub code_revision: String,
+    pub backbone: BackboneInfo,
+    pub manifest: ManifestInfo,
+    pub head: HeadInfo,
+    pub temperature: f64,
+    pub threshold: f64,
+    /// How served answers are computed from the logits (see `served_probability`).
+    pub served_probability: String,
+    pub metrics: FinalMetrics,
+    pub config: Config,
+}
+
+/// The formula recorded in `run.yaml`.
+pub const SERVED_FORMULA: &str =
+    "p = sigmoid((logit_roadwork - logit_none) / temperature - logit(threshold)); p > 0.5 <=> roadwork";
+
+/// `20261124T204712Z-1a2b3c4d`: UTC start time and a short hash of what the run is about.
+pub fn make_run_id(now: chrono::DateTime<chrono::Utc>, salt: &str) -> String {
+    let h = blake3::hash(format!("{salt}|{}", now.timestamp_nanos_opt().unwrap_or(0)).as_bytes());
+    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &h.to_hex()[..8])
+}
+
+/// `git describe` of the source tree when available, else the crate version.
+pub fn code_revision() -> String {
+    let version = concat!("sv72 ", env!("CARGO_PKG_VERSION"));
+    let out = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty", "--tags"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let d = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if d.is_empty() { version.to_string() } else { format!("{version} ({d})") }
+        }
+        _ => version.to_string(),
+    }
+}
+
+/// Serialises a head and its calibration into safetensors bytes.
+pub fn head_bytes<B: Backend>(head: &Head<B>, temperature: f64, threshold: f64) -> Result<Vec<u8>> {
+    let tensors = head.to_named_tensors()?;
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, v)| (n, s, bytemuck::cast_slice::<f32, u8>(&v).to_vec()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| anyhow::anyhow!("building tensor {n}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "sv72-head".to_string());
+    meta.insert("kind".to_string(), head.kind().name().to_string());
+    meta.insert("temperature".to_string(), format!("{temperature:?}"));
+    meta.insert("threshold".to_string(), format!("{threshold:?}"));
+    meta.insert("served_probability".to_string(), SERVED_FORMULA.to_string());
+    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| anyhow::anyhow!("safetensors: {e}"))
+}
+
+/// Writes `head.safetensors` and `run.yaml` into `dir`, each atomically.
+pub fn write_checkpoint<B: Backend>(dir: &Path, head: &Head<B>, info: &RunInfo) -> Result<()> {
+    fsx::write_atomic(&dir.join(HEAD_FILE), &head_bytes(head, info.temperature, info.threshold)?)?;
+    let yaml = serde_yaml::to_string(info)?;
+    fsx::write_atomic(&dir.join(RUN_FILE), yaml.as_bytes())
+}
+
+/// Points `root/latest` at `run_id` (atomic replace).
+pub fn set_latest(root: &Path, run_id: &str) -> Result<()> {
+    fsx::write_atomic(&root.join(LATEST), format!("{run_id}\n").as_bytes())
+}
+
+/// Resolves what the user named to a checkpoint folder: a run folder, a `latest` file, or (when
+/// `None`) `root/latest`.
+pub fn resolve_checkpoint(arg: Option<&Path>, root: &Path) -> Result<PathBuf> {
+    let p = arg.map(Path::to_path_buf).unwrap_or_else(|| root.join(LATEST));
+    if p.is_dir() {
+        if !p.join(HEAD_FILE).is_file() {
+            bail!("{} has no {HEAD_FILE}: not a finished sv72 checkpoint", p.display());
+        }
+        return Ok(p);
+    }
+    if p.is_file() {
+        let id = std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        let id = id.trim();
+        if id.is_empty() || id.contains(['/', '\\']) {
+            bail!("{} does not name a run (expected one run id)", p.display());
+        }
+        let dir = p.parent().unwrap_or(Path::new(".")).join(id);
+        if !dir.join(HEAD_FILE).is_file() {
+            bail!("{} names run {id}, but {} has no {HEAD_FILE}", p.display(), dir.display());
+        }
+        return Ok(dir);
+    }
+    bail!(
+        "no checkpoint at {}: train one with `sv72 train-head` or pass --checkpoint DIR",
+        p.display()
+    )
+}
+
+/// A loaded checkpoint: the head, its calibration and its record.
+#[derive(Debug)]
+pub struct Checkpoint<B: Backend> {
+    pub dir: PathBuf,
+    pub head: Head<B>,
+    pub info: RunInfo,
+}
+
+impl<B: Backend> Checkpoint<B> {
+    /// Loads `dir/head.safetensors` and `dir/run.yaml`.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        let run_path = dir.join(RUN_FILE);
+        let text = std::fs::read_to_string(&run_path)
+            .with_context(|| format!("cannot read {}", run_path.display()))?;
+        let info: RunInfo = serde_yaml::from_str(&text)
+            .with_context(|| format!("{} is not an sv72 run record", run_path.display()))?;
+        let head = load_head(&dir.join(HEAD_FILE), device)?;
+        if head.input_dim() != info.head.input_dim {
+            bail!("{}: head input width {} disagrees with run.yaml ({})", dir.display(), head.input_dim(), info.head.input_dim);
+        }
+        Ok(Checkpoint { dir: dir.to_path_buf(), head, info })
+    }
+
+    /// Served probabilities (`> 0.5` = roadwork) for row-major features `[n, input_dim]`.
+    pub fn predict_proba(&self, features: &[f32], device: &B::Device) -> Result<Vec<f64>> {
+        Ok(self
+            .head
+            .margins(features, device)?
+            .into_iter()
+            .map(|z| served_probability(z, self.info.temperature, self.info.threshold))
+            .collect())
+    }
+}
+
+/// Reads a head from a safetensors file written by [`write_checkpoint`].
+pub fn load_head<B: Backend>(path: &Path, device: &B::Device) -> Result<Head<B>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    let mut map = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
+        }
+        let v: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        map.insert(name, (view.shape().to_vec(), v));
+    }
+    Head::from_named_tensors(&map, path, device)
+}
