@@ -51,7 +51,12 @@ impl Latency {
         }
         ms.sort_by(f64::total_cmp);
         let pick = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
-        Some(Latency { device: device.into(), samples: ms.len(), p50_ms: pick(0.5), p99_ms: pick(0.99) })
+        Some(Latency {
+            device: device.into(),
+            samples: ms.len(),
+            p50_ms: pick(0.5),
+            p99_ms: pick(0.99),
+        })
     }
 }
 
@@ -93,12 +98,18 @@ fn metrics_of<'a>(preds: impl Iterator<Item = &'a EvalPrediction>) -> BinaryMetr
     BinaryMetrics::compute(&labels, &probs)
 }
 
-fn group_by(preds: &[EvalPrediction], key: impl Fn(&EvalPrediction) -> String) -> BTreeMap<String, BinaryMetrics> {
+fn group_by(
+    preds: &[EvalPrediction],
+    key: impl Fn(&EvalPrediction) -> String,
+) -> BTreeMap<String, BinaryMetrics> {
     let mut groups: BTreeMap<String, Vec<&EvalPrediction>> = BTreeMap::new();
     for p in preds {
         groups.entry(key(p)).or_default().push(p);
     }
-    groups.into_iter().map(|(k, v)| (k, metrics_of(v.into_iter()))).collect()
+    groups
+        .into_iter()
+        .map(|(k, v)| (k, metrics_of(v.into_iter())))
+        .collect()
 }
 
 fn score_items(preds: &[EvalPrediction]) -> Vec<ScoreItem> {
@@ -114,12 +125,21 @@ fn score_items(preds: &[EvalPrediction]) -> Vec<ScoreItem> {
 }
 
 /// Builds the report from predictions.
-pub fn build_report(preds: &[EvalPrediction], meta: EvalMeta, latency: Option<Latency>) -> Result<EvalReport> {
+pub fn build_report(
+    preds: &[EvalPrediction],
+    meta: EvalMeta,
+    latency: Option<Latency>,
+) -> Result<EvalReport> {
     if preds.is_empty() {
-        anyhow::bail!("nothing to evaluate: the {} split of {} has no images", meta.split, meta.manifest);
+        anyhow::bail!(
+            "nothing to evaluate: the {} split of {} has no images",
+            meta.split,
+            meta.manifest
+        );
     }
     let items = score_items(preds);
-    let expected_score = simulate_scores(&items, meta.level_probs, meta.score_sequences, meta.seed)?;
+    let expected_score =
+        simulate_scores(&items, meta.level_probs, meta.score_sequences, meta.seed)?;
     let mut score_by_level = BTreeMap::new();
     for level in 0..4u8 {
         let sub: Vec<ScoreItem> = items.iter().copied().filter(|i| i.level == level).collect();
@@ -142,7 +162,13 @@ pub fn build_report(preds: &[EvalPrediction], meta: EvalMeta, latency: Option<La
         overall: BinaryMetrics::compute(&labels, &probs),
         by_source: group_by(preds, |p| p.source.as_str().to_string()),
         by_generator: group_by(preds, |p| format!("{}/{}", p.source, p.generator)),
-        by_label: group_by(preds, |p| if p.label == 1 { "roadwork".into() } else { "none".into() }),
+        by_label: group_by(preds, |p| {
+            if p.label == 1 {
+                "roadwork".into()
+            } else {
+                "none".into()
+            }
+        }),
         by_level: group_by(preds, |p| p.level.to_string()),
         expected_score,
         score_by_level,
@@ -166,8 +192,16 @@ pub fn render_markdown(r: &EvalReport) -> String {
     let m = &r.meta;
     let _ = writeln!(s, "# sv72 eval — run {}\n", m.run_id);
     let _ = writeln!(s, "- checkpoint: `{}`", m.checkpoint);
-    let _ = writeln!(s, "- data: `{}` split `{}` (manifest blake3 `{}`), {} images", m.manifest, m.split, m.manifest_hash, r.images);
-    let _ = writeln!(s, "- validator challenge pipeline: seed {}, {} draw(s) per image per level 0–3", m.seed, m.draws_per_image);
+    let _ = writeln!(
+        s,
+        "- data: `{}` split `{}` (manifest blake3 `{}`), {} images",
+        m.manifest, m.split, m.manifest_hash, r.images
+    );
+    let _ = writeln!(
+        s,
+        "- validator challenge pipeline: seed {}, {} draw(s) per image per level 0–3",
+        m.seed, m.draws_per_image
+    );
     let _ = writeln!(s, "- created: {}\n", r.created_at);
     let e = &r.expected_score;
     let _ = writeln!(s, "## Expected subnet score\n");
@@ -175,7 +209,11 @@ pub fn render_markdown(r: &EvalReport) -> String {
     if !r.score_by_level.is_empty() {
         let _ = writeln!(s, "| level | mean | p05 | p95 |\n|---|---|---|---|");
         for (l, sc) in &r.score_by_level {
-            let _ = writeln!(s, "| {l} | {:.4} | {:.4} | {:.4} |", sc.mean, sc.p05, sc.p95);
+            let _ = writeln!(
+                s,
+                "| {l} | {:.4} | {:.4} | {:.4} |",
+                sc.mean, sc.p05, sc.p95
+            );
         }
         let _ = writeln!(s, "\n![score by level](score_by_level.png)\n");
     }
@@ -188,14 +226,22 @@ pub fn render_markdown(r: &EvalReport) -> String {
     let _ = writeln!(s, "## Metrics (answers rounded at 0.5, as validators do)\n");
     s.push_str(&header);
     s.push_str(&row("overall", &r.overall));
-    for (title, map) in [("source", &r.by_source), ("generator", &r.by_generator), ("label", &r.by_label), ("level", &r.by_level)] {
+    for (title, map) in [
+        ("source", &r.by_source),
+        ("generator", &r.by_generator),
+        ("label", &r.by_label),
+        ("level", &r.by_level),
+    ] {
         for (k, v) in map {
             s.push_str(&row(&format!("{title}: {k}"), v));
         }
     }
     let c = &r.overall.confusion;
     let _ = writeln!(s, "\n## Confusion matrix\n\n| true \\ predicted | None | Roadwork |\n|---|---|---|\n| None | {} | {} |\n| Roadwork | {} | {} |\n", c.tn, c.fp, c.fn_, c.tp);
-    let _ = writeln!(s, "![confusion](confusion.png) ![ROC](roc.png) ![reliability](reliability.png)\n");
+    let _ = writeln!(
+        s,
+        "![confusion](confusion.png) ![ROC](roc.png) ![reliability](reliability.png)\n"
+    );
     let _ = writeln!(s, "Plots have no text: axes span 0–1; ROC = blue over the grey chance line; reliability = blue bars (fraction roadwork per probability bin), orange dots (mean served probability), grey diagonal (perfect calibration); score by level = bars for levels 0–3 with 5–95% whiskers; confusion rows = true None/Roadwork, columns = predicted None/Roadwork.");
     s
 }
@@ -210,10 +256,18 @@ pub fn summary_table(r: &EvalReport) -> String {
         o.roc_auc.map_or("–".into(), |a| format!("{a:.4}")), o.ece, o.brier, e.mean, e.p05, e.p95
     );
     for (l, m) in &r.by_level {
-        let _ = writeln!(s, "  level {l}: accuracy {:.4}  MCC {:.4}", m.accuracy, m.mcc);
+        let _ = writeln!(
+            s,
+            "  level {l}: accuracy {:.4}  MCC {:.4}",
+            m.accuracy, m.mcc
+        );
     }
     if let Some(l) = &r.latency {
-        let _ = writeln!(s, "  latency ({}): p50 {:.2} ms  p99 {:.2} ms", l.device, l.p50_ms, l.p99_ms);
+        let _ = writeln!(
+            s,
+            "  latency ({}): p50 {:.2} ms  p99 {:.2} ms",
+            l.device, l.p50_ms, l.p99_ms
+        );
     }
     s
 }
@@ -234,8 +288,15 @@ pub fn write_report(dir: &Path, r: &EvalReport, preds: &[EvalPrediction]) -> Res
         .collect();
     plots::score_by_level_png(&p("score_by_level.png"), &levels)?;
     plots::confusion_png(&p("confusion.png"), &r.overall.confusion)?;
-    Ok(["report.json", "report.md", "roc.png", "reliability.png", "score_by_level.png", "confusion.png"]
-        .iter()
-        .map(|n| p(n))
-        .collect())
+    Ok([
+        "report.json",
+        "report.md",
+        "roc.png",
+        "reliability.png",
+        "score_by_level.png",
+        "confusion.png",
+    ]
+    .iter()
+    .map(|n| p(n))
+    .collect())
 }

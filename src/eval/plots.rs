@@ -40,7 +40,10 @@ impl Canvas {
     fn px(&self, x: f64, y: f64) -> (i64, i64) {
         let pw = (W as i64 - 2 * M) as f64;
         let ph = (H as i64 - 2 * M) as f64;
-        (M + (x.clamp(0.0, 1.0) * pw).round() as i64, H as i64 - M - (y.clamp(0.0, 1.0) * ph).round() as i64)
+        (
+            M + (x.clamp(0.0, 1.0) * pw).round() as i64,
+            H as i64 - M - (y.clamp(0.0, 1.0) * ph).round() as i64,
+        )
     }
 
     fn put(&mut self, x: i64, y: i64, c: Rgb<u8>) {
@@ -104,8 +107,10 @@ impl Canvas {
 
     fn save(self, path: &Path) -> Result<()> {
         let mut bytes = Vec::new();
-        self.0
-            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+        self.0.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )?;
         fsx::write_atomic(path, &bytes)
     }
 }

@@ -12,6 +12,5 @@ pub use calibration::{
 };
 pub use classify::{roc_auc, roc_curve, BinaryMetrics, Confusion};
 pub use score::{
-    choose_threshold, simulate_scores, MinerTracker, ScoreItem, ScoreSummary,
-    REWARD_CURVE_EXPONENT,
+    choose_threshold, simulate_scores, MinerTracker, ScoreItem, ScoreSummary, REWARD_CURVE_EXPONENT,
 };

@@ -113,7 +113,11 @@ impl MinerTracker {
         }
         let m100 = self.metrics(HISTORY_LEN);
         let m10 = self.metrics(ACCURACY_WINDOW);
-        let penalty = if (0.0..=1.0).contains(&pred) { 1.0 } else { 0.0 };
+        let penalty = if (0.0..=1.0).contains(&pred) {
+            1.0
+        } else {
+            0.0
+        };
         ((0.5 * m100.mcc + 0.5 * m10.accuracy) * penalty).powf(REWARD_CURVE_EXPONENT)
     }
 }
@@ -273,8 +277,8 @@ pub fn simulate_scores(
 }
 
 /// Picks the decision threshold on calibrated probabilities (`items[i].prob`) that maximises the
-/// expected subnet score; candidates are 0.5 and midpoints between distinct probabilities (at most
-/// ~200, by quantile). Ties go to the candidate closest to 0.5. Returns `(threshold, score)`.
+/// expected subnet score; candidates are 0.5 and the midpoints between neighbouring distinct
+/// probabilities (thinned evenly to at most 512 when there are more). Ties go to the candidate closest to 0.5. Returns `(threshold, score)`.
 pub fn choose_threshold(
     items: &[ScoreItem],
     level_probs: [f64; 4],
@@ -286,9 +290,13 @@ pub fn choose_threshold(
     probs.sort_by(f64::total_cmp);
     probs.dedup();
     let mut cands = vec![0.5];
-    let step = (probs.len() / 200).max(1);
-    for w in probs.windows(2).step_by(step) {
-        cands.push((w[0] + w[1]) / 2.0);
+    let mids: Vec<f64> = probs.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+    const MAX_CANDIDATES: usize = 512;
+    if mids.len() <= MAX_CANDIDATES {
+        cands.extend(mids);
+    } else {
+        cands
+            .extend((0..MAX_CANDIDATES).map(|k| mids[k * (mids.len() - 1) / (MAX_CANDIDATES - 1)]));
     }
     let mut best: Option<(f64, ScoreSummary)> = None;
     for t in cands {

@@ -103,13 +103,24 @@ pub fn make_run_id(now: chrono::DateTime<chrono::Utc>, salt: &str) -> String {
 pub fn code_revision() -> String {
     let version = concat!("sv72 ", env!("CARGO_PKG_VERSION"));
     let out = std::process::Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty", "--tags"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+            "--tags",
+        ])
         .stderr(std::process::Stdio::null())
         .output();
     match out {
         Ok(o) if o.status.success() => {
             let d = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            if d.is_empty() { version.to_string() } else { format!("{version} ({d})") }
+            if d.is_empty() {
+                version.to_string()
+            } else {
+                format!("{version} ({d})")
+            }
         }
         _ => version.to_string(),
     }
@@ -130,18 +141,27 @@ pub fn head_bytes<B: Backend>(head: &Head<B>, temperature: f64, threshold: f64) 
                 .map_err(|e| anyhow::anyhow!("building tensor {n}: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
+    // One metadata key: safetensors writes its metadata map in hash order, and a single entry
+    // keeps the file bytes reproducible.
+    let info = serde_json::json!({
+        "format": "sv72-head",
+        "kind": head.kind().name(),
+        "temperature": temperature,
+        "threshold": threshold,
+        "served_probability": SERVED_FORMULA,
+    });
     let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "sv72-head".to_string());
-    meta.insert("kind".to_string(), head.kind().name().to_string());
-    meta.insert("temperature".to_string(), format!("{temperature:?}"));
-    meta.insert("threshold".to_string(), format!("{threshold:?}"));
-    meta.insert("served_probability".to_string(), SERVED_FORMULA.to_string());
-    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| anyhow::anyhow!("safetensors: {e}"))
+    meta.insert("sv72".to_string(), info.to_string());
+    safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| anyhow::anyhow!("safetensors: {e}"))
 }
 
 /// Writes `head.safetensors` and `run.yaml` into `dir`, each atomically.
 pub fn write_checkpoint<B: Backend>(dir: &Path, head: &Head<B>, info: &RunInfo) -> Result<()> {
-    fsx::write_atomic(&dir.join(HEAD_FILE), &head_bytes(head, info.temperature, info.threshold)?)?;
+    fsx::write_atomic(
+        &dir.join(HEAD_FILE),
+        &head_bytes(head, info.temperature, info.threshold)?,
+    )?;
     let yaml = serde_yaml::to_string(info)?;
     fsx::write_atomic(&dir.join(RUN_FILE), yaml.as_bytes())
 }
@@ -154,23 +174,32 @@ pub fn set_latest(root: &Path, run_id: &str) -> Result<()> {
 /// Resolves what the user named to a checkpoint folder: a run folder, a `latest` file, or (when
 /// `None`) `root/latest`.
 pub fn resolve_checkpoint(arg: Option<&Path>, root: &Path) -> Result<PathBuf> {
-    let p = arg.map(Path::to_path_buf).unwrap_or_else(|| root.join(LATEST));
+    let p = arg
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.join(LATEST));
     if p.is_dir() {
         if !p.join(HEAD_FILE).is_file() {
-            bail!("{} has no {HEAD_FILE}: not a finished sv72 checkpoint", p.display());
+            bail!(
+                "{} has no {HEAD_FILE}: not a finished sv72 checkpoint",
+                p.display()
+            );
         }
         return Ok(p);
     }
     if p.is_file() {
-        let id = std::fs::read_to_string(&p)
-            .with_context(|| format!("cannot read {}", p.display()))?;
+        let id =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
         let id = id.trim();
         if id.is_empty() || id.contains(['/', '\\']) {
             bail!("{} does not name a run (expected one run id)", p.display());
         }
         let dir = p.parent().unwrap_or(Path::new(".")).join(id);
         if !dir.join(HEAD_FILE).is_file() {
-            bail!("{} names run {id}, but {} has no {HEAD_FILE}", p.display(), dir.display());
+            bail!(
+                "{} names run {id}, but {} has no {HEAD_FILE}",
+                p.display(),
+                dir.display()
+            );
         }
         return Ok(dir);
     }
@@ -198,9 +227,18 @@ impl<B: Backend> Checkpoint<B> {
             .with_context(|| format!("{} is not an sv72 run record", run_path.display()))?;
         let head = load_head(&dir.join(HEAD_FILE), device)?;
         if head.input_dim() != info.head.input_dim {
-            bail!("{}: head input width {} disagrees with run.yaml ({})", dir.display(), head.input_dim(), info.head.input_dim);
+            bail!(
+                "{}: head input width {} disagrees with run.yaml ({})",
+                dir.display(),
+                head.input_dim(),
+                info.head.input_dim
+            );
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), head, info })
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            head,
+            info,
+        })
     }
 
     /// Served probabilities (`> 0.5` = roadwork) for row-major features `[n, input_dim]`.
@@ -222,7 +260,11 @@ pub fn load_head<B: Backend>(path: &Path, device: &B::Device) -> Result<Head<B>>
     let mut map = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
+            bail!(
+                "{}: tensor {name} is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            );
         }
         let v: Vec<f32> = view
             .data()

@@ -54,28 +54,49 @@ pub struct Head<B: Backend> {
     pub classifier: Linear<B>,
 }
 
-fn linear_from<B: Backend>(w: Vec<f32>, d_in: usize, d_out: usize, b: Vec<f32>, device: &B::Device) -> Linear<B> {
+fn linear_from<B: Backend>(
+    w: Vec<f32>,
+    d_in: usize,
+    d_out: usize,
+    b: Vec<f32>,
+    device: &B::Device,
+) -> Linear<B> {
     // Burn keeps `[d_in, d_out]`; the transposition to PyTorch's `[d_out, d_in]` happens on save.
     Linear {
         weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [d_in, d_out]), device)),
-        bias: Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [d_out]), device))),
+        bias: Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(b, [d_out]),
+            device,
+        ))),
     }
 }
 
 impl<B: Backend> Head<B> {
     /// A freshly initialised head: N(0, 0.02) weights and zero bias for the classifier (as
     /// transformers initialises it), Kaiming-uniform for the MLP's hidden layer.
-    pub fn init(kind: HeadKind, input_dim: usize, rng: &mut ChaCha8Rng, device: &B::Device) -> Self {
+    pub fn init(
+        kind: HeadKind,
+        input_dim: usize,
+        rng: &mut ChaCha8Rng,
+        device: &B::Device,
+    ) -> Self {
         let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
         let (hidden, cls_in) = match kind {
             HeadKind::Linear => (None, input_dim),
             HeadKind::Mlp { hidden } => {
                 let k = (6.0f32 / input_dim as f32).sqrt();
-                let w: Vec<f32> = (0..input_dim * hidden).map(|_| rng.random_range(-k..k)).collect();
-                (Some(linear_from(w, input_dim, hidden, vec![0.0; hidden], device)), hidden)
+                let w: Vec<f32> = (0..input_dim * hidden)
+                    .map(|_| rng.random_range(-k..k))
+                    .collect();
+                (
+                    Some(linear_from(w, input_dim, hidden, vec![0.0; hidden], device)),
+                    hidden,
+                )
             }
         };
-        let w: Vec<f32> = (0..cls_in * NUM_LABELS).map(|_| normal.sample(rng)).collect();
+        let w: Vec<f32> = (0..cls_in * NUM_LABELS)
+            .map(|_| normal.sample(rng))
+            .collect();
         Head {
             hidden,
             classifier: linear_from(w, cls_in, NUM_LABELS, vec![0.0; NUM_LABELS], device),
@@ -85,7 +106,9 @@ impl<B: Backend> Head<B> {
     pub fn kind(&self) -> HeadKind {
         match &self.hidden {
             None => HeadKind::Linear,
-            Some(h) => HeadKind::Mlp { hidden: h.weight.dims()[1] },
+            Some(h) => HeadKind::Mlp {
+                hidden: h.weight.dims()[1],
+            },
         }
     }
 
@@ -98,7 +121,11 @@ impl<B: Backend> Head<B> {
 
     /// Logits `[N, 2]` from features `[N, input_dim]`; `dropout_mask` (MLP only) is a 0/scale
     /// mask `[N, hidden]` applied after the activation during training.
-    pub fn forward_masked(&self, x: Tensor<B, 2>, dropout_mask: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
+    pub fn forward_masked(
+        &self,
+        x: Tensor<B, 2>,
+        dropout_mask: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 2> {
         let x = match &self.hidden {
             None => x,
             Some(h) => {
@@ -137,7 +164,10 @@ impl<B: Backend> Head<B> {
                 .into_data()
                 .to_vec()
                 .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
-            out.extend(v.chunks(NUM_LABELS).map(|l| f64::from(l[1]) - f64::from(l[0])));
+            out.extend(
+                v.chunks(NUM_LABELS)
+                    .map(|l| f64::from(l[1]) - f64::from(l[0])),
+            );
         }
         Ok(out)
     }
@@ -148,11 +178,19 @@ impl<B: Backend> Head<B> {
         let mut out = Vec::new();
         let mut push = |name: &str, l: &Linear<B>| -> Result<()> {
             let [d_in, d_out] = l.weight.dims();
-            let w: Vec<f32> = l.weight.val().transpose().into_data().to_vec()
+            let w: Vec<f32> = l
+                .weight
+                .val()
+                .transpose()
+                .into_data()
+                .to_vec()
                 .map_err(|e| anyhow::anyhow!("reading {name}.weight: {e:?}"))?;
             out.push((format!("{name}.weight"), vec![d_out, d_in], w));
             if let Some(b) = &l.bias {
-                let b: Vec<f32> = b.val().into_data().to_vec()
+                let b: Vec<f32> = b
+                    .val()
+                    .into_data()
+                    .to_vec()
                     .map_err(|e| anyhow::anyhow!("reading {name}.bias: {e:?}"))?;
                 out.push((format!("{name}.bias"), vec![d_out], b));
             }
@@ -173,13 +211,22 @@ impl<B: Backend> Head<B> {
     ) -> Result<Self> {
         let get = |name: &str| -> Result<Linear<B>> {
             let (ws, w) = tensors.get(&format!("{name}.weight")).with_context(|| {
-                format!("{} has no tensor {name}.weight: not an sv72 head file", origin.display())
+                format!(
+                    "{} has no tensor {name}.weight: not an sv72 head file",
+                    origin.display()
+                )
             })?;
             let (bs, b) = tensors.get(&format!("{name}.bias")).with_context(|| {
-                format!("{} has no tensor {name}.bias: not an sv72 head file", origin.display())
+                format!(
+                    "{} has no tensor {name}.bias: not an sv72 head file",
+                    origin.display()
+                )
             })?;
             if ws.len() != 2 || bs.len() != 1 || bs[0] != ws[0] {
-                bail!("{}: {name} has inconsistent shapes {ws:?} / {bs:?}", origin.display());
+                bail!(
+                    "{}: {name} has inconsistent shapes {ws:?} / {bs:?}",
+                    origin.display()
+                );
             }
             let (d_out, d_in) = (ws[0], ws[1]);
             // Transpose PyTorch `[out, in]` back to Burn's `[in, out]`.
@@ -191,14 +238,25 @@ impl<B: Backend> Head<B> {
             }
             Ok(linear_from(t, d_in, d_out, b.clone(), device))
         };
-        let hidden = if tensors.contains_key("hidden.weight") { Some(get("hidden")?) } else { None };
+        let hidden = if tensors.contains_key("hidden.weight") {
+            Some(get("hidden")?)
+        } else {
+            None
+        };
         let classifier = get("classifier")?;
         if classifier.weight.dims()[1] != NUM_LABELS {
-            bail!("{}: classifier has {} outputs, expected {NUM_LABELS}", origin.display(), classifier.weight.dims()[1]);
+            bail!(
+                "{}: classifier has {} outputs, expected {NUM_LABELS}",
+                origin.display(),
+                classifier.weight.dims()[1]
+            );
         }
         if let Some(h) = &hidden {
             if h.weight.dims()[1] != classifier.weight.dims()[0] {
-                bail!("{}: hidden and classifier widths disagree", origin.display());
+                bail!(
+                    "{}: hidden and classifier widths disagree",
+                    origin.display()
+                );
             }
         }
         Ok(Head { hidden, classifier })

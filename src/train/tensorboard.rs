@@ -22,7 +22,11 @@ fn crc32c_table() -> &'static [u32; 256] {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { (c >> 1) ^ CRC32C_POLY } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ CRC32C_POLY
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
@@ -65,7 +69,12 @@ fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 }
 
 /// Encodes an `Event` with `wall_time`, `step` and either a file version or scalar values.
-fn encode_event(wall_time: f64, step: i64, file_version: Option<&str>, scalars: &[(&str, f32)]) -> Vec<u8> {
+fn encode_event(
+    wall_time: f64,
+    step: i64,
+    file_version: Option<&str>,
+    scalars: &[(&str, f32)],
+) -> Vec<u8> {
     let mut ev = Vec::new();
     put_key(&mut ev, 1, 1);
     ev.extend_from_slice(&wall_time.to_le_bytes());
@@ -109,7 +118,10 @@ impl EventWriter {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot create TensorBoard file {}", path.display()))?;
-        let mut w = EventWriter { path, out: BufWriter::new(f) };
+        let mut w = EventWriter {
+            path,
+            out: BufWriter::new(f),
+        };
         w.write_record(&encode_event(now, 0, Some("brain.Event:2"), &[]))?;
         w.flush()?;
         Ok(w)
@@ -136,7 +148,9 @@ impl EventWriter {
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.out.flush().with_context(|| format!("writing {}", self.path.display()))
+        self.out
+            .flush()
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 }
 
@@ -170,7 +184,11 @@ pub fn read_records(path: &Path) -> Result<Vec<Vec<u8>>> {
             bail!("{}: truncated record at byte {i}", path.display());
         }
         let data = &bytes[start..start + len];
-        let dcrc = u32::from_le_bytes(bytes[start + len..start + len + 4].try_into().expect("4 bytes"));
+        let dcrc = u32::from_le_bytes(
+            bytes[start + len..start + len + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
         if dcrc != masked_crc32c(data) {
             bail!("{}: bad data CRC at byte {i}", path.display());
         }

@@ -51,7 +51,9 @@ impl WandbSettings {
     /// Settings from the environment and `train.wandb_*`; `None` when either the key or the
     /// project is missing (then nothing is sent anywhere).
     pub fn from_env(cfg: &crate::config::TrainConfig) -> Option<Self> {
-        let key = std::env::var("WANDB_API_KEY").ok().filter(|k| !k.trim().is_empty())?;
+        let key = std::env::var("WANDB_API_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty())?;
         let project = cfg.wandb_project.clone().filter(|p| !p.is_empty())?;
         let base_url = std::env::var("WANDB_BASE_URL")
             .ok()
@@ -174,7 +176,10 @@ impl WandbRun {
             row.insert((*k).to_string(), json!(v));
         }
         row.insert("_step".into(), json!(step));
-        row.insert("_runtime".into(), json!(self.started.elapsed().as_secs_f64()));
+        row.insert(
+            "_runtime".into(),
+            json!(self.started.elapsed().as_secs_f64()),
+        );
         row.insert("_timestamp".into(), json!(unix_now()));
         let line = serde_json::to_string(&Value::Object(row))?;
         let body = json!({ "files": { "wandb-history.jsonl": { "offset": self.offset, "content": [line] } } });
@@ -243,7 +248,13 @@ impl Tracker {
                 }
             },
         };
-        Ok(Tracker { jsonl_path, jsonl, tb, wandb, warn })
+        Ok(Tracker {
+            jsonl_path,
+            jsonl,
+            tb,
+            wandb,
+            warn,
+        })
     }
 
     /// Whether a live W&B run is active.

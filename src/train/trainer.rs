@@ -132,7 +132,10 @@ impl TrainSettings {
             bail!("head.dropout = {} must be within [0, 1)", self.dropout);
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            bail!("train.label_smoothing = {} must be within [0, 1)", self.label_smoothing);
+            bail!(
+                "train.label_smoothing = {} must be within [0, 1)",
+                self.label_smoothing
+            );
         }
         Ok(())
     }
@@ -205,7 +208,11 @@ pub fn train_head<B: AutodiffBackend>(
     train.check("train")?;
     val.check("validation")?;
     if train.dim != val.dim {
-        bail!("train features have width {} but validation features {}", train.dim, val.dim);
+        bail!(
+            "train features have width {} but validation features {}",
+            train.dim,
+            val.dim
+        );
     }
     let (n, d) = (train.len(), train.dim);
     let n_pos = train.labels.iter().filter(|&&y| y == 1).count();
@@ -223,7 +230,10 @@ pub fn train_head<B: AutodiffBackend>(
         .init::<B, Head<B>>();
 
     // Balanced class weights n / (2 n_c), as sklearn's `class_weight="balanced"`.
-    let w_class = [n as f32 / (2.0 * (n - n_pos) as f32), n as f32 / (2.0 * n_pos as f32)];
+    let w_class = [
+        n as f32 / (2.0 * (n - n_pos) as f32),
+        n as f32 / (2.0 * n_pos as f32),
+    ];
     let eps = s.label_smoothing as f32;
     let x_all = Tensor::<B, 2>::from_data(TensorData::new(train.x.clone(), [n, d]), device);
     let bs = s.batch_size.min(n);
@@ -265,9 +275,18 @@ pub fn train_head<B: AutodiffBackend>(
             let mask = if hidden > 0 && s.dropout > 0.0 {
                 let keep = 1.0 - s.dropout;
                 let v: Vec<f32> = (0..m * hidden)
-                    .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+                    .map(|_| {
+                        if rng.random::<f64>() < keep {
+                            (1.0 / keep) as f32
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
-                Some(Tensor::<B, 2>::from_data(TensorData::new(v, [m, hidden]), device))
+                Some(Tensor::<B, 2>::from_data(
+                    TensorData::new(v, [m, hidden]),
+                    device,
+                ))
             } else {
                 None
             };
@@ -313,7 +332,15 @@ pub fn train_head<B: AutodiffBackend>(
     }
     let (_, _, best_epoch, head) = best.expect("at least one epoch ran");
     let (temperature, threshold, val_metrics, val_score) = calibrate(&head, val, s, device)?;
-    Ok(Trained { head, history, best_epoch, temperature, threshold, val_metrics, val_score })
+    Ok(Trained {
+        head,
+        history,
+        best_epoch,
+        temperature,
+        threshold,
+        val_metrics,
+        val_score,
+    })
 }
 
 /// Fits the temperature (NLL) and the score-maximising threshold on `val`, returning
@@ -348,5 +375,10 @@ pub fn calibrate<B: Backend>(
         .map(|(it, &p)| ScoreItem { prob: p, ..*it })
         .collect();
     let score = metrics::simulate_scores(&served_items, s.level_probs, n_seq, s.seed ^ 0x5eed)?;
-    Ok((temperature, threshold, BinaryMetrics::compute(&val.labels, &served), score))
+    Ok((
+        temperature,
+        threshold,
+        BinaryMetrics::compute(&val.labels, &served),
+        score,
+    ))
 }

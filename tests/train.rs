@@ -1,0 +1,661 @@
+//! Tests of `sv72 train-head` / `sv72 eval` building blocks: metrics and the subnet score,
+//! calibration, threshold choice, head training, checkpoints, and tracking outputs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use sv72::config::Config;
+use sv72::metrics::{self, MinerTracker, ScoreItem};
+use sv72::train::{
+    self, checkpoint, tensorboard, tracking, BackboneInfo, FeatureSet, ManifestInfo, RunInputs,
+    RunOptions, TrainSettings,
+};
+
+type Ad = burn::backend::Autodiff<sv72::backend::Cpu>;
+
+/// Two Gaussian blobs in `dim` dimensions, means ±`sep`/2 along every axis / sqrt(dim).
+fn blobs(n: usize, dim: usize, sep: f32, seed: u64) -> FeatureSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 1.0).unwrap();
+    let mut fs = FeatureSet::default();
+    for i in 0..n {
+        let y = (i % 2) as u8;
+        let shift = if y == 1 { sep / 2.0 } else { -sep / 2.0 } / (dim as f32).sqrt();
+        let v: Vec<f32> = (0..dim).map(|_| normal.sample(&mut rng) + shift).collect();
+        fs.push(&v, y, rng.random::<bool>(), rng.random_range(0..4))
+            .unwrap();
+    }
+    fs
+}
+
+fn test_config(root: &Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.paths.checkpoints = root.join("checkpoints");
+    cfg.train.epochs = 8;
+    cfg.train.batch_size = 64;
+    cfg.train.lr = 1e-2;
+    cfg.train.warmup_epochs = 1;
+    cfg.train.patience = 0;
+    cfg.eval.score_sequences = 100;
+    cfg
+}
+
+fn inputs(dim: usize) -> RunInputs {
+    let train = blobs(400, dim, 4.0, 1);
+    let val = blobs(200, dim, 4.0, 2);
+    RunInputs {
+        manifest: ManifestInfo {
+            path: "mem".into(),
+            hash: "m".into(),
+            train_images: train.len(),
+            val_images: val.len(),
+            train_rows: train.len(),
+            val_rows: val.len(),
+        },
+        train,
+        val,
+        backbone: BackboneInfo {
+            name: "test".into(),
+            weights_hash: "w".into(),
+            hidden_size: dim / 2,
+            preprocess: "p".into(),
+        },
+    }
+}
+
+fn quiet_opts(cfg: &Config, warnings: Arc<Mutex<Vec<String>>>) -> RunOptions {
+    RunOptions {
+        checkpoints_root: cfg.paths.checkpoints.clone(),
+        wandb: None,
+        warn: Box::new(move |m| warnings.lock().unwrap().push(m.to_string())),
+        on_epoch: None,
+    }
+}
+
+mod score {
+    use super::*;
+
+    fn reward_seq(seq: &[(f64, u8)]) -> f64 {
+        let mut t = MinerTracker::new();
+        let mut r = 0.0;
+        for &(p, y) in seq {
+            r = t.reward(p, y);
+        }
+        r
+    }
+
+    #[test]
+    fn hand_worked_sequence() {
+        // rounded [1,0,0,0] vs labels [1,0,1,0]: acc 0.75; tp=1 fn=1 tn=2 fp=0, MCC = 2/sqrt(12).
+        let r = reward_seq(&[(0.9, 1), (0.2, 0), (0.3, 1), (0.4, 0)]);
+        let mcc = 2.0 / 12f64.sqrt();
+        let want = (0.5 * mcc + 0.5 * 0.75).powi(3);
+        assert!((r - want).abs() < 1e-12, "{r} vs {want}");
+        // A perfect miner with both classes seen gets 1.
+        assert!((reward_seq(&[(0.9, 1), (0.1, 0), (1.0, 1), (0.0, 0)]) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn degenerate_windows_follow_the_tracker() {
+        // Constant answers: MCC forced to 0 even though labels vary; accuracy = share of 1s.
+        let seq: Vec<(f64, u8)> = (0..10).map(|i| (0.9, u8::from(i % 5 != 0))).collect();
+        assert!((reward_seq(&seq) - (0.5f64 * 0.8).powi(3)).abs() < 1e-12);
+        // One class only: MCC 0 even with perfect answers.
+        let seq: Vec<(f64, u8)> = (0..10).map(|_| (0.9, 1)).collect();
+        assert!((reward_seq(&seq) - 0.125).abs() < 1e-12);
+        // 0.5 rounds to 0 (half to even), so it answers "none".
+        let mut t = MinerTracker::new();
+        t.update(0.5, 0);
+        t.update(0.9, 1);
+        assert_eq!(t.metrics(100).accuracy, 1.0);
+        // Anti-correlated answers: MCC floored at 0, not negative.
+        let r = reward_seq(&[(0.9, 0), (0.1, 1), (0.9, 0), (0.1, 1)]);
+        assert_eq!(r, 0.0);
+    }
+
+    #[test]
+    fn invalid_answers() {
+        // -1 earns 0 and is left out of the windows.
+        let mut t = MinerTracker::new();
+        t.reward(0.9, 1);
+        t.reward(0.1, 0);
+        assert_eq!(t.reward(-1.0, 1), 0.0);
+        assert_eq!(t.metrics(10).accuracy, 1.0);
+        // Out of [0, 1]: penalty makes the reward 0, but the answer stays in the history.
+        let mut t = MinerTracker::new();
+        t.reward(0.9, 1);
+        assert_eq!(t.reward(1.2, 0), 0.0);
+        assert_eq!(t.metrics(10).accuracy, 0.5);
+    }
+
+    #[test]
+    fn windows_are_100_and_10() {
+        // 10 wrong answers followed by 10 right ones: accuracy_10 = 1, accuracy_100 = 0.5.
+        let mut t = MinerTracker::new();
+        for i in 0..20 {
+            let y = (i % 2) as u8;
+            let p = if i < 10 {
+                1.0 - f64::from(y)
+            } else {
+                f64::from(y)
+            };
+            t.update(p, y);
+        }
+        assert_eq!(t.metrics(10).accuracy, 1.0);
+        assert_eq!(t.metrics(100).accuracy, 0.5);
+        // Only the last 100 are kept.
+        for _ in 0..100 {
+            t.update(0.9, 1);
+        }
+        assert_eq!(t.metrics(1000).accuracy, 1.0);
+    }
+
+    #[test]
+    fn simulation_is_deterministic_and_sensible() {
+        let mut items = Vec::new();
+        for i in 0..200 {
+            let label = (i % 2) as u8;
+            items.push(ScoreItem {
+                label,
+                synthetic: i % 4 < 2,
+                level: (i % 4) as u8,
+                prob: if label == 1 { 0.9 } else { 0.1 },
+            });
+        }
+        let a = metrics::simulate_scores(&items, [0.25; 4], 50, 7).unwrap();
+        let b = metrics::simulate_scores(&items, [0.25; 4], 50, 7).unwrap();
+        assert_eq!(a, b);
+        assert!(
+            (a.mean - 1.0).abs() < 1e-12,
+            "perfect answers score 1: {a:?}"
+        );
+        // Coin-flip answers score far lower.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for it in &mut items {
+            it.prob = rng.random();
+        }
+        let c = metrics::simulate_scores(&items, [0.25; 4], 200, 7).unwrap();
+        assert!(c.mean < 0.2 && c.p05 <= c.p50 && c.p50 <= c.p95, "{c:?}");
+        // One label only cannot be simulated.
+        let one: Vec<ScoreItem> = items.iter().copied().filter(|i| i.label == 1).collect();
+        assert!(metrics::simulate_scores(&one, [0.25; 4], 10, 1).is_err());
+    }
+
+    #[test]
+    fn threshold_search_finds_the_gap() {
+        // Negatives in [0, 0.30], positives in [0.35, 0.60]: any threshold in (0.30, 0.35)
+        // separates them perfectly; 0.5 would miss most positives.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut items = Vec::new();
+        for i in 0..400 {
+            let label = (i % 2) as u8;
+            let prob = if label == 0 {
+                rng.random_range(0.0..0.30)
+            } else {
+                rng.random_range(0.35..0.60)
+            };
+            items.push(ScoreItem {
+                label,
+                synthetic: rng.random(),
+                level: rng.random_range(0..4),
+                prob,
+            });
+        }
+        let (t, s) = metrics::choose_threshold(&items, [0.25; 4], 100, 1).unwrap();
+        assert!(t > 0.30 && t < 0.35, "threshold {t}");
+        assert!((s.mean - 1.0).abs() < 1e-12, "{s:?}");
+    }
+}
+
+mod calibration {
+    use super::*;
+
+    #[test]
+    fn temperature_scaling_lowers_ece() {
+        // True P(y=1|z) = sigmoid(z), but the model reports margins 4x too large.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (mut margins, mut labels) = (Vec::new(), Vec::new());
+        for _ in 0..5000 {
+            let z: f64 = rng.random_range(-4.0..4.0);
+            labels.push(u8::from(rng.random::<f64>() < metrics::sigmoid(z)));
+            margins.push(4.0 * z);
+        }
+        let raw: Vec<f64> = margins.iter().map(|&m| metrics::sigmoid(m)).collect();
+        let t = metrics::fit_temperature(&margins, &labels);
+        let cal: Vec<f64> = margins.iter().map(|&m| metrics::sigmoid(m / t)).collect();
+        let (e0, e1) = (
+            metrics::ece(&labels, &raw, 15),
+            metrics::ece(&labels, &cal, 15),
+        );
+        assert!((t - 4.0).abs() < 0.5, "t = {t}");
+        assert!(e1 < e0 / 2.0, "ECE {e0} -> {e1}");
+        assert!(metrics::brier(&labels, &cal) < metrics::brier(&labels, &raw));
+    }
+}
+
+mod training {
+    use super::*;
+
+    #[test]
+    fn linear_head_learns_blobs_and_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_config(dir.path());
+        let inp = inputs(64);
+        let s = TrainSettings::from_config(&cfg);
+        let dev = Default::default();
+        let a = train::train_head::<Ad>(&inp.train, &inp.val, &s, &dev, &mut |_| Ok(())).unwrap();
+        assert!(a.val_metrics.mcc > 0.9, "val MCC {}", a.val_metrics.mcc);
+        assert!(a.history.len() == 8 && a.best_epoch >= 1);
+        let b = train::train_head::<Ad>(&inp.train, &inp.val, &s, &dev, &mut |_| Ok(())).unwrap();
+        let ba = checkpoint::head_bytes(&a.head, a.temperature, a.threshold).unwrap();
+        let bb = checkpoint::head_bytes(&b.head, b.temperature, b.threshold).unwrap();
+        assert_eq!(
+            ba, bb,
+            "same seed and inputs must give identical head bytes"
+        );
+        // A different seed gives a different head.
+        let s2 = TrainSettings { seed: 99, ..s };
+        let c = train::train_head::<Ad>(&inp.train, &inp.val, &s2, &dev, &mut |_| Ok(())).unwrap();
+        assert_ne!(
+            ba,
+            checkpoint::head_bytes(&c.head, c.temperature, c.threshold).unwrap()
+        );
+    }
+
+    #[test]
+    fn mlp_head_learns_and_early_stopping_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(dir.path());
+        cfg.head.kind = "mlp".into();
+        cfg.head.hidden = 16;
+        cfg.head.dropout = 0.2;
+        cfg.train.epochs = 40;
+        cfg.train.patience = 2;
+        cfg.train.label_smoothing = 0.1;
+        let inp = inputs(32);
+        let s = TrainSettings::from_config(&cfg);
+        let t = train::train_head::<Ad>(&inp.train, &inp.val, &s, &Default::default(), &mut |_| {
+            Ok(())
+        })
+        .unwrap();
+        assert!(t.val_metrics.mcc > 0.9, "val MCC {}", t.val_metrics.mcc);
+        assert!(t.history.len() < 40, "early stopping never fired");
+        assert_eq!(t.history.len(), t.best_epoch + 2);
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_config(dir.path());
+        let s = TrainSettings::from_config(&cfg);
+        let inp = inputs(8);
+        let mut one_class = inp.train.clone();
+        one_class.labels.iter_mut().for_each(|y| *y = 1);
+        let e = train::train_head::<Ad>(&one_class, &inp.val, &s, &Default::default(), &mut |_| {
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("one class"), "{e:#}");
+        let other = blobs(50, 6, 1.0, 3);
+        let e =
+            train::train_head::<Ad>(&inp.train, &other, &s, &Default::default(), &mut |_| Ok(()))
+                .unwrap_err();
+        assert!(format!("{e:#}").contains("width"), "{e:#}");
+        let s_bad = TrainSettings {
+            kind: "tree".into(),
+            ..s
+        };
+        assert!(train::train_head::<Ad>(
+            &inp.train,
+            &inp.val,
+            &s_bad,
+            &Default::default(),
+            &mut |_| Ok(())
+        )
+        .is_err());
+    }
+}
+
+mod runs {
+    use super::*;
+
+    #[test]
+    fn run_writes_checkpoint_and_interrupted_run_keeps_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_config(dir.path());
+        let inp = inputs(16);
+        let warnings = Arc::new(Mutex::new(Vec::new()));
+        let dev = Default::default();
+        let out = train::run_training::<Ad>(&cfg, &inp, quiet_opts(&cfg, warnings.clone()), &dev)
+            .unwrap();
+        let root = &cfg.paths.checkpoints;
+        for f in ["head.safetensors", "run.yaml", "metrics.jsonl"] {
+            assert!(out.dir.join(f).is_file(), "{f} missing");
+        }
+        assert_eq!(
+            std::fs::read_to_string(root.join("latest")).unwrap().trim(),
+            out.run_id
+        );
+        let jsonl = std::fs::read_to_string(out.dir.join("metrics.jsonl")).unwrap();
+        let epochs: Vec<serde_json::Value> = jsonl
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            epochs.iter().filter(|v| v.get("val/mcc").is_some()).count(),
+            8
+        );
+
+        // Reload: served answers cross 0.5 exactly where calibrated probabilities cross the threshold.
+        let ck_dir = train::resolve_checkpoint(None, root).unwrap();
+        assert_eq!(ck_dir, out.dir);
+        let ck = train::Checkpoint::<sv72::backend::Cpu>::load(&ck_dir, &dev).unwrap();
+        assert_eq!(ck.info.run_id, out.run_id);
+        let served = ck.predict_proba(&inp.val.x, &dev).unwrap();
+        let margins = ck.head.margins(&inp.val.x, &dev).unwrap();
+        for (p, z) in served.iter().zip(&margins) {
+            let q = metrics::sigmoid(z / ck.info.temperature);
+            if (q - ck.info.threshold).abs() > 1e-9 {
+                assert_eq!(*p > 0.5, q > ck.info.threshold);
+            }
+        }
+        let m = metrics::BinaryMetrics::compute(&inp.val.labels, &served);
+        assert!((m.mcc - ck.info.metrics.val.mcc).abs() < 1e-9);
+
+        // A run that fails mid-training leaves `latest` alone and writes no head.
+        let mut opts = quiet_opts(&cfg, warnings);
+        opts.on_epoch = Some(Box::new(|r| {
+            if r.epoch == 3 {
+                anyhow::bail!("injected failure")
+            }
+            Ok(())
+        }));
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct run id second
+        let err = train::run_training::<Ad>(&cfg, &inp, opts, &dev).unwrap_err();
+        assert!(format!("{err:#}").contains("injected failure"));
+        assert_eq!(
+            std::fs::read_to_string(root.join("latest")).unwrap().trim(),
+            out.run_id
+        );
+        let failed: Vec<_> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir() && *p != out.dir)
+            .collect();
+        assert_eq!(failed.len(), 1);
+        assert!(!failed[0].join("head.safetensors").exists());
+        assert!(train::resolve_checkpoint(Some(&failed[0]), root).is_err());
+    }
+
+    #[test]
+    fn tensorboard_events_are_framed_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_config(dir.path());
+        let out = train::run_training::<Ad>(
+            &cfg,
+            &inputs(8),
+            quiet_opts(&cfg, Default::default()),
+            &Default::default(),
+        )
+        .unwrap();
+        let ev = std::fs::read_dir(&out.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("events.out.tfevents.")
+            })
+            .expect("event file");
+        let records = tensorboard::read_records(&ev).unwrap();
+        assert!(String::from_utf8_lossy(&records[0]).contains("brain.Event:2"));
+        let mut mcc_steps = Vec::new();
+        for r in &records[1..] {
+            let (step, vals) = tensorboard::decode_scalars(r).unwrap();
+            for (tag, v) in vals {
+                if tag == "val/mcc" {
+                    assert!((-1.0..=1.0).contains(&v));
+                    mcc_steps.push(step);
+                }
+            }
+        }
+        assert_eq!(mcc_steps, (1..=8).collect::<Vec<i64>>());
+        // Flipping one byte breaks a CRC.
+        let mut bytes = std::fs::read(&ev).unwrap();
+        let k = bytes.len() - 6;
+        bytes[k] ^= 0x40;
+        let bad = dir.path().join("bad.tfevents");
+        std::fs::write(&bad, bytes).unwrap();
+        assert!(format!("{:#}", tensorboard::read_records(&bad).unwrap_err()).contains("CRC"));
+    }
+}
+
+mod wandb {
+    use super::*;
+
+    /// A stand-in W&B server: records `(path, headers, body)` of each request; answers 500 to
+    /// everything when `fail` is set.
+    fn stand_in(fail: bool) -> (String, Arc<Mutex<Vec<(String, String, String)>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut headers = String::new();
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    headers.push_str(&line);
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                seen2.lock().unwrap().push((
+                    path.clone(),
+                    headers,
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
+                let (status, reply) = if fail {
+                    ("500 Internal Server Error", "{}".to_string())
+                } else if path == "/graphql" {
+                    ("200 OK", r#"{"data":{"upsertBucket":{"bucket":{"id":"x","name":"r","project":{"name":"p","entity":{"name":"team"}}}}}}"#.to_string())
+                } else {
+                    ("200 OK", "{}".to_string())
+                };
+                let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len());
+            }
+        });
+        (url, seen)
+    }
+
+    fn settings(url: &str, key: &str) -> tracking::WandbSettings {
+        tracking::WandbSettings {
+            base_url: url.into(),
+            api_key: tracking::Secret::new(key),
+            project: "sv72-test".into(),
+            entity: None,
+        }
+    }
+
+    fn all_text_under(dir: &Path) -> String {
+        let mut s = String::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                s.push_str(&all_text_under(&p));
+            } else {
+                s.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn stand_in_receives_metrics_and_key_stays_secret() {
+        const KEY: &str = "local-0123456789abcdef0123456789abcdef01234567";
+        let (url, seen) = stand_in(false);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_config(dir.path());
+        let warnings = Arc::new(Mutex::new(Vec::new()));
+        let mut opts = quiet_opts(&cfg, warnings.clone());
+        opts.wandb = Some(settings(&url, KEY));
+        train::run_training::<Ad>(&cfg, &inputs(8), opts, &Default::default()).unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].0, "/graphql");
+        assert!(seen[0].2.contains("sv72-test"));
+        let stream: Vec<_> = seen
+            .iter()
+            .filter(|r| r.0.starts_with("/files/team/sv72-test/") && r.0.ends_with("/file_stream"))
+            .collect();
+        let history: String = stream.iter().map(|r| r.2.clone()).collect();
+        assert_eq!(history.matches("val/mcc").count(), 8, "{history}");
+        assert!(stream.last().unwrap().2.contains("\"complete\":true"));
+        // The key is sent only as HTTP basic auth.
+        assert!(seen
+            .iter()
+            .all(|r| r.1.to_ascii_lowercase().contains("authorization: basic ")));
+        assert!(seen
+            .iter()
+            .all(|r| !r.0.contains(KEY) && !r.2.contains(KEY)));
+        assert!(
+            warnings.lock().unwrap().is_empty(),
+            "{:?}",
+            warnings.lock().unwrap()
+        );
+        assert!(!all_text_under(dir.path()).contains(KEY));
+    }
+
+    #[test]
+    fn wandb_outage_does_not_fail_training() {
+        const KEY: &str = "local-fedcba9876543210fedcba9876543210fedcba98";
+        // Connection refused: bind then drop to get a closed port.
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (failing, _) = stand_in(true);
+        for url in [closed, failing] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = test_config(dir.path());
+            let warnings = Arc::new(Mutex::new(Vec::new()));
+            let mut opts = quiet_opts(&cfg, warnings.clone());
+            opts.wandb = Some(settings(&url, KEY));
+            let out =
+                train::run_training::<Ad>(&cfg, &inputs(8), opts, &Default::default()).unwrap();
+            assert!(out.dir.join("head.safetensors").is_file());
+            let w = warnings.lock().unwrap();
+            assert_eq!(w.len(), 1, "warn exactly once: {w:?}");
+            assert!(w.iter().all(|m| !m.contains(KEY)));
+            assert!(!all_text_under(dir.path()).contains(KEY));
+        }
+    }
+}
+
+mod eval_report {
+    use super::*;
+    use sv72::data::manifest::SourceKind;
+    use sv72::eval::{build_report, write_report, EvalMeta, EvalPrediction, Latency};
+
+    #[test]
+    fn report_files_and_breakdowns() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut preds = Vec::new();
+        for i in 0..120 {
+            let label = (i % 2) as u8;
+            let source = if i % 4 < 2 {
+                SourceKind::Real
+            } else {
+                SourceKind::Synthetic
+            };
+            for level in 0..4u8 {
+                // Harder levels are noisier.
+                let noise = 0.1 + 0.15 * f64::from(level);
+                let p = (if label == 1 { 0.75 } else { 0.25 } + rng.random_range(-noise..noise))
+                    .clamp(0.0, 1.0);
+                preds.push(EvalPrediction {
+                    id: format!("img{i}"),
+                    label,
+                    source,
+                    generator: if source == SourceKind::Real {
+                        "cam".into()
+                    } else {
+                        "sdxl".into()
+                    },
+                    level,
+                    draw: 0,
+                    prob: p,
+                });
+            }
+        }
+        let meta = EvalMeta {
+            checkpoint: "ck".into(),
+            run_id: "run".into(),
+            manifest: "m.parquet".into(),
+            manifest_hash: "abc".into(),
+            split: "test".into(),
+            seed: 72,
+            draws_per_image: 1,
+            level_probs: [0.25; 4],
+            score_sequences: 200,
+        };
+        let lat = Latency::from_samples("cpu", (1..=100).map(f64::from).collect());
+        assert_eq!(
+            lat.as_ref().map(|l| (l.p50_ms, l.p99_ms)),
+            Some((50.0, 99.0))
+        );
+        let r = build_report(&preds, meta, lat).unwrap();
+        assert_eq!(r.images, 120);
+        assert_eq!(r.overall.n, 480);
+        assert_eq!(r.by_level.len(), 4);
+        assert_eq!(r.by_source.len(), 2);
+        assert!(r.by_generator.contains_key("synthetic/sdxl"));
+        assert!(r.by_level["0"].accuracy >= r.by_level["3"].accuracy);
+        assert!(r.score_by_level["0"].mean >= r.score_by_level["3"].mean);
+        assert!(
+            r.expected_score.p05 <= r.expected_score.mean
+                && r.expected_score.mean <= r.expected_score.p95
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_report(dir.path(), &r, &preds).unwrap();
+        for f in &files {
+            assert!(f.is_file(), "{}", f.display());
+            if f.extension().unwrap() == "png" {
+                let img = image::open(f).unwrap();
+                assert_eq!((img.width(), img.height()), (400, 400));
+            }
+        }
+        let back: sv72::eval::EvalReport =
+            serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            (back.images, back.overall.confusion, &back.meta),
+            (r.images, r.overall.confusion, &r.meta)
+        );
+        assert!((back.expected_score.mean - r.expected_score.mean).abs() < 1e-12);
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("abc") && md.contains("seed 72") && md.contains("`ck`"));
+    }
+}
