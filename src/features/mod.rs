@@ -1,0 +1,1 @@
+//! Backbone features: the on-disk cache and batched computation.
