@@ -129,3 +129,207 @@ mod preprocess_parity {
         }
     }
 }
+
+/// A small honest extractor: features are per-channel statistics of `pixel_values`, so they
+/// depend on every pixel and on the preprocessing, and differ between images.
+mod stats_model {
+    use burn::tensor::{backend::Backend, Tensor};
+    use sv72::model::{BackboneOutput, FeatureExtractor};
+
+    pub struct Stats;
+
+    impl<B: Backend> FeatureExtractor<B> for Stats {
+        fn extract(&self, x: Tensor<B, 4>, _want_hidden: bool) -> BackboneOutput<B> {
+            let [n, c, _, _] = x.dims();
+            let mean = x.clone().mean_dim(2).mean_dim(3).reshape([n, c]);
+            let max = x.clone().max_dim(2).max_dim(3).reshape([n, c]);
+            let cls = Tensor::cat(vec![mean.clone(), max.clone()], 1);
+            let pooler = cls.clone().tanh();
+            let patch_mean = Tensor::cat(vec![max, mean.mul_scalar(2.0)], 1);
+            BackboneOutput {
+                cls,
+                pooler,
+                patch_mean,
+                last_hidden_state: None,
+            }
+        }
+        fn hidden_size(&self) -> usize {
+            6
+        }
+        fn patch_size(&self) -> usize {
+            1
+        }
+    }
+}
+
+mod cache {
+    use sv72::features::{FeatureCache, FeatureRow};
+
+    fn row(seed: f32) -> FeatureRow {
+        FeatureRow {
+            cls: vec![seed, seed + 1.0, seed + 2.0],
+            pooler: vec![-seed; 3],
+            patch_mean: vec![seed * 0.5; 3],
+        }
+    }
+
+    fn put(c: &mut FeatureCache, img: &str, aug: &str, seed: f32) {
+        c.put_many(&[(img.into(), aug.into(), row(seed))]).unwrap();
+    }
+
+    #[test]
+    fn hit_after_put_and_keys_are_separate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = FeatureCache::open(dir.path(), "bb-a", "validator-x").unwrap();
+        assert!(c.get("img1", "none").is_none());
+        c.put_many(&[
+            ("img1".into(), "none".into(), row(1.0)),
+            ("img1".into(), "aug7".into(), row(2.0)),
+            ("img2".into(), "none".into(), row(3.0)),
+        ])
+        .unwrap();
+        assert_eq!(c.get("img1", "none"), Some(row(1.0)));
+        assert_eq!(c.get("img1", "aug7"), Some(row(2.0)));
+        assert_eq!(c.get("img2", "none"), Some(row(3.0)));
+        assert!(c.get("img2", "aug7").is_none());
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.entries, s.segments), (3, 2, 3, 1));
+        // Another backbone or preprocessing sees nothing.
+        let other_bb = FeatureCache::open(dir.path(), "bb-b", "validator-x").unwrap();
+        assert!(other_bb.get("img1", "none").is_none());
+        let other_pp = FeatureCache::open(dir.path(), "bb-a", "processor-y").unwrap();
+        assert!(other_pp.get("img1", "none").is_none());
+        // Reopening reads what was written; a width change is refused.
+        let mut again = FeatureCache::open(dir.path(), "bb-a", "validator-x").unwrap();
+        assert_eq!(again.get("img1", "aug7"), Some(row(2.0)));
+        let wide = FeatureRow {
+            cls: vec![0.0; 4],
+            pooler: vec![0.0; 4],
+            patch_mean: vec![0.0; 4],
+        };
+        let err = again
+            .put_many(&[("x".into(), "none".into(), wide)])
+            .unwrap_err();
+        assert!(err.to_string().contains("width"), "{err}");
+        assert!(FeatureCache::open(dir.path(), "../up", "p").is_err());
+    }
+
+    #[test]
+    fn interrupted_write_leaves_no_partial_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = FeatureCache::open(dir.path(), "bb-a", "p").unwrap();
+        put(&mut c, "good", "none", 1.0);
+        let seg_dir = c.dir().to_path_buf();
+        let seg = c.segment_paths()[0].to_path_buf();
+        drop(c);
+        // A crash mid-write leaves a temp file (never renamed) — simulate one holding a truncated
+        // copy of a real segment, plus a truncated file that does carry a segment name.
+        let bytes = std::fs::read(&seg).unwrap();
+        std::fs::write(seg_dir.join(".sv72-tmp-crash"), &bytes[..bytes.len() / 2]).unwrap();
+        std::fs::write(
+            seg_dir.join("seg-zzzz-truncated.safetensors"),
+            &bytes[..bytes.len() - 7],
+        )
+        .unwrap();
+        let mut c = FeatureCache::open(dir.path(), "bb-a", "p").unwrap();
+        assert_eq!(c.stats().entries, 1, "only the complete segment counts");
+        assert_eq!(c.get("good", "none"), Some(row(1.0)));
+        put(&mut c, "later", "none", 5.0);
+        let c = FeatureCache::open(dir.path(), "bb-a", "p").unwrap();
+        assert_eq!(c.get("later", "none"), Some(row(5.0)));
+    }
+
+    #[test]
+    fn backbone_key_tracks_weights_and_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("config.json"), br#"{"model_type":"dinov2"}"#).unwrap();
+        let write_weights = |v: f32| {
+            let data: Vec<u8> = bytemuck::cast_slice(&[v, 2.0]).to_vec();
+            let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &data)
+                .unwrap();
+            let bytes = safetensors::serialize(vec![("w", t)], None).unwrap();
+            std::fs::write(snap.join("model.safetensors"), bytes).unwrap();
+        };
+        write_weights(1.0);
+        let root = dir.path().join("cache");
+        let k1 = sv72::features::backbone_key(&snap, &root).unwrap();
+        assert_eq!(k1, sv72::features::backbone_key(&snap, &root).unwrap());
+        assert!(root.join("weights-hashes.json").is_file());
+        // Same header and size, different values: a different key.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_weights(3.0);
+        let k2 = sv72::features::backbone_key(&snap, &root).unwrap();
+        assert_ne!(k1, k2);
+        std::fs::write(snap.join("config.json"), br#"{"model_type":"dinov3_vit"}"#).unwrap();
+        assert_ne!(k2, sv72::features::backbone_key(&snap, &root).unwrap());
+    }
+}
+
+mod compute {
+    use std::path::Path;
+
+    use sv72::backend::Cpu;
+    use sv72::features::embed::{compute_features, NO_AUG};
+    use sv72::features::FeatureCache;
+    use sv72::model::preprocess::Preprocess;
+
+    use super::stats_model::Stats;
+
+    #[test]
+    fn computes_misses_once_and_serves_hits() {
+        let imgs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");
+        let files = ["rgb_640x480.jpg", "rgb_37x53.png", "gray_180x240.png"];
+        let keys: Vec<(String, String)> = files
+            .iter()
+            .map(|f| (f.to_string(), NO_AUG.to_string()))
+            .chain([("rgb_37x53.png".to_string(), "flip".to_string())])
+            .chain([("broken".to_string(), NO_AUG.to_string())])
+            .collect();
+        let load = |i: usize| -> anyhow::Result<image::DynamicImage> {
+            if keys[i].0 == "broken" {
+                anyhow::bail!("cannot decode");
+            }
+            let img = image::open(imgs.join(&keys[i].0))?;
+            Ok(if keys[i].1 == "flip" {
+                img.fliph()
+            } else {
+                img
+            })
+        };
+        let pre = Preprocess::validator(56, [0.5; 3], [0.25; 3]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = FeatureCache::open(dir.path(), "bb-t", &pre.id()).unwrap();
+        let dev = Default::default();
+        let a =
+            compute_features::<Cpu, _, _>(&Stats, &dev, &keys, load, &pre, 2, &mut cache).unwrap();
+        assert_eq!((a.cache_hits, a.computed), (0, 4));
+        assert_eq!(a.failed.len(), 1);
+        assert_eq!(a.failed[0].0, 4);
+        // Row 0 equals a direct computation on the same pixels.
+        let px = pre
+            .pixel_values(&image::open(imgs.join(files[0])).unwrap())
+            .unwrap();
+        let n = px.len() / 3;
+        let mean_r: f32 = px[..n].iter().sum::<f32>() / n as f32;
+        let r0 = a.rows[0].as_ref().unwrap();
+        assert!(
+            (r0.cls[0] - mean_r).abs() < 1e-4,
+            "{} vs {mean_r}",
+            r0.cls[0]
+        );
+        assert_eq!(r0.cls.len(), 6);
+        // Different images and views give different features; a flip keeps channel means.
+        assert_ne!(a.rows[0], a.rows[1]);
+        let (v, f) = (a.rows[1].as_ref().unwrap(), a.rows[3].as_ref().unwrap());
+        assert!((v.cls[0] - f.cls[0]).abs() < 1e-3);
+        // Second pass: everything valid comes from the cache, nothing recomputed.
+        let b =
+            compute_features::<Cpu, _, _>(&Stats, &dev, &keys, load, &pre, 2, &mut cache).unwrap();
+        assert_eq!((b.cache_hits, b.computed), (4, 0));
+        for i in 0..4 {
+            assert_eq!(a.rows[i], b.rows[i]);
+        }
+    }
+}

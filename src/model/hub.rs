@@ -382,6 +382,16 @@ fn shards_of(index: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Where an unfinished download of `file` at `commit` lives inside a repo's cache folder
+/// (`models--ORG--NAME`). Keyed by commit and file, not by the server's answer, so a re-run
+/// finds it before asking.
+pub fn partial_download_path(repo_dir: &Path, commit: &str, file: &str) -> PathBuf {
+    let key = crate::util::hash::content_hash(format!("{commit}/{file}").as_bytes());
+    repo_dir
+        .join("blobs")
+        .join(format!("{}.incomplete", &key[..32]))
+}
+
 /// Downloads one file into `blobs/` (resuming a partial one) and links it into the snapshot.
 fn fetch_file(
     client: &Client,
@@ -401,9 +411,7 @@ fn fetch_file(
         .with_context(|| format!("cannot create folder {}", blobs.display()))?;
     let url = format!("{}/{repo}/resolve/{commit}/{file}", client.endpoint);
     let what = format!("download of {file} from {repo}");
-    // The partial file's name must not depend on the response, so it is keyed by commit+file.
-    let key = crate::util::hash::content_hash(format!("{commit}/{file}").as_bytes());
-    let partial = blobs.join(format!("{}.incomplete", &key[..32]));
+    let partial = partial_download_path(root, commit, file);
     let mut have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
     let (mut resp, linked_etag, linked_size) = client.get(&url, have)?;
     let status = resp.status().as_u16();
