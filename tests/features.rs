@@ -333,3 +333,302 @@ mod compute {
         }
     }
 }
+
+mod hub {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use sha2::{Digest, Sha256};
+    use sv72::model::hub::{self, FetchOptions};
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn weights_bytes() -> Vec<u8> {
+        (0..5000u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// Requests seen: (path, lower-cased header lines).
+    type Log = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+
+    /// A stand-in Hub on 127.0.0.1 serving `org/tiny`; answers at most `max` connections.
+    fn serve(max: usize) -> (String, Log) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let log: Log = Arc::default();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(max) {
+                let Ok(mut s) = stream else { continue };
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                        break;
+                    }
+                    headers.push(h.trim().to_ascii_lowercase());
+                }
+                log2.lock().unwrap().push((path.clone(), headers.clone()));
+                let w = weights_bytes();
+                let sha256 = hex::encode(Sha256::digest(&w));
+                let info = format!(
+                    r#"{{"sha":"{SHA}","siblings":[{{"rfilename":"config.json"}},{{"rfilename":"preprocessor_config.json"}},{{"rfilename":"model.safetensors"}},{{"rfilename":"pytorch_model.bin"}}]}}"#
+                );
+                let range_from: usize = headers
+                    .iter()
+                    .find_map(|h| h.strip_prefix("range: bytes="))
+                    .and_then(|v| v.trim_end_matches('-').parse().ok())
+                    .unwrap_or(0);
+                let (status, extra, body): (&str, String, Vec<u8>) = match path.as_str() {
+                    "/api/models/org/tiny/revision/main" => ("200 OK", String::new(), info.into_bytes()),
+                    "/api/models/org/private/revision/main" => ("401 Unauthorized", String::new(), b"{}".to_vec()),
+                    p if p == format!("/org/tiny/resolve/{SHA}/config.json") => (
+                        "200 OK",
+                        "ETag: \"1111111111111111111111111111111111111111\"\r\n".into(),
+                        br#"{"model_type":"dinov2"}"#.to_vec(),
+                    ),
+                    p if p == format!("/org/tiny/resolve/{SHA}/preprocessor_config.json") => {
+                        ("200 OK", String::new(), br#"{"image_processor_type":"BitImageProcessor"}"#.to_vec())
+                    }
+                    p if p == format!("/org/tiny/resolve/{SHA}/model.safetensors") => (
+                        "302 Found",
+                        format!("Location: /cdn/blob\r\nX-Linked-Etag: \"{sha256}\"\r\nX-Linked-Size: {}\r\n", w.len()),
+                        Vec::new(),
+                    ),
+                    "/cdn/blob" if range_from > 0 => (
+                        "206 Partial Content",
+                        format!("Content-Range: bytes {range_from}-{}/{}\r\n", w.len() - 1, w.len()),
+                        w[range_from..].to_vec(),
+                    ),
+                    "/cdn/blob" => ("200 OK", String::new(), w),
+                    _ => ("404 Not Found", String::new(), b"Entry not found".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&body);
+                let _ = s.flush();
+                let mut sink = Vec::new();
+                let _ = r.read_to_end(&mut sink);
+            }
+        });
+        (addr, log)
+    }
+
+    fn opts(endpoint: &str, cache: &Path, token: Option<&str>) -> FetchOptions {
+        FetchOptions {
+            endpoint: endpoint.to_string(),
+            token: token.map(String::from),
+            revision: "main".into(),
+            cache_dir: cache.to_path_buf(),
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn fetch_resume_and_resolve() {
+        let (endpoint, log) = serve(20);
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("models--org--tiny");
+        // A partial download from an earlier, interrupted run.
+        let partial = hub::partial_download_path(&repo_dir, SHA, "model.safetensors");
+        std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+        std::fs::write(&partial, &weights_bytes()[..1234]).unwrap();
+
+        let rep = hub::fetch("org/tiny", &opts(&endpoint, dir.path(), Some("tok-123"))).unwrap();
+        assert_eq!(rep.commit, SHA);
+        let snap = repo_dir.join("snapshots").join(SHA);
+        assert_eq!(rep.snapshot, snap);
+        assert_eq!(std::fs::read(snap.join("model.safetensors")).unwrap(), weights_bytes());
+        assert!(snap.join("preprocessor_config.json").is_file());
+        assert!(!snap.join("pytorch_model.bin").exists());
+        assert!(!partial.exists());
+        assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), SHA);
+        let sha256 = hex::encode(Sha256::digest(weights_bytes()));
+        assert!(repo_dir.join("blobs").join(&sha256).is_file(), "blob named by its sha256");
+        {
+            let log = log.lock().unwrap();
+            let get = |p: &str| log.iter().find(|(q, _)| q == p).map(|(_, h)| h.clone());
+            let api = get("/api/models/org/tiny/revision/main").unwrap();
+            assert!(api.contains(&"authorization: bearer tok-123".to_string()), "{api:?}");
+            let cdn = get("/cdn/blob").unwrap();
+            assert!(cdn.contains(&"range: bytes=1234-".to_string()), "resumed: {cdn:?}");
+            assert!(!log.iter().any(|(p, _)| p.contains("pytorch_model.bin")));
+        }
+        // A second fetch downloads nothing.
+        let again = hub::fetch("org/tiny", &opts(&endpoint, dir.path(), None)).unwrap();
+        assert!(again.files.iter().all(|(_, _, downloaded)| !downloaded));
+
+        // Resolution: by ref, by commit hash, and a clear error for a missing revision / model.
+        assert_eq!(hub::resolve_in_cache(dir.path(), "org/tiny", "main").unwrap(), snap);
+        assert_eq!(hub::resolve_in_cache(dir.path(), "org/tiny", SHA).unwrap(), snap);
+        let e = hub::resolve_in_cache(dir.path(), "org/tiny", "v2").unwrap_err().to_string();
+        assert!(e.contains("v2") && e.contains("fetch-backbone org/tiny --revision v2"), "{e}");
+        let e = hub::resolve_in_cache(dir.path(), "org/other", "main").unwrap_err().to_string();
+        assert!(e.contains("models--org--other") && e.contains("sv72 fetch-backbone org/other"), "{e}");
+    }
+
+    #[test]
+    fn errors_are_clear_and_token_is_never_printed() {
+        let (endpoint, _log) = serve(10);
+        let dir = tempfile::tempdir().unwrap();
+        let e = hub::fetch("org/missing", &opts(&endpoint, dir.path(), None)).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("404") && e.contains("org/missing"), "{e}");
+        // Through the binary: 401 with a token set, token only ever in the request header.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sv72"))
+            .args(["fetch-backbone", "org/private", "--endpoint", &endpoint])
+            .env("HF_HUB_CACHE", dir.path())
+            .env("HF_TOKEN", "secret-tok-987")
+            .env("SV72_NO_PROGRESS", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(all.contains("401") && all.contains("HF_TOKEN"), "{all}");
+        assert!(!all.contains("secret-tok-987"), "token leaked: {all}");
+        // And a success through the binary, also without echoing the token.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sv72"))
+            .args(["fetch-backbone", "org/tiny", "--endpoint", &endpoint])
+            .env("HF_HUB_CACHE", dir.path())
+            .env("HF_TOKEN", "secret-tok-987")
+            .env("SV72_NO_PROGRESS", "1")
+            .output()
+            .unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{all}");
+        assert!(all.contains(SHA) && !all.contains("secret-tok-987"), "{all}");
+    }
+
+    #[test]
+    fn cli_resolution_uses_hf_hub_cache_and_suggests_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_37x53.png");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sv72"))
+            .args(["embed", "someorg/absent-model", img.to_str().unwrap(), "--out"])
+            .arg(dir.path().join("o.safetensors"))
+            .env("HF_HUB_CACHE", dir.path().join("hubcache"))
+            .env_remove("HF_HOME")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("hubcache") && err.contains("sv72 fetch-backbone someorg/absent-model"), "{err}");
+    }
+}
+
+mod embed_e2e {
+    use std::path::Path;
+
+    use polars::prelude::*;
+    use sv72::backend::Cpu;
+    use sv72::features::embed::{self, EmbedIndex, EmbedJob};
+    use sv72::features::FeatureCache;
+    use sv72::model::preprocess::Preprocess;
+
+    use super::stats_model::Stats;
+
+    #[test]
+    fn files_folder_manifest_with_bad_input() {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("imgs");
+        std::fs::create_dir_all(folder.join("sub")).unwrap();
+        std::fs::copy(fx.join("rgb_300x500.png"), folder.join("sub/b.png")).unwrap();
+        std::fs::copy(fx.join("gray_180x240.png"), folder.join("a.png")).unwrap();
+        std::fs::write(folder.join("notes.txt"), "not an image").unwrap();
+        let bad = dir.path().join("bad.jpg");
+        std::fs::write(&bad, b"\xff\xd8 truncated jpeg").unwrap();
+        // A manifest with one relative path (under the datasets root).
+        let root = dir.path().join("datasets");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::copy(fx.join("rgba_257x199.png"), root.join("m.png")).unwrap();
+        let mut df = df!("id" => ["x"], "path" => ["m.png"]).unwrap();
+        let mpath = dir.path().join("manifest.parquet");
+        ParquetWriter::new(std::fs::File::create(&mpath).unwrap()).finish(&mut df).unwrap();
+
+        let mut inputs = embed::collect_inputs(&[fx.join("rgb_640x480.jpg"), folder.clone(), bad.clone()]).unwrap();
+        inputs.extend(embed::manifest_inputs(&mpath, &root).unwrap());
+        assert_eq!(inputs.len(), 5, "{inputs:?}");
+        let pre = Preprocess::validator(28, [0.5; 3], [0.25; 3]);
+        let out = dir.path().join("out/feats.safetensors");
+        let job = EmbedJob {
+            inputs,
+            preprocess: &pre,
+            batch_size: 3,
+            out: out.clone(),
+            dump_pixels: true,
+            backbone_name: "stats".into(),
+            backbone_key: "bb-stats".into(),
+        };
+        let mut cache = FeatureCache::open(&dir.path().join("fc"), "bb-stats", &pre.id()).unwrap();
+        let dev = Default::default();
+        let idx = embed::run_embed::<Cpu, _>(&Stats, &dev, &job, &mut cache).unwrap();
+        assert_eq!(idx.computed, 4);
+        let json: EmbedIndex = serde_json::from_slice(&std::fs::read(embed::index_path(&out)).unwrap()).unwrap();
+        assert_eq!(json, idx);
+        let names: Vec<String> = json.rows.iter().map(|r| Path::new(&r.path).file_name().unwrap().to_string_lossy().into()).collect();
+        assert_eq!(names, ["rgb_640x480.jpg", "a.png", "b.png", "m.png"]);
+        assert_eq!((json.rows[0].width, json.rows[0].height), (640, 480));
+        assert_eq!(json.rows[3].id, sv72::util::hash::content_hash(&std::fs::read(fx.join("rgba_257x199.png")).unwrap()));
+        assert_eq!(json.skipped.len(), 1);
+        assert!(json.skipped[0].path.ends_with("bad.jpg"));
+
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for name in ["cls", "pooler", "patch_mean"] {
+            assert_eq!(st.tensor(name).unwrap().shape(), [4, 6]);
+        }
+        let pv = st.tensor("pixel_values").unwrap();
+        assert_eq!(pv.shape(), [4, 3, 28, 28]);
+        // Row order: row 2's pixels and cls are those of b.png.
+        let want = pre.pixel_values(&image::open(folder.join("sub/b.png")).unwrap()).unwrap();
+        let n = 3 * 28 * 28;
+        let got: Vec<f32> = pv.data()[2 * n * 4..3 * n * 4].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!(got, want);
+        let cls = st.tensor("cls").unwrap();
+        let c2 = f32::from_le_bytes(cls.data()[2 * 24..2 * 24 + 4].try_into().unwrap());
+        let mean_r = want[..28 * 28].iter().sum::<f32>() / (28.0 * 28.0);
+        assert!((c2 - mean_r).abs() < 1e-4);
+
+        // A second run is served from the cache.
+        let idx2 = embed::run_embed::<Cpu, _>(&Stats, &dev, &job, &mut cache).unwrap();
+        assert_eq!((idx2.cache_hits, idx2.computed), (4, 0));
+    }
+
+    #[test]
+    fn cuda_without_feature_is_a_clear_error() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("config.json"), br#"{"model_type":"dinov2"}"#).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess/configs/dinov2_224/preprocessor_config.json"),
+            snap.join("preprocessor_config.json"),
+        )
+        .unwrap();
+        let w = safetensors::serialize(vec![("w", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap())], None).unwrap();
+        std::fs::write(snap.join("model.safetensors"), w).unwrap();
+        let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_37x53.png");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sv72"))
+            .arg("--set")
+            .arg(format!("paths.feature_cache={}", dir.path().join("fc").display()))
+            .args(["embed", snap.to_str().unwrap(), img.to_str().unwrap(), "--device", "cuda", "--out"])
+            .arg(dir.path().join("o.safetensors"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+}
