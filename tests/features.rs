@@ -446,20 +446,35 @@ mod hub {
         assert_eq!(rep.commit, SHA);
         let snap = repo_dir.join("snapshots").join(SHA);
         assert_eq!(rep.snapshot, snap);
-        assert_eq!(std::fs::read(snap.join("model.safetensors")).unwrap(), weights_bytes());
+        assert_eq!(
+            std::fs::read(snap.join("model.safetensors")).unwrap(),
+            weights_bytes()
+        );
         assert!(snap.join("preprocessor_config.json").is_file());
         assert!(!snap.join("pytorch_model.bin").exists());
         assert!(!partial.exists());
-        assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), SHA);
+        assert_eq!(
+            std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(),
+            SHA
+        );
         let sha256 = hex::encode(Sha256::digest(weights_bytes()));
-        assert!(repo_dir.join("blobs").join(&sha256).is_file(), "blob named by its sha256");
+        assert!(
+            repo_dir.join("blobs").join(&sha256).is_file(),
+            "blob named by its sha256"
+        );
         {
             let log = log.lock().unwrap();
             let get = |p: &str| log.iter().find(|(q, _)| q == p).map(|(_, h)| h.clone());
             let api = get("/api/models/org/tiny/revision/main").unwrap();
-            assert!(api.contains(&"authorization: bearer tok-123".to_string()), "{api:?}");
+            assert!(
+                api.contains(&"authorization: bearer tok-123".to_string()),
+                "{api:?}"
+            );
             let cdn = get("/cdn/blob").unwrap();
-            assert!(cdn.contains(&"range: bytes=1234-".to_string()), "resumed: {cdn:?}");
+            assert!(
+                cdn.contains(&"range: bytes=1234-".to_string()),
+                "resumed: {cdn:?}"
+            );
             assert!(!log.iter().any(|(p, _)| p.contains("pytorch_model.bin")));
         }
         // A second fetch downloads nothing.
@@ -467,12 +482,28 @@ mod hub {
         assert!(again.files.iter().all(|(_, _, downloaded)| !downloaded));
 
         // Resolution: by ref, by commit hash, and a clear error for a missing revision / model.
-        assert_eq!(hub::resolve_in_cache(dir.path(), "org/tiny", "main").unwrap(), snap);
-        assert_eq!(hub::resolve_in_cache(dir.path(), "org/tiny", SHA).unwrap(), snap);
-        let e = hub::resolve_in_cache(dir.path(), "org/tiny", "v2").unwrap_err().to_string();
-        assert!(e.contains("v2") && e.contains("fetch-backbone org/tiny --revision v2"), "{e}");
-        let e = hub::resolve_in_cache(dir.path(), "org/other", "main").unwrap_err().to_string();
-        assert!(e.contains("models--org--other") && e.contains("sv72 fetch-backbone org/other"), "{e}");
+        assert_eq!(
+            hub::resolve_in_cache(dir.path(), "org/tiny", "main").unwrap(),
+            snap
+        );
+        assert_eq!(
+            hub::resolve_in_cache(dir.path(), "org/tiny", SHA).unwrap(),
+            snap
+        );
+        let e = hub::resolve_in_cache(dir.path(), "org/tiny", "v2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("v2") && e.contains("fetch-backbone org/tiny --revision v2"),
+            "{e}"
+        );
+        let e = hub::resolve_in_cache(dir.path(), "org/other", "main")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("models--org--other") && e.contains("sv72 fetch-backbone org/other"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -491,7 +522,11 @@ mod hub {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(all.contains("401") && all.contains("HF_TOKEN"), "{all}");
         assert!(!all.contains("secret-tok-987"), "token leaked: {all}");
         // And a success through the binary, also without echoing the token.
@@ -502,9 +537,16 @@ mod hub {
             .env("SV72_NO_PROGRESS", "1")
             .output()
             .unwrap();
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.status.success(), "{all}");
-        assert!(all.contains(SHA) && !all.contains("secret-tok-987"), "{all}");
+        assert!(
+            all.contains(SHA) && !all.contains("secret-tok-987"),
+            "{all}"
+        );
     }
 
     #[test]
@@ -512,7 +554,12 @@ mod hub {
         let dir = tempfile::tempdir().unwrap();
         let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_37x53.png");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sv72"))
-            .args(["embed", "someorg/absent-model", img.to_str().unwrap(), "--out"])
+            .args([
+                "embed",
+                "someorg/absent-model",
+                img.to_str().unwrap(),
+                "--out",
+            ])
             .arg(dir.path().join("o.safetensors"))
             .env("HF_HUB_CACHE", dir.path().join("hubcache"))
             .env_remove("HF_HOME")
@@ -520,7 +567,10 @@ mod hub {
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("hubcache") && err.contains("sv72 fetch-backbone someorg/absent-model"), "{err}");
+        assert!(
+            err.contains("hubcache") && err.contains("sv72 fetch-backbone someorg/absent-model"),
+            "{err}"
+        );
     }
 }
 
@@ -552,9 +602,13 @@ mod embed_e2e {
         std::fs::copy(fx.join("rgba_257x199.png"), root.join("m.png")).unwrap();
         let mut df = df!("id" => ["x"], "path" => ["m.png"]).unwrap();
         let mpath = dir.path().join("manifest.parquet");
-        ParquetWriter::new(std::fs::File::create(&mpath).unwrap()).finish(&mut df).unwrap();
+        ParquetWriter::new(std::fs::File::create(&mpath).unwrap())
+            .finish(&mut df)
+            .unwrap();
 
-        let mut inputs = embed::collect_inputs(&[fx.join("rgb_640x480.jpg"), folder.clone(), bad.clone()]).unwrap();
+        let mut inputs =
+            embed::collect_inputs(&[fx.join("rgb_640x480.jpg"), folder.clone(), bad.clone()])
+                .unwrap();
         inputs.extend(embed::manifest_inputs(&mpath, &root).unwrap());
         assert_eq!(inputs.len(), 5, "{inputs:?}");
         let pre = Preprocess::validator(28, [0.5; 3], [0.25; 3]);
@@ -572,12 +626,26 @@ mod embed_e2e {
         let dev = Default::default();
         let idx = embed::run_embed::<Cpu, _>(&Stats, &dev, &job, &mut cache).unwrap();
         assert_eq!(idx.computed, 4);
-        let json: EmbedIndex = serde_json::from_slice(&std::fs::read(embed::index_path(&out)).unwrap()).unwrap();
+        let json: EmbedIndex =
+            serde_json::from_slice(&std::fs::read(embed::index_path(&out)).unwrap()).unwrap();
         assert_eq!(json, idx);
-        let names: Vec<String> = json.rows.iter().map(|r| Path::new(&r.path).file_name().unwrap().to_string_lossy().into()).collect();
+        let names: Vec<String> = json
+            .rows
+            .iter()
+            .map(|r| {
+                Path::new(&r.path)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into()
+            })
+            .collect();
         assert_eq!(names, ["rgb_640x480.jpg", "a.png", "b.png", "m.png"]);
         assert_eq!((json.rows[0].width, json.rows[0].height), (640, 480));
-        assert_eq!(json.rows[3].id, sv72::util::hash::content_hash(&std::fs::read(fx.join("rgba_257x199.png")).unwrap()));
+        assert_eq!(
+            json.rows[3].id,
+            sv72::util::hash::content_hash(&std::fs::read(fx.join("rgba_257x199.png")).unwrap())
+        );
         assert_eq!(json.skipped.len(), 1);
         assert!(json.skipped[0].path.ends_with("bad.jpg"));
 
@@ -589,9 +657,14 @@ mod embed_e2e {
         let pv = st.tensor("pixel_values").unwrap();
         assert_eq!(pv.shape(), [4, 3, 28, 28]);
         // Row order: row 2's pixels and cls are those of b.png.
-        let want = pre.pixel_values(&image::open(folder.join("sub/b.png")).unwrap()).unwrap();
+        let want = pre
+            .pixel_values(&image::open(folder.join("sub/b.png")).unwrap())
+            .unwrap();
         let n = 3 * 28 * 28;
-        let got: Vec<f32> = pv.data()[2 * n * 4..3 * n * 4].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let got: Vec<f32> = pv.data()[2 * n * 4..3 * n * 4]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         assert_eq!(got, want);
         let cls = st.tensor("cls").unwrap();
         let c2 = f32::from_le_bytes(cls.data()[2 * 24..2 * 24 + 4].try_into().unwrap());
@@ -613,17 +686,36 @@ mod embed_e2e {
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::write(snap.join("config.json"), br#"{"model_type":"dinov2"}"#).unwrap();
         std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess/configs/dinov2_224/preprocessor_config.json"),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/preprocess/configs/dinov2_224/preprocessor_config.json"),
             snap.join("preprocessor_config.json"),
         )
         .unwrap();
-        let w = safetensors::serialize(vec![("w", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap())], None).unwrap();
+        let w = safetensors::serialize(
+            vec![(
+                "w",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4])
+                    .unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
         std::fs::write(snap.join("model.safetensors"), w).unwrap();
         let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_37x53.png");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sv72"))
             .arg("--set")
-            .arg(format!("paths.feature_cache={}", dir.path().join("fc").display()))
-            .args(["embed", snap.to_str().unwrap(), img.to_str().unwrap(), "--device", "cuda", "--out"])
+            .arg(format!(
+                "paths.feature_cache={}",
+                dir.path().join("fc").display()
+            ))
+            .args([
+                "embed",
+                snap.to_str().unwrap(),
+                img.to_str().unwrap(),
+                "--device",
+                "cuda",
+                "--out",
+            ])
             .arg(dir.path().join("o.safetensors"))
             .output()
             .unwrap();
