@@ -72,7 +72,10 @@ fn sanitize(key: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_segment(path: &Path) -> Result<(Mmap, Vec<(String, String)>, usize)> {
+/// `(image_id, aug_id)` of each row, in order.
+type SegmentKeys = Vec<(String, String)>;
+
+fn read_segment(path: &Path) -> Result<(Mmap, SegmentKeys, usize)> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: segments are immutable once renamed into place; sv72 never rewrites them.
     let mmap =
@@ -216,7 +219,9 @@ impl FeatureCache {
                 );
             }
         }
-        let mut bufs: Vec<Vec<u8>> = vec![Vec::with_capacity(rows.len() * d * 4); 3];
+        let mut bufs: Vec<Vec<u8>> = (0..3)
+            .map(|_| Vec::with_capacity(rows.len() * d * 4))
+            .collect();
         for (img, aug, r) in rows {
             for (buf, v) in bufs.iter_mut().zip([&r.cls, &r.pooler, &r.patch_mean]) {
                 if v.len() != d {

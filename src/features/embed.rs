@@ -74,6 +74,11 @@ pub fn extract_rows<B: Backend, E: FeatureExtractor<B> + ?Sized>(
         .collect())
 }
 
+/// Preprocessed pixels and their `(height, width)`.
+type Prepared = (Vec<f32>, (u32, u32));
+/// Views of one output size: `(size, [(key index, pixels)])`.
+type Group = ((u32, u32), Vec<(usize, Vec<f32>)>);
+
 /// Features of the views `keys` = `(image_id, aug_id)`, served from `cache` where present and
 /// otherwise computed in batches of `batch_size` and added to it. `load(i)` produces view `i`'s
 /// image (already augmented for aug ids other than [`NO_AUG`]); it is only called on misses, in
@@ -118,7 +123,7 @@ where
     let bar = progress::bar(misses.len() as u64, "embed");
     let mut pending: Vec<(String, String, FeatureRow)> = Vec::new();
     for chunk in misses.chunks(batch_size) {
-        let prepared: Vec<(usize, Result<(Vec<f32>, (u32, u32))>)> = chunk
+        let prepared: Vec<(usize, Result<Prepared>)> = chunk
             .par_iter()
             .map(|&i| {
                 let r = load(i).and_then(|img| {
@@ -129,7 +134,7 @@ where
             })
             .collect();
         // Group by output size: a recipe without a crop keeps aspect ratios.
-        let mut groups: Vec<((u32, u32), Vec<(usize, Vec<f32>)>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         for (i, r) in prepared {
             match r {
                 Ok((px, hw)) => match groups.iter_mut().find(|g| g.0 == hw) {
@@ -397,7 +402,7 @@ where
     }
     let d = feats[0].cls.len();
     let n = feats.len();
-    let mut bufs: Vec<Vec<u8>> = vec![Vec::with_capacity(n * d * 4); 3];
+    let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| Vec::with_capacity(n * d * 4)).collect();
     for f in &feats {
         bufs[0].extend_from_slice(bytemuck::cast_slice(&f.cls));
         bufs[1].extend_from_slice(bytemuck::cast_slice(&f.pooler));
