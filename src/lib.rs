@@ -8,4 +8,5 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod model;
+pub mod serve;
 pub mod util;
