@@ -54,7 +54,7 @@ struct Flaky(usize);
 impl Predictor for Flaky {
     fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
         self.0 += 1;
-        if self.0 % 2 == 0 {
+        if self.0.is_multiple_of(2) {
             panic!("flaky predictor");
         }
         Ok(vec![0.8; images.len()])
@@ -696,7 +696,7 @@ fn bodies_limits_and_routes() {
     req.headers.push(("x-pad".into(), "1".into()));
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = format!("POST /ImageSynapse HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n");
+    let mut head = "POST /ImageSynapse HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n".to_string();
     for (k, v) in &req.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -722,25 +722,30 @@ fn verify(state: &State, h: &RequestHeaders) -> Result<(), (&'static str, String
 
 /// Types the body fields must have for pydantic to build an `ImageSynapse` (else 500).
 fn check_body_types(b: &Map<String, Value>) -> Result<(), &'static str> {
-    let is_num = |v: &Value| v.is_number();
-    let is_int = |v: &Value| v.is_i64() || v.is_u64();
-    let is_obj_or_null = |v: &Value| v.is_object() || v.is_null();
-    let checks: [(&'static str, &dyn Fn(&Value) -> bool); 9] = [
-        ("name", &|v| v.is_string()),
-        ("image", &|v| v.is_string()),
-        ("prediction", &is_num),
-        ("timeout", &|v| v.is_number() || v.is_null()),
-        ("testnet_label", &is_int),
-        ("total_size", &|v| is_int(v) || v.is_null()),
-        ("header_size", &|v| is_int(v) || v.is_null()),
-        ("dendrite", &is_obj_or_null),
-        ("axon", &is_obj_or_null),
+    const FIELDS: [&str; 9] = [
+        "name",
+        "image",
+        "prediction",
+        "timeout",
+        "testnet_label",
+        "total_size",
+        "header_size",
+        "dendrite",
+        "axon",
     ];
-    for (field, ok) in checks {
-        if let Some(v) = b.get(field) {
-            if !ok(v) {
-                return Err(field);
-            }
+    let is_int = |v: &Value| v.is_i64() || v.is_u64();
+    for field in FIELDS {
+        let Some(v) = b.get(field) else { continue };
+        let ok = match field {
+            "name" | "image" => v.is_string(),
+            "prediction" => v.is_number(),
+            "timeout" => v.is_number() || v.is_null(),
+            "testnet_label" => is_int(v),
+            "total_size" | "header_size" => is_int(v) || v.is_null(),
+            _ => v.is_object() || v.is_null(),
+        };
+        if !ok {
+            return Err(field);
         }
     }
     Ok(())
