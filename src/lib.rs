@@ -9,4 +9,5 @@ pub mod config;
 pub mod data;
 pub mod features;
 pub mod model;
+pub mod serve;
 pub mod util;
