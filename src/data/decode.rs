@@ -212,6 +212,8 @@ fn classify_error(e: ImageError, format: ImageFormat, bytes: &[u8]) -> Rejection
     match e {
         ImageError::Unsupported(_) => Rejection::new(Reason::UnsupportedFormat, detail),
         ImageError::Limits(_) => Rejection::new(Reason::OverMaxPixels, detail),
+        // Completeness was already checked on the markers; any other failure is bad data.
+        _ if format == ImageFormat::Jpeg => Rejection::new(Reason::Corrupt, detail),
         ImageError::IoError(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             Rejection::new(Reason::Truncated, detail)
         }
