@@ -365,7 +365,7 @@ mod io_tests {
             id: format!("{i:064x}"),
             path: format!("/data/{i}.jpg"),
             label: (i % 2) as u8,
-            source: if i % 3 == 0 {
+            source: if i.is_multiple_of(3) {
                 SourceKind::Synthetic
             } else {
                 SourceKind::Real
