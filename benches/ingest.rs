@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use rayon::prelude::*;
+use sv72::config::SplitConfig;
 use sv72::data::decode::{analyze, DecodeLimits};
+use sv72::data::neardup::{assign_groups, NewMember};
 use sv72::util::hash::content_hash;
 
 const THREADS: usize = 2;
@@ -83,5 +85,44 @@ fn main() {
          (goal >= 200/s)",
         IMAGES as f64 / mean,
         IMAGES as f64 / best
+    );
+    grouping_at_scale();
+}
+
+/// Near-duplicate grouping of 100k images (20k scenes × 5 variants a few bits apart).
+fn grouping_at_scale() {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut hashes = Vec::with_capacity(100_000);
+    for _ in 0..20_000 {
+        let base = next();
+        for _ in 0..5 {
+            let mut h = base;
+            for _ in 0..(next() % 4) {
+                h ^= 1 << (next() % 64);
+            }
+            hashes.push(h);
+        }
+    }
+    let ids: Vec<String> = (0..hashes.len()).map(|i| format!("{i:064x}")).collect();
+    let new: Vec<NewMember> = ids
+        .iter()
+        .zip(&hashes)
+        .map(|(id, &phash)| NewMember { id, phash })
+        .collect();
+    let t = Instant::now();
+    let g = assign_groups(&[], &new, 6, &SplitConfig::default());
+    let groups: std::collections::HashSet<&str> =
+        g.assignments.iter().map(|a| a.group.as_str()).collect();
+    println!(
+        "near-duplicate grouping of {} pHashes (radius 6): {:.2} s, {} groups",
+        new.len(),
+        t.elapsed().as_secs_f64(),
+        groups.len()
     );
 }

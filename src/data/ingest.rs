@@ -567,13 +567,14 @@ pub fn format_report(r: &IngestReport) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:<16} {:<6} {:<16} {:>5}  origin",
-            "group", "split", "id", "label"
+            "{:<15} {:<16} {:<6} {:<16} {:>5}  origin",
+            "conflict", "group", "split", "id", "label"
         );
         for c in r.conflicts.iter().take(20) {
             let _ = writeln!(
                 s,
-                "{:<16} {:<6} {:<16} {:>5}  {}",
+                "{:<15} {:<16} {:<6} {:<16} {:>5}  {}",
+                c.kind,
                 c.group,
                 c.split,
                 &c.id[..16.min(c.id.len())],
