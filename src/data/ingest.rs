@@ -328,9 +328,14 @@ fn process(
     if known.contains_key(&id) {
         return Outcome::Known { id, label, origin };
     }
-    let info = match decode::analyze(&bytes, limits) {
-        Ok(i) => i,
-        Err(r) => return reject(r),
+    // A decoder bug on a hostile file must cost one image, not the whole run.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode::analyze(&bytes, limits)
+    }));
+    let info = match decoded {
+        Ok(Ok(i)) => i,
+        Ok(Err(r)) => return reject(r),
+        Err(_) => return reject(Rejection::new(Reason::Corrupt, "the image decoder crashed")),
     };
     let path = match in_place {
         Some(p) => p.display().to_string(),
