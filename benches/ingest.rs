@@ -109,7 +109,9 @@ fn grouping_at_scale() {
             hashes.push(h);
         }
     }
-    let ids: Vec<String> = (0..hashes.len()).map(|i| format!("{i:064x}")).collect();
+    let ids: Vec<String> = (0..hashes.len() as u64)
+        .map(|i| content_hash(&i.to_le_bytes()))
+        .collect();
     let new: Vec<NewMember> = ids
         .iter()
         .zip(&hashes)
