@@ -381,7 +381,7 @@ fn render_scene_canvas(seed: u64, roadwork: bool, source: SourceKind) -> Canvas 
         _ => rng.random_range(1.05..1.2),
     };
     let tint: Rgb = match tod {
-        2 => [1.08, 0.92, 0.82],
+        2 => [1.04, 0.97, 0.93],
         1 => [0.97, 0.99, 1.03],
         _ => [
             rng.random_range(0.95..1.05),
@@ -404,7 +404,7 @@ fn render_scene_canvas(seed: u64, roadwork: bool, source: SourceKind) -> Canvas 
     // Sky and ground.
     let (sky_top, sky_bottom): (Rgb, Rgb) = match tod {
         1 => ([150.0, 155.0, 165.0], [200.0, 202.0, 205.0]),
-        2 => ([70.0, 80.0, 140.0], [235.0, 150.0, 90.0]),
+        2 => ([70.0, 80.0, 140.0], [225.0, 165.0, 135.0]),
         _ => (
             jitter(&mut rng, [70.0, 130.0, 215.0], 15.0),
             jitter(&mut rng, [185.0, 210.0, 235.0], 10.0),
@@ -484,7 +484,7 @@ fn render_scene_canvas(seed: u64, roadwork: bool, source: SourceKind) -> Canvas 
     }
 
     // Surroundings.
-    let autumn = rng.random_bool(0.25);
+    let autumn = rng.random_bool(0.15);
     for _ in 0..rng.random_range(0..7) {
         let side = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
         let palette: [Rgb; 5] = [
@@ -506,7 +506,7 @@ fn render_scene_canvas(seed: u64, roadwork: bool, source: SourceKind) -> Canvas 
     }
     for _ in 0..rng.random_range(0..8) {
         let side = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
-        let crown = if autumn && rng.random_bool(0.6) {
+        let crown = if autumn && rng.random_bool(0.5) {
             jitter(&mut rng, [205.0, 115.0, 35.0], 20.0)
         } else {
             jitter(&mut rng, [50.0, 100.0, 45.0], 15.0)
@@ -567,11 +567,11 @@ fn render_scene_canvas(seed: u64, roadwork: bool, source: SourceKind) -> Canvas 
 /// Roadwork: a closed-lane taper of cones or barriers, plus signs and workers.
 fn add_roadwork(rng: &mut ChaCha8Rng, s: &mut Scene) {
     let side = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
-    let start = rng.random_range(s.cam.d_near() + 1.0..22.0);
+    let start = rng.random_range(s.cam.d_near() + 0.5..16.0);
     let kind = rng.random_range(0..3u8);
-    let n = rng.random_range(2..9);
+    let n = rng.random_range(3..10);
     let spacing = rng.random_range(2.5..6.0);
-    let cone_h = rng.random_range(0.5..0.9);
+    let cone_h = rng.random_range(0.7..1.0);
     for i in 0..n {
         let d = start + i as f32 * spacing;
         // Taper from the verge into the lane.
@@ -928,7 +928,7 @@ fn finish(c: &mut Canvas, rng: &mut ChaCha8Rng, s: &Scene, source: SourceKind) {
         }
         SourceKind::Synthetic => {
             c.box_blur(1);
-            let sat = rng.random_range(1.2..1.45);
+            let sat = rng.random_range(1.12..1.3);
             let contrast = rng.random_range(1.05..1.2);
             // Generator look: teal shadows, warm highlights, a soft glow from the sky.
             let glow_x = rng.random_range(0.2..0.8) * w;

@@ -25,7 +25,10 @@
 //! Either way each shortfall (label, source, wanted, available) and the target vs achieved ratio
 //! per label end up in the plan and the report. The ratio is never changed silently.
 //!
-//! Counts: `synthetic = round(fraction * total)` (half away from zero), `real = total - synthetic`.
+//! Counts: a label total `t` splits into `synthetic = round(fraction * t)` (half away from zero)
+//! and `real = t - synthetic`. The largest exact mix of what is available ([`exact_capacity`])
+//! uses the scarcer source in full and rounds the other, so 100 reals at 0.5 give 100 + 100, not
+//! the lopsided 100 + 101 that the rounding rule alone would allow.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -162,27 +165,35 @@ fn split_total(total: usize, fraction: f64) -> SourceCounts {
     }
 }
 
-/// Largest `t` in `[0, hi]` with `ok(t)`, for a predicate that holds on a prefix of `0..=hi`.
-fn largest_prefix(hi: usize, ok: impl Fn(usize) -> bool) -> usize {
-    let (mut lo, mut hi) = (0usize, hi);
-    while lo < hi {
-        let mid = lo + (hi - lo).div_ceil(2);
-        if ok(mid) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
+/// The largest mix of `avail` at exactly `fraction`: the scarcer source (relative to the target)
+/// is used in full and the other gets `round(n * other share / its share)` images. Its split
+/// equals [`split_total`] of its total, because the rounding error is below half an image.
+pub fn exact_capacity(avail: SourceCounts, fraction: f64) -> SourceCounts {
+    if fraction <= 0.0 {
+        return SourceCounts {
+            real: avail.real,
+            synthetic: 0,
+        };
+    }
+    if fraction >= 1.0 {
+        return SourceCounts {
+            real: 0,
+            synthetic: avail.synthetic,
+        };
+    }
+    let synth_for_real = (avail.real as f64 * fraction / (1.0 - fraction)).round();
+    if synth_for_real <= avail.synthetic as f64 {
+        SourceCounts {
+            real: avail.real,
+            synthetic: synth_for_real as usize,
+        }
+    } else {
+        let real_for_synth = (avail.synthetic as f64 * (1.0 - fraction) / fraction).round();
+        SourceCounts {
+            real: (real_for_synth as usize).min(avail.real),
+            synthetic: avail.synthetic,
         }
     }
-    lo
-}
-
-/// Largest label total at exactly `fraction` that the available images can fill.
-/// Both parts of [`split_total`] grow monotonically with the total, so this is a prefix search.
-pub fn exact_capacity(avail: SourceCounts, fraction: f64) -> usize {
-    largest_prefix(avail.total(), |t| {
-        let s = split_total(t, fraction);
-        s.real <= avail.real && s.synthetic <= avail.synthetic
-    })
 }
 
 /// The total that keeps all real images at `fraction` (all synthetic ones at `fraction == 1`).
@@ -190,14 +201,11 @@ fn anchor_total(avail: SourceCounts, fraction: f64) -> usize {
     if fraction >= 1.0 {
         return avail.synthetic;
     }
-    // real(t) = t - round(f t) <= real  =>  t <= (real + 0.5) / (1 - f); +2 covers rounding.
-    let bound = ((avail.real as f64 + 0.5) / (1.0 - fraction)).ceil() + 2.0;
-    let hi = if bound.is_finite() && bound < (usize::MAX / 4) as f64 {
-        bound as usize
-    } else {
-        usize::MAX / 4
+    let unlimited = SourceCounts {
+        real: avail.real,
+        synthetic: usize::MAX / 4,
     };
-    largest_prefix(hi, |t| split_total(t, fraction).real <= avail.real)
+    exact_capacity(unlimited, fraction).total()
 }
 
 fn pct(x: f64) -> String {
@@ -289,7 +297,7 @@ pub fn plan_mix(available: &BTreeMap<u8, SourceCounts>, req: &MixRequest) -> Res
         ShortfallPolicy::ExactRatio => {
             let totals: BTreeMap<u8, usize> = labels
                 .iter()
-                .map(|&l| (l, wanted_total[&l].min(exact_capacity(avail(l), f))))
+                .map(|&l| (l, wanted_total[&l].min(exact_capacity(avail(l), f).total())))
                 .collect();
             let common = totals.values().copied().min().unwrap_or(0);
             for &l in &labels {
