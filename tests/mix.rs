@@ -576,3 +576,144 @@ mod demo {
         );
     }
 }
+
+mod cli {
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    use sv72::data::manifest::{read_manifest, write_manifest};
+
+    use super::*;
+
+    fn sv72(datasets: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_sv72"))
+            .arg("--set")
+            .arg(format!("paths.datasets={}", datasets.display()))
+            .arg("synth-mix")
+            .args(args)
+            .env("SV72_NO_PROGRESS", "1")
+            .output()
+            .unwrap()
+    }
+
+    fn setup() -> (tempfile::TempDir, Vec<ManifestRow>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = rows("r", SourceKind::Real, [50, 40], 3);
+        let synth = rows("s", SourceKind::Synthetic, [80, 10], 2);
+        let ds = tmp.path();
+        write_manifest(&ds.join("r/manifest.parquet"), &real).unwrap();
+        write_manifest(&ds.join("s/manifest.parquet"), &synth).unwrap();
+        let mut all = real;
+        all.extend(synth);
+        (tmp, all)
+    }
+
+    #[test]
+    fn writes_manifest_and_reports_with_the_shortfall() {
+        let (tmp, all) = setup();
+        let ds = tmp.path();
+        let out = sv72(
+            ds,
+            &[
+                "--real",
+                "r",
+                "--synthetic",
+                "s",
+                "--name",
+                "m",
+                "--seed",
+                "4",
+            ],
+        );
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{so}\n{se}");
+        assert!(se.contains("shortfall"), "{se}");
+        let rows = read_manifest(&ds.join("m/manifest.parquet")).unwrap();
+        // Label 1: 40 real, 10 synthetic -> exact 50% is 10 + 10; equal balance -> label 0 too.
+        let c = train_counts(&rows);
+        assert_eq!(c[&1], sc(10, 10));
+        assert_eq!(c[&0], sc(10, 10));
+        let eval_in: Vec<_> = all.iter().filter(|r| r.split != Split::Train).collect();
+        let eval_out: Vec<_> = rows.iter().filter(|r| r.split != Split::Train).collect();
+        assert_eq!(eval_in, eval_out);
+
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ds.join("m/mix_report.json")).unwrap()).unwrap();
+        let sf = &report["plan"]["shortfalls"][0];
+        assert_eq!(sf["label"], 1);
+        assert_eq!(sf["source"], "synthetic");
+        assert_eq!(sf["wanted"], 40);
+        assert_eq!(sf["available"], 10);
+        let md = std::fs::read_to_string(ds.join("m/mix_report.md")).unwrap();
+        assert!(
+            md.contains("wanted 40 synthetic images, 10 available"),
+            "{md}"
+        );
+
+        // The same again keeps the counts but reports the achieved ratio.
+        let out = sv72(
+            ds,
+            &[
+                "--real",
+                "r",
+                "--synthetic",
+                "s",
+                "--name",
+                "m2",
+                "--allow-ratio-shortfall",
+            ],
+        );
+        assert!(out.status.success());
+        let rows = read_manifest(&ds.join("m2/manifest.parquet")).unwrap();
+        let c = train_counts(&rows);
+        assert_eq!(c[&1], sc(40, 10));
+        let md = std::fs::read_to_string(ds.join("m2/mix_report.md")).unwrap();
+        assert!(md.contains("| 20.0% |"), "{md}");
+    }
+
+    #[test]
+    fn clear_errors_and_dry_run() {
+        let (tmp, _) = setup();
+        let ds = tmp.path();
+        let out = sv72(ds, &["--real", "s", "--name", "m"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--real") && err.contains("different source"),
+            "{err}"
+        );
+
+        let out = sv72(ds, &["--real", "nope", "--name", "m"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("nope") && err.contains("sv72 ingest"), "{err}");
+
+        let out = sv72(ds, &["--real", "r", "--name", "r"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("overwrite"), "{err}");
+
+        // No synthetic inputs at a 50% target: nothing to train on, said plainly.
+        let out = sv72(ds, &["--real", "r", "--name", "m"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(err.contains("no training images"), "{err}");
+        assert!(!ds.join("m").exists());
+
+        let out = sv72(
+            ds,
+            &[
+                "--real",
+                "r",
+                "--synthetic",
+                "s",
+                "--name",
+                "m",
+                "--dry-run",
+            ],
+        );
+        assert!(out.status.success());
+        assert!(!ds.join("m").exists());
+    }
+}

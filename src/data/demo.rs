@@ -216,9 +216,7 @@ impl Canvas {
     fn to_image(&self) -> RgbImage {
         let mut img = RgbImage::new(self.w as u32, self.h as u32);
         for (dst, src) in img.pixels_mut().zip(&self.px) {
-            for k in 0..3 {
-                dst.0[k] = src[k].round().clamp(0.0, 255.0) as u8;
-            }
+            dst.0 = src.map(|v| v.round().clamp(0.0, 255.0) as u8);
         }
         img
     }
@@ -920,8 +918,8 @@ fn finish(c: &mut Canvas, rng: &mut ChaCha8Rng, s: &Scene, source: SourceKind) {
                     let p = &mut c.px[y * c.w + x];
                     // Luma noise plus weaker chroma noise, like a small sensor.
                     let n = noise.sample(rng);
-                    for k in 0..3 {
-                        p[k] = p[k] * s.light * s.tint[k] * v + n + noise.sample(rng) * 0.35;
+                    for (ch, tint) in p.iter_mut().zip(s.tint) {
+                        *ch = *ch * s.light * tint * v + n + noise.sample(rng) * 0.35;
                     }
                 }
             }
@@ -940,9 +938,8 @@ fn finish(c: &mut Canvas, rng: &mut ChaCha8Rng, s: &Scene, source: SourceKind) {
                         q[k] = p[k] * s.light.powf(0.6) * s.tint[k];
                     }
                     let l = 0.299 * q[0] + 0.587 * q[1] + 0.114 * q[2];
-                    for k in 0..3 {
-                        q[k] = l + (q[k] - l) * sat;
-                        q[k] = 128.0 + (q[k] - 128.0) * contrast;
+                    for ch in q.iter_mut() {
+                        *ch = 128.0 + (l + (*ch - l) * sat - 128.0) * contrast;
                     }
                     let t = (l / 255.0).clamp(0.0, 1.0);
                     q[0] += 10.0 * t - 6.0 * (1.0 - t);
@@ -1021,10 +1018,10 @@ fn readme_text(opts: &DemoOptions, summary: &DemoSummary) -> String {
          --seed {} --count {}` (dash-cam road scenes with and without roadwork). It exists so \
          the pipeline can be demonstrated and tested without downloading anything; a model \
          trained on it says nothing about real validator traffic.\n\n\
-         Layout:\n\
-           real/roadwork, real/none            \"real\" style: sensor noise, vignetting, hard \
-         edges, JPEG quality 68-88\n\
-           synthetic/roadwork, synthetic/none  \"synthetic\" style: smooth, saturated, soft \
+         Layout:\n  \
+         real/roadwork, real/none            \"real\" style: sensor noise, vignetting, hard \
+         edges, JPEG quality 68-88\n  \
+         synthetic/roadwork, synthetic/none  \"synthetic\" style: smooth, saturated, soft \
          edges, no noise, JPEG quality 92-97\n\n\
          Scenes per folder:\n",
         opts.seed, opts.count
