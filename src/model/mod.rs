@@ -3,6 +3,8 @@
 //! One file per family, each with a config struct, its blocks and its forward, numerically
 //! matching `transformers`.
 
+pub mod hub;
+pub mod preprocess;
 pub mod weights;
 
 use burn::tensor::{backend::Backend, Tensor};
