@@ -75,10 +75,10 @@ impl MinerTracker {
         let start = n - window.min(n);
         let mut rounded = Vec::with_capacity(n - start);
         let mut labels = Vec::with_capacity(n - start);
-        for i in start..n {
-            if self.preds[i] != -1.0 {
-                rounded.push(round_half_even(self.preds[i]));
-                labels.push(self.labels[i]);
+        for (&p, &y) in self.preds.iter().zip(&self.labels).skip(start) {
+            if p != -1.0 {
+                rounded.push(round_half_even(p));
+                labels.push(y);
             }
         }
         if labels.is_empty() {

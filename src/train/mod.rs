@@ -5,6 +5,7 @@
 //! checkpoint ([`checkpoint`]). `checkpoints/latest` moves only once everything is written.
 
 pub mod checkpoint;
+pub mod data;
 pub mod head;
 pub mod tensorboard;
 pub mod tracking;

@@ -125,7 +125,7 @@ impl TrainSettings {
         if self.epochs == 0 || self.batch_size == 0 {
             bail!("train.epochs and train.batch_size must be > 0");
         }
-        if !(self.lr > 0.0) {
+        if self.lr.is_nan() || self.lr <= 0.0 {
             bail!("train.lr = {} must be > 0", self.lr);
         }
         if !(0.0..1.0).contains(&self.dropout) {
