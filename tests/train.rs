@@ -439,9 +439,12 @@ mod runs {
 mod wandb {
     use super::*;
 
+    /// Requests seen by the stand-in: `(path, headers, body)`.
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+
     /// A stand-in W&B server: records `(path, headers, body)` of each request; answers 500 to
     /// everything when `fail` is set.
-    fn stand_in(fail: bool) -> (String, Arc<Mutex<Vec<(String, String, String)>>>) {
+    fn stand_in(fail: bool) -> (String, Seen) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -16,6 +16,12 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+/// One tensor: `(name, shape, row-major values)`.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Tensors by name: `(shape, row-major values)`.
+pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Number of output logits (transformers layout: `id2label = {0: None, 1: Roadwork}`).
 pub const NUM_LABELS: usize = 2;
 
@@ -148,7 +154,7 @@ impl<B: Backend> Head<B> {
     /// computed in chunks to bound memory.
     pub fn margins(&self, features: &[f32], device: &B::Device) -> Result<Vec<f64>> {
         let d = self.input_dim();
-        if d == 0 || features.len() % d != 0 {
+        if d == 0 || !features.len().is_multiple_of(d) {
             bail!(
                 "features have {} values, not a multiple of the head's input width {d}: \
                  the cached features come from a different backbone than this head",
@@ -174,7 +180,7 @@ impl<B: Backend> Head<B> {
 
     /// Named tensors in PyTorch layout (`[out, in]` weights) for safetensors:
     /// `classifier.{weight,bias}` and, for the MLP, `hidden.{weight,bias}`.
-    pub fn to_named_tensors(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn to_named_tensors(&self) -> Result<Vec<NamedTensor>> {
         let mut out = Vec::new();
         let mut push = |name: &str, l: &Linear<B>| -> Result<()> {
             let [d_in, d_out] = l.weight.dims();
@@ -205,7 +211,7 @@ impl<B: Backend> Head<B> {
 
     /// Rebuilds a head from tensors written by [`Head::to_named_tensors`].
     pub fn from_named_tensors(
-        tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+        tensors: &NamedTensors,
         origin: &Path,
         device: &B::Device,
     ) -> Result<Self> {

@@ -25,6 +25,9 @@ pub use trainer::{train_head, EpochRecord, FeatureSet, TrainSettings, Trained};
 
 use crate::config::Config;
 
+/// A per-epoch callback; returning an error aborts the run.
+pub type EpochHook = Box<dyn FnMut(&EpochRecord) -> Result<()>>;
+
 /// What a run trains on.
 pub struct RunInputs {
     pub train: FeatureSet,
@@ -41,7 +44,7 @@ pub struct RunOptions {
     pub wandb: Option<WandbSettings>,
     pub warn: WarnSink,
     /// Called after each epoch is logged; an error aborts the run (e.g. a stop request).
-    pub on_epoch: Option<Box<dyn FnMut(&EpochRecord) -> Result<()>>>,
+    pub on_epoch: Option<EpochHook>,
 }
 
 impl RunOptions {
