@@ -135,6 +135,46 @@ mod dinov3 {
         dir
     }
 
+    /// Opt-in check at a published size: `SV72_DINOV3_FULL=DIR` from
+    /// `tools/backbone_fixtures_dinov3.py --full DIR --preset vits16` (224x224, pixel_values in
+    /// the reference file). Prints max |Δ| per output and the forward time.
+    #[test]
+    #[ignore = "needs SV72_DINOV3_FULL (a full-size snapshot written by the fixtures tool)"]
+    fn full_size_snapshot_matches_transformers() {
+        let Some(dir) = std::env::var_os("SV72_DINOV3_FULL").map(PathBuf::from) else {
+            panic!(
+                "set SV72_DINOV3_FULL to a folder made by tools/backbone_fixtures_dinov3.py --full"
+            );
+        };
+        let reference = dir.join("reference_224x224.safetensors");
+        let t0 = std::time::Instant::now();
+        let model = dinov3::load::<Cpu>(&dir, &Default::default()).unwrap();
+        eprintln!("load: {:.2?}", t0.elapsed());
+        let (v, s) = read(&reference, "pixel_values");
+        let px = Tensor::<Cpu, 4>::from_data(
+            TensorData::new(v, [s[0], s[1], s[2], s[3]]),
+            &Default::default(),
+        );
+        let t0 = std::time::Instant::now();
+        let out = model.try_extract(px, true).unwrap();
+        let cls = values(out.cls);
+        eprintln!(
+            "forward of {} images at 224x224: {:.2?}",
+            s[0],
+            t0.elapsed()
+        );
+        for (name, got) in [
+            ("last_hidden_state", values(out.last_hidden_state.unwrap())),
+            ("pooler_output", values(out.pooler)),
+            ("cls", cls),
+            ("patch_mean", values(out.patch_mean)),
+        ] {
+            let d = max_abs_diff(got, &read(&reference, name).0, name);
+            eprintln!("{} {name}: max |Δ| = {d:.3e}", dir.display());
+            assert!(d <= 1e-3, "{name}: max |Δ| = {d:e}");
+        }
+    }
+
     #[test]
     fn loads_prefixed_tensor_names() {
         // A task wrapper's export: every tensor under `backbone.`, encoder as `backbone.layer.N`.

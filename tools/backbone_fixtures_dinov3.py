@@ -26,8 +26,14 @@ Resolutions: 112x112 (square, 7x7 patches) and 80x128 (non-square, 5x8 patches, 
 swapped RoPE y/x grid).
 
     /root/.venvs/sv72tools/bin/python tools/backbone_fixtures_dinov3.py
+
+`--full DIR --preset NAME` instead writes one full-size random snapshot with a published
+architecture (not committed; tens of MB) plus DIR/reference_224x224.safetensors holding the
+processor's float32 pixel_values at 224x224 and the outputs, for the opt-in Rust test
+`SV72_DINOV3_FULL=DIR cargo test --test backbones -- --ignored full_size`.
 """
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -103,6 +109,30 @@ MODELS = {
 }
 
 
+# Published facebook/dinov3-* ViT architectures (config.json fields that differ from the defaults).
+PRESETS = {
+    "vits16": dict(hidden_size=384, intermediate_size=1536, num_attention_heads=6, num_hidden_layers=12),
+    "vits16plus": dict(
+        hidden_size=384,
+        intermediate_size=1536,
+        num_attention_heads=6,
+        num_hidden_layers=12,
+        use_gated_mlp=True,
+        hidden_act="silu",
+    ),
+    "vitb16": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
+    "vitl16": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24),
+    "vith16plus": dict(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_attention_heads=20,
+        num_hidden_layers=32,
+        use_gated_mlp=True,
+        hidden_act="silu",
+    ),
+}
+
+
 def perturb(model: torch.nn.Module, gen: torch.Generator) -> None:
     """Adds N(0, s) with s in [0.02, 0.1] to every parameter, so nothing keeps its init value."""
     with torch.no_grad():
@@ -115,7 +145,46 @@ def load_images() -> list[tuple[str, Image.Image]]:
     return [(p.name, Image.open(p).convert("RGB")) for p in sorted(IMAGES.iterdir())]
 
 
+def outputs(model: DINOv3ViTModel, pv: torch.Tensor, prefix: int) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        out = model(pixel_values=pv)
+    hidden = out.last_hidden_state
+    return {
+        "last_hidden_state": hidden,
+        "pooler_output": out.pooler_output,
+        "cls": hidden[:, 0, :],
+        "patch_mean": hidden[:, prefix:, :].mean(dim=1),
+    }
+
+
+def write_full(out: Path, preset: str) -> None:
+    torch.manual_seed(7)
+    config = DINOv3ViTConfig(num_register_tokens=4, layerscale_value=1e-5, **PRESETS[preset])
+    model = DINOv3ViTModel(config).eval()
+    perturb(model, torch.Generator().manual_seed(7))
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2) + "\n")
+    model = DINOv3ViTModel.from_pretrained(out, attn_implementation="eager").eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    images = load_images()
+    pv = processor([im for _, im in images], return_tensors="pt")["pixel_values"]
+    ref = outputs(model, pv, 1 + config.num_register_tokens)
+    ref["pixel_values"] = pv
+    save_file({k: v.contiguous() for k, v in ref.items()}, out / "reference_224x224.safetensors")
+    print(f"{preset}: wrote {out}")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--full", type=Path, help="write one full-size snapshot here instead")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="vits16")
+    args = ap.parse_args()
+    if args.full:
+        write_full(args.full, args.preset)
+        return
+
     OUT.mkdir(parents=True, exist_ok=True)
     images = load_images()
     names = [n for n, _ in images]
@@ -165,16 +234,7 @@ def main() -> None:
                     metadata={"images": json.dumps(names)},
                 )
             pv32 = pixels[(h, w)].to(torch.float32)
-            with torch.no_grad():
-                out = reloaded(pixel_values=pv32)
-            hidden = out.last_hidden_state
-            prefix = 1 + config.num_register_tokens
-            ref = {
-                "last_hidden_state": hidden,
-                "pooler_output": out.pooler_output,
-                "cls": hidden[:, 0, :],
-                "patch_mean": hidden[:, prefix:, :].mean(dim=1),
-            }
+            ref = outputs(reloaded, pv32, 1 + config.num_register_tokens)
             save_file(
                 {k: v.contiguous() for k, v in ref.items()},
                 snap / f"reference_{h}x{w}.safetensors",

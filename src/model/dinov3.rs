@@ -247,7 +247,7 @@ impl Dinov3Config {
         if cfg.patch_size == 0 || cfg.hidden_size == 0 || cfg.num_attention_heads == 0 {
             bail!("{o}: patch_size, hidden_size and num_attention_heads must be positive");
         }
-        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             bail!(
                 "{o}: hidden_size {} is not divisible by num_attention_heads {}",
                 cfg.hidden_size,
@@ -255,7 +255,7 @@ impl Dinov3Config {
             );
         }
         // RoPE splits each head into (y, x) × (cos, sin) quarters.
-        if cfg.head_dim() % 4 != 0 {
+        if !cfg.head_dim().is_multiple_of(4) {
             bail!(
                 "{o}: head dim {} (hidden_size / num_attention_heads) must be a multiple of 4 for DINOv3's 2D RoPE",
                 cfg.head_dim()
