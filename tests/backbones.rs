@@ -235,6 +235,7 @@ mod dinov3 {
         let err = dinov3::load::<Cpu>(snap.path(), &Default::default())
             .unwrap_err()
             .to_string();
+        eprintln!("{err}");
         assert!(
             err.contains("`layer.1.mlp.gate_proj.weight`")
                 && err.contains("missing")
@@ -256,6 +257,7 @@ mod dinov3 {
         let err = dinov3::load::<Cpu>(snap.path(), &Default::default())
             .unwrap_err()
             .to_string();
+        eprintln!("{err}");
         assert!(
             err.contains("`model.layer.0.mlp.up_proj.weight`")
                 && err.contains("model.safetensors")

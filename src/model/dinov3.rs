@@ -431,6 +431,7 @@ pub fn load<B: Backend>(snapshot_dir: &Path, device: &B::Device) -> Result<Dinov
 /// Burn's `[in, out]` on the host so the model holds contiguous weights.
 struct Loader<'a, B: Backend> {
     w: &'a Weights,
+    dir: &'a Path,
     root: &'static str,
     layers: String,
     device: &'a B::Device,
@@ -451,23 +452,21 @@ impl<B: Backend> Loader<'_, B> {
 
     /// `[out, in]` weight of `name.weight`, transposed to `[in, out]` row-major values.
     fn weight_t(&self, name: &str, d_in: usize, d_out: usize) -> Result<Vec<f32>> {
-        let full = format!("{name}.weight");
-        let (v, shape) = self.w.f32_data(&full)?;
-        if shape != [d_out, d_in] {
-            // Let `Weights` phrase the mismatch (it names the file).
-            return Err(self
-                .w
-                .tensor::<B, 2>(&full, [d_out, d_in], self.device)
-                .err()
-                .unwrap_or_else(|| anyhow!("tensor `{full}` has an unexpected shape")));
+        let v = self.host(&format!("{name}.weight"), &[d_out, d_in])?;
+        Ok(transpose(&v, d_out, d_in))
+    }
+
+    /// Host values of `name`, which must have exactly `shape`.
+    fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (v, found) = self.w.f32_data(name)?;
+        if found != shape {
+            let file = self.w.file_of(name).unwrap_or(self.dir);
+            bail!(
+                "tensor `{name}` in {} has shape {found:?}, but config.json implies {shape:?} (config.json and weights disagree)",
+                file.display()
+            );
         }
-        let mut t = vec![0f32; v.len()];
-        for o in 0..d_out {
-            for i in 0..d_in {
-                t[i * d_out + o] = v[o * d_in + i];
-            }
-        }
-        Ok(t)
+        Ok(v)
     }
 
     /// `name.bias` when the config says the projection has one. A bias the config disables is
@@ -476,14 +475,7 @@ impl<B: Backend> Loader<'_, B> {
         if !present {
             return Ok(None);
         }
-        let full = format!("{name}.bias");
-        let t: Tensor<B, 1> = self.tensor(&full, [d_out])?;
-        // Round-trip through the tensor API so the shape check and its error are `Weights`'.
-        let v = t
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| anyhow!("tensor `{full}`: {e:?}"))?;
-        Ok(Some(v))
+        self.host(&format!("{name}.bias"), &[d_out]).map(Some)
     }
 
     fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
@@ -548,6 +540,17 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
+/// `[rows, cols]` row-major values as `[cols, rows]`.
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = v[r * cols + c];
+        }
+    }
+    t
+}
+
 impl<B: Backend> Dinov3Model<B> {
     /// Builds the model from opened weights; `dir` names the snapshot in errors.
     pub fn from_weights(
@@ -574,6 +577,7 @@ impl<B: Backend> Dinov3Model<B> {
             .unwrap_or_else(|| format!("{root}layer."));
         let ld = Loader::<B> {
             w: weights,
+            dir,
             root,
             layers,
             device,
@@ -581,21 +585,12 @@ impl<B: Backend> Dinov3Model<B> {
         let cfg = &config;
         let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
 
-        let pe_name = ld.name("embeddings.patch_embeddings.weight");
-        let (pe, shape) = weights.f32_data(&pe_name)?;
-        if shape != [d, c, p, p] {
-            return Err(weights
-                .tensor::<B, 4>(&pe_name, [d, c, p, p], device)
-                .err()
-                .unwrap_or_else(|| anyhow!("tensor `{pe_name}` has an unexpected shape")));
-        }
         let k = c * p * p;
-        let mut pe_t = vec![0f32; k * d];
-        for o in 0..d {
-            for i in 0..k {
-                pe_t[i * d + o] = pe[o * k + i];
-            }
-        }
+        let pe = ld.host(
+            &ld.name("embeddings.patch_embeddings.weight"),
+            &[d, c, p, p],
+        )?;
+        let pe_t = transpose(&pe, d, k);
         drop(pe);
         let pe_bias = ld.bias(&ld.name("embeddings.patch_embeddings"), d, true)?;
         let patch_embed = ld.make_linear(pe_t, pe_bias, k, d);
