@@ -266,6 +266,23 @@ mod dinov3 {
             "{err}"
         );
 
+        // Fewer blocks in config.json than in the weights: the wrong config, not a silent cut.
+        let snap = edited_snapshot(
+            "dinov3-tiny",
+            |n, v, s| Some((n.to_string(), v, s)),
+            |mut c| {
+                c["num_hidden_layers"] = 1.into();
+                c
+            },
+        );
+        let err = dinov3::load::<Cpu>(snap.path(), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`model.layer.1.norm1.weight`") && err.contains("num_hidden_layers=1"),
+            "{err}"
+        );
+
         // A bad lambda shape is caught too (not just linear weights).
         let snap = edited_snapshot(
             "dinov3-gated",

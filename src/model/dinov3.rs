@@ -540,12 +540,18 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
-/// `[rows, cols]` row-major values as `[cols, rows]`.
+/// `[rows, cols]` row-major values as `[cols, rows]`, in cache-sized tiles (7B matrices are
+/// 4096 x 8192).
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut t = vec![0f32; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = v[r * cols + c];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    t[c * rows + r] = v[r * cols + c];
+                }
+            }
         }
     }
     t
@@ -607,6 +613,7 @@ impl<B: Backend> Dinov3Model<B> {
 
         let (f, bias) = (cfg.intermediate_size, cfg.mlp_bias);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let bar = crate::util::progress::bar(cfg.num_hidden_layers as u64, "DINOv3 blocks");
         for i in 0..cfg.num_hidden_layers {
             let mlp = |rel: &str, din, dout| {
                 ld.linear(&ld.layer(i, &format!("mlp.{rel}")), din, dout, bias)
@@ -632,7 +639,9 @@ impl<B: Backend> Dinov3Model<B> {
                     ld.tensor(&ld.layer(i, "layer_scale2.lambda1"), [d])?,
                 ),
             });
+            bar.inc(1);
         }
+        bar.finish_and_clear();
         // A checkpoint with more blocks than config.json declares is the wrong config.
         let extra = ld.layer(cfg.num_hidden_layers, "norm1.weight");
         if weights.contains(&extra) {
