@@ -331,7 +331,7 @@ pub struct Dinov3Mlp<B: Backend> {
 }
 
 impl<B: Backend> Dinov3Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>, act: Activation) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 2>, act: Activation) -> Tensor<B, 2> {
         let h = match &self.gate {
             Some(gate) => act.apply(gate.forward(x.clone())) * self.up.forward(x),
             None => act.apply(self.up.forward(x)),
@@ -353,56 +353,65 @@ pub struct Dinov3Layer<B: Backend> {
     layer_scale2: Param<Tensor<B, 1>>,
 }
 
-fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.narrow(3, d / 2, d - d / 2);
-    Tensor::cat(vec![x2.neg(), x1], 3)
+/// RoPE tables of one input size, flattened to `[1, patches * head_dim]`: every elementwise
+/// op then broadcasts over rows of a 2D tensor, which is far cheaper on burn-flex than
+/// broadcasting over the leading dims of a 4D one.
+struct Rope<B: Backend> {
+    cos: Tensor<B, 2>,
+    /// `sin` with its first half negated, so `rotate_half(x) * sin` becomes
+    /// `swap_halves(x) * sin_signed` (negation is exact, the result is bit-identical).
+    sin_signed: Tensor<B, 2>,
 }
 
 /// RoPE on the patch tokens of `x` `[N, H, T, hd]`; the first `prefix` tokens pass unrotated.
-fn apply_rope<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-    prefix: usize,
-) -> Tensor<B, 4> {
-    let t = x.dims()[2];
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &Rope<B>, prefix: usize) -> Tensor<B, 4> {
+    let [n, h, t, hd] = x.dims();
+    let hw = t - prefix;
     let head = x.clone().narrow(2, 0, prefix);
-    let patches = x.narrow(2, prefix, t - prefix);
-    let rotated = patches.clone() * cos.clone() + rotate_half(patches) * sin.clone();
-    Tensor::cat(vec![head, rotated], 2)
+    let patches = x.narrow(2, prefix, hw);
+    let swapped = Tensor::cat(
+        vec![
+            patches.clone().narrow(3, hd / 2, hd / 2),
+            patches.clone().narrow(3, 0, hd / 2),
+        ],
+        3,
+    );
+    let flat = |v: Tensor<B, 4>| v.reshape([n * h, hw * hd]);
+    let rotated = flat(patches) * rope.cos.clone() + flat(swapped) * rope.sin_signed.clone();
+    Tensor::cat(vec![head, rotated.reshape([n, h, hw, hd])], 2)
 }
 
 impl<B: Backend> Dinov3Layer<B> {
+    /// One block over tokens flattened to `[N * T, D]` (2D keeps bias and layer-scale
+    /// broadcasts on burn-flex's fast path).
     fn forward(
         &self,
-        x: Tensor<B, 3>,
+        x: Tensor<B, 2>,
+        [n, t]: [usize; 2],
         cfg: &Dinov3Config,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
-        let [n, t, d] = x.dims();
+        rope: &Rope<B>,
+    ) -> Tensor<B, 2> {
+        let d = cfg.hidden_size;
         let (heads, hd) = (cfg.num_attention_heads, cfg.head_dim());
         let qkv = self.qkv.forward(self.norm1.forward(x.clone()));
         let split = |i: usize| {
             qkv.clone()
-                .narrow(2, i * d, d)
+                .narrow(1, i * d, d)
                 .reshape([n, t, heads, hd])
                 .swap_dims(1, 2)
         };
         let prefix = cfg.num_prefix_tokens();
-        let q = apply_rope(split(0), cos, sin, prefix);
-        let k = apply_rope(split(1), cos, sin, prefix);
+        let q = apply_rope(split(0), rope, prefix);
+        let k = apply_rope(split(1), rope, prefix);
         let v = split(2);
         let ctx = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        let ctx = ctx.swap_dims(1, 2).reshape([n, t, d]);
+        let ctx = ctx.swap_dims(1, 2).reshape([n * t, d]);
         let attn = self.o_proj.forward(ctx);
-        let x = x + attn * self.layer_scale1.val().unsqueeze::<3>();
+        let x = x + attn * self.layer_scale1.val().unsqueeze::<2>();
         let m = self
             .mlp
             .forward(self.norm2.forward(x.clone()), cfg.hidden_act);
-        x + m * self.layer_scale2.val().unsqueeze::<3>()
+        x + m * self.layer_scale2.val().unsqueeze::<2>()
     }
 }
 
@@ -691,28 +700,35 @@ impl<B: Backend> Dinov3Model<B> {
         } else {
             pixel_values
         };
+        let hw = hp * wp;
         let patches = x
             .reshape([n, c, hp, p, wp, p])
             .permute([0, 2, 4, 1, 3, 5])
-            .reshape([n, hp * wp, c * p * p]);
-        let patches = self.patch_embed.forward(patches);
+            .reshape([n * hw, c * p * p]);
+        let patches = self.patch_embed.forward(patches).reshape([n, hw, d]);
         let mut tokens = vec![self.cls_token.val().expand([n, 1, d])];
         if let Some(reg) = &self.register_tokens {
             tokens.push(reg.val().expand([n, cfg.num_register_tokens, d]));
         }
         tokens.push(patches);
-        let mut x = Tensor::cat(tokens, 1);
+        let t = cfg.num_prefix_tokens() + hw;
+        let mut x = Tensor::cat(tokens, 1).reshape([n * t, d]);
 
-        let (cos, sin) = cfg.rope_tables(hp, wp);
+        let (cos, mut sin) = cfg.rope_tables(hp, wp);
         let hd = cfg.head_dim();
-        let table = |v: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(v, [hp * wp, hd]), &device).unsqueeze::<4>()
-        };
-        let (cos, sin) = (table(cos), table(sin));
-        for layer in &self.layers {
-            x = layer.forward(x, cfg, &cos, &sin);
+        for row in sin.chunks_exact_mut(hd) {
+            row[..hd / 2].iter_mut().for_each(|v| *v = -*v);
         }
-        Ok(self.norm.forward(x))
+        let table =
+            |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [1, hw * hd]), &device);
+        let rope = Rope {
+            cos: table(cos),
+            sin_signed: table(sin),
+        };
+        for layer in &self.layers {
+            x = layer.forward(x, [n, t], cfg, &rope);
+        }
+        Ok(self.norm.forward(x).reshape([n, t, d]))
     }
 
     /// All outputs for a batch (see [`BackboneOutput`]); `pooler` is the CLS token, as
