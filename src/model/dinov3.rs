@@ -254,7 +254,7 @@ impl Dinov3Config {
                 cfg.num_attention_heads
             );
         }
-        // RoPE splits each head into (y, x) × (cos, sin) quarters.
+        // RoPE gives each axis (y, x) head_dim / 4 frequencies, repeated for rotate_half.
         if !cfg.head_dim().is_multiple_of(4) {
             bail!(
                 "{o}: head dim {} (hidden_size / num_attention_heads) must be a multiple of 4 for DINOv3's 2D RoPE",
