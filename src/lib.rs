@@ -7,5 +7,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod features;
 pub mod model;
+pub mod serve;
 pub mod util;

@@ -97,6 +97,52 @@ mod dinov3 {
         }
     }
 
+    #[test]
+    fn image_files_through_sv72_preprocess_match_reference() {
+        // The whole chain on the snapshot's own preprocessor_config.json, for the PNG fixtures
+        // (JPEG decoders differ by a grey level or two between PIL and `image`; the RGBA image's
+        // alpha is dropped by the fixture tool but composited over white by sv72). The
+        // references were computed on f16-rounded processor output, so allow that rounding.
+        use sv72::model::preprocess::{Preprocess, ResizeTo};
+        let dir = fixtures().join("dinov3-gated");
+        let model = dinov3::load::<Cpu>(&dir, &Default::default()).unwrap();
+        let (h, w) = (80usize, 128usize);
+        let mut pre = Preprocess::from_snapshot(&dir).unwrap();
+        let (_, filter) = pre.resize.expect("DINOv3 processors resize");
+        pre.resize = Some((
+            ResizeTo::Exact {
+                height: h as u32,
+                width: w as u32,
+            },
+            filter,
+        ));
+        // (index in the reference batch, file): the tool sorts the images by name.
+        let pngs = [
+            (0, "gray_180x240.png"),
+            (2, "rgb_300x500.png"),
+            (3, "rgb_37x53.png"),
+        ];
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");
+        let stored = values(pixels(h, w));
+        let want = read(&dir.join(format!("reference_{h}x{w}.safetensors")), "cls").0;
+        let (n, d) = (3 * h * w, model.hidden_size());
+        for (i, name) in pngs {
+            let img = image::open(images.join(name)).unwrap();
+            let px = pre.pixel_values(&img).unwrap();
+            let dp = max_abs_diff(px.clone(), &stored[i * n..(i + 1) * n], name);
+            let px =
+                Tensor::<Cpu, 4>::from_data(TensorData::new(px, [1, 3, h, w]), &Default::default());
+            let cls = values(model.try_extract(px, false).unwrap().cls);
+            let dc = max_abs_diff(cls, &want[i * d..(i + 1) * d], name);
+            eprintln!("{name}: pixel_values max |Δ| {dp:.3e}, cls max |Δ| {dc:.3e}");
+            assert!(
+                dp <= 1.5e-3,
+                "{name}: pixel_values differ by {dp:e} (more than f16 rounding)"
+            );
+            assert!(dc <= 5e-3, "{name}: cls differs by {dc:e}");
+        }
+    }
+
     /// Copies a fixture snapshot into a temp dir, letting `edit` rename, drop or replace tensors
     /// and `config` rewrite config.json.
     fn edited_snapshot(

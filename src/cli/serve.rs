@@ -1,16 +1,119 @@
-//! `sv72 serve` (built in issue #5).
+//! `sv72 serve`: run the miner axon until SIGINT/SIGTERM.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::Ctx;
+use crate::serve::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode};
+use crate::serve::{Loader, MetagraphHandle, Metrics, ModelSlot, Predictor, ServeOptions, Server};
 
 /// Flags of `sv72 serve`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Our hotkey as SS58 (default: read from the wallet serve.wallet_name/serve.wallet_hotkey).
+    #[arg(long, value_name = "SS58")]
+    pub hotkey: Option<String>,
+    /// Bittensor wallets folder.
+    #[arg(long, value_name = "DIR")]
+    pub wallet_path: Option<PathBuf>,
+    /// Metagraph snapshot JSON (default: serve.metagraph); reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub metagraph: Option<PathBuf>,
+    /// Port (default: serve.port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Answer this constant instead of loading serve.model: a protocol smoke test only, never
+    /// for mining (validators score it as chance).
+    #[arg(long, value_name = "P")]
+    pub constant_prediction: Option<f32>,
+    /// Send the image back in responses, as the Python axon does.
+    #[arg(long)]
+    pub echo_image: bool,
+}
+
+/// A predictor answering one value for every image.
+pub struct ConstantPredictor(pub f32);
+
+impl Predictor for ConstantPredictor {
+    fn predict(&mut self, images: &[image::RgbImage]) -> Result<Vec<f32>> {
+        Ok(vec![self.0; images.len()])
+    }
+    fn version(&self) -> String {
+        format!("constant-{}", self.0)
+    }
+}
 
 /// Runs `sv72 serve`.
-pub fn run(_args: Args, _ctx: &Ctx) -> Result<ExitCode> {
-    super::not_yet("serve", 5)
+pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
+    let loader: Arc<Loader> = match args.constant_prediction {
+        Some(p) if (0.0..=1.0).contains(&p) => {
+            Arc::new(move |_: &Path| Ok(Box::new(ConstantPredictor(p)) as Box<dyn Predictor>))
+        }
+        Some(p) => bail!("--constant-prediction {p} must be within [0, 1]"),
+        None => Arc::new(|path: &Path| {
+            bail!(
+                "loading a trained head from {} is not wired in yet (issue #4); use \
+                 --constant-prediction for a protocol smoke test",
+                path.display()
+            )
+        }),
+    };
+    let watch = args.constant_prediction.is_none();
+    run_with(args, ctx, loader, watch)
+}
+
+/// Serves with `loader` building predictors from `serve.model`; with `watch`, a changed
+/// `serve.model` is loaded beside the running model and swapped in when it probes well.
+pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Result<ExitCode> {
+    let cfg = &ctx.config.serve;
+    let hotkey = match &args.hotkey {
+        Some(h) => {
+            ss58_decode(h).map_err(|e| anyhow::anyhow!("--hotkey: {e}"))?;
+            h.clone()
+        }
+        None => read_wallet_hotkey(
+            &args.wallet_path.clone().unwrap_or_else(default_wallet_path),
+            &cfg.wallet_name,
+            &cfg.wallet_hotkey,
+        )?,
+    };
+    let mut opts = ServeOptions::from_config(cfg, hotkey)?;
+    if let Some(p) = args.port {
+        opts.addr.set_port(p);
+    }
+    opts.echo_image = args.echo_image;
+    opts.handle_signals = true;
+    let mg_path = args
+        .metagraph
+        .clone()
+        .unwrap_or_else(|| cfg.metagraph.clone());
+    let metagraph = Arc::new(MetagraphHandle::from_file(&mg_path)?);
+    let first = loader(&cfg.model)?;
+    let metrics = Arc::new(Metrics::new());
+    let slot = ModelSlot::new(first, metrics);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch.then(|| {
+        slot.watch(
+            cfg.model.clone(),
+            loader.clone(),
+            Duration::from_secs(2),
+            stop.clone(),
+        )
+    });
+    let server = Server::start(opts, metagraph, slot)?;
+    eprintln!(
+        "sv72 serve: listening on {} (metrics at /metrics, health at /healthz); Ctrl-C stops",
+        server.addr()
+    );
+    let r = server.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    r.map(|_| ExitCode::SUCCESS)
 }

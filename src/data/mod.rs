@@ -1,3 +1,11 @@
-//! The data layer: manifests, ingest, and the training mix.
+//! The data layer: manifests, ingest, the training mix and the demo set.
 
+pub mod decode;
+pub mod demo;
+pub mod ingest;
 pub mod manifest;
+pub mod mix;
+pub mod neardup;
+pub mod phash;
+pub mod quarantine;
+pub mod sources;

@@ -4,6 +4,8 @@
 //! matching `transformers`.
 
 pub mod dinov3;
+pub mod hub;
+pub mod preprocess;
 pub mod weights;
 
 use burn::tensor::{backend::Backend, Tensor};

@@ -1,0 +1,7 @@
+//! Backbone features: the on-disk cache ([`cache`]) and batched computation plus the
+//! `sv72 embed` output format ([`embed`]).
+
+pub mod cache;
+pub mod embed;
+
+pub use cache::{backbone_key, CacheStats, FeatureCache, FeatureRow};

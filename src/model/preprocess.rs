@@ -1,0 +1,760 @@
+//! Image → `pixel_values`, matching what `transformers` 5.x feeds the checkpoint.
+//!
+//! `AutoImageProcessor.from_pretrained(dir)` in transformers 5.x picks the **torchvision** backend
+//! by default (`backend=None` → torchvision when installed; only Lanczos processors fall back to
+//! PIL on old torchvision). Two pipelines follow from the checkpoint's `image_processor_type`:
+//!
+//! * BiT / ViT style (DINOv2, DINOv2 with registers): convert to RGB → resize the **uint8** image
+//!   (torch's antialiased separable kernel with int16 fixed-point weights, one uint8 rounding per
+//!   axis) → centre crop (zero padding when the crop is larger) → fused rescale + normalise in f32.
+//! * DINOv3: rescale to f32 first → antialiased **float** resize → (crop) → normalise.
+//!
+//! Both resamplers are implemented here (bilinear = triangle filter, bicubic = Keys a = -0.5, the
+//! antialiased kernels torch and Pillow share; the filter widens by the scale when downscaling).
+//! RGB conversion follows transformers' `convert_to_rgb`: grey is replicated, transparency is
+//! composited over white with Pillow's integer arithmetic. EXIF orientation is **not** applied —
+//! transformers does not apply it either (`PIL.Image.open` leaves pixels as stored), so neither
+//! does sv72, keeping features identical to the checkpoint's own pipeline.
+//!
+//! The fixed "validator" path mirrors what validators send (224×224 JPEG): an image of another
+//! size is resized to the target with antialiased bilinear (what the subnet's
+//! `transforms.Resize` uses), then rescaled and normalised with the checkpoint's mean/std.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use image::{DynamicImage, RgbImage};
+use serde_json::Value;
+
+/// Name of the processor config in a snapshot.
+pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
+
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+/// Resampling filter (PIL numbering in configs: 2 = bilinear, 3 = bicubic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    Bilinear,
+    Bicubic,
+}
+
+impl Resample {
+    fn from_pil(code: i64, origin: &str) -> Result<Self> {
+        match code {
+            2 => Ok(Self::Bilinear),
+            3 => Ok(Self::Bicubic),
+            other => bail!(
+                "{origin}: resample = {other} is not supported (only 2 = bilinear, 3 = bicubic)"
+            ),
+        }
+    }
+
+    /// Half-width of the filter at scale 1.
+    fn support(self) -> f64 {
+        match self {
+            Self::Bilinear => 1.0,
+            Self::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Self::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Self::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bilinear => "bilinear",
+            Self::Bicubic => "bicubic",
+        }
+    }
+}
+
+/// Target of the resize step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeTo {
+    /// Shorter side becomes this, the longer one keeps the aspect ratio (truncated).
+    ShortestEdge(u32),
+    /// Exact `height × width`.
+    Exact { height: u32, width: u32 },
+}
+
+/// Where the uint8 → f32 conversion happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Resize and crop on uint8, then rescale + normalise (BiT, ViT, the validator path).
+    ResizeU8First,
+    /// Rescale to f32, resize in f32, crop, normalise (DINOv3).
+    RescaleFirst,
+}
+
+/// A complete preprocessing recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    pub resize: Option<(ResizeTo, Resample)>,
+    /// Centre crop `(height, width)`.
+    pub crop: Option<(u32, u32)>,
+    pub rescale: Option<f32>,
+    /// `(mean, std)` per channel.
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+    pub order: Order,
+    /// `processor` or `validator`: part of [`Preprocess::id`].
+    pub kind: &'static str,
+}
+
+fn get_bool(v: &Value, key: &str, default: bool, origin: &str) -> Result<bool> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => bail!("{origin}: `{key}` must be true or false, got {other}"),
+    }
+}
+
+fn get_triple(v: &Value, key: &str, default: [f32; 3], origin: &str) -> Result<[f32; 3]> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => {
+            let x = n.as_f64().unwrap_or(f64::NAN) as f32;
+            Ok([x; 3])
+        }
+        Some(Value::Array(a)) if a.len() == 3 => {
+            let mut out = [0f32; 3];
+            for (o, x) in out.iter_mut().zip(a) {
+                *o = x
+                    .as_f64()
+                    .with_context(|| format!("{origin}: `{key}` must hold numbers"))?
+                    as f32;
+            }
+            Ok(out)
+        }
+        Some(other) => bail!("{origin}: `{key}` must be a list of 3 numbers, got {other}"),
+    }
+}
+
+fn get_u32(v: &Value, key: &str, origin: &str) -> Result<Option<u32>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => {
+            let n = x
+                .as_u64()
+                .filter(|n| *n > 0 && *n <= 65_536)
+                .with_context(|| format!("{origin}: `{key}` must be a positive integer"))?;
+            Ok(Some(n as u32))
+        }
+    }
+}
+
+fn parse_size(v: &Value, origin: &str, what: &str) -> Result<ResizeTo> {
+    if let Some(n) = v.as_u64() {
+        return Ok(ResizeTo::Exact {
+            height: n as u32,
+            width: n as u32,
+        });
+    }
+    let o = format!("{origin} `{what}`");
+    if let Some(se) = get_u32(v, "shortest_edge", &o)? {
+        if v.get("longest_edge").is_some_and(|x| !x.is_null()) {
+            bail!("{o}: `longest_edge` is not supported");
+        }
+        return Ok(ResizeTo::ShortestEdge(se));
+    }
+    match (get_u32(v, "height", &o)?, get_u32(v, "width", &o)?) {
+        (Some(height), Some(width)) => Ok(ResizeTo::Exact { height, width }),
+        _ => bail!("{o} must have `shortest_edge` or `height` and `width`, got {v}"),
+    }
+}
+
+impl Preprocess {
+    /// Reads `dir/preprocessor_config.json`.
+    pub fn from_snapshot(dir: &Path) -> Result<Self> {
+        let path = dir.join(PREPROCESSOR_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (a backbone snapshot needs its processor config)",
+                path.display()
+            )
+        })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses a processor config; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self> {
+        let v: Value =
+            serde_json::from_str(text).with_context(|| format!("{origin} is not valid JSON"))?;
+        let ty = v
+            .get("image_processor_type")
+            .and_then(Value::as_str)
+            .unwrap_or("BitImageProcessor");
+        let base = ty.strip_suffix("Fast").unwrap_or(ty);
+        // Class defaults of the processors transformers would instantiate.
+        let (order, d_resample, d_size, d_crop, d_mean, d_std) = match base {
+            "BitImageProcessor" => (
+                Order::ResizeU8First,
+                3,
+                Some(ResizeTo::ShortestEdge(224)),
+                Some((224, 224)),
+                CLIP_MEAN,
+                CLIP_STD,
+            ),
+            "ViTImageProcessor" => (
+                Order::ResizeU8First,
+                2,
+                Some(ResizeTo::Exact {
+                    height: 224,
+                    width: 224,
+                }),
+                None,
+                [0.5; 3],
+                [0.5; 3],
+            ),
+            "DINOv3ViTImageProcessor" => (
+                Order::RescaleFirst,
+                2,
+                Some(ResizeTo::Exact {
+                    height: 224,
+                    width: 224,
+                }),
+                None,
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+            ),
+            other => bail!(
+                "{origin}: image_processor_type {other:?} is not supported (sv72 knows BitImageProcessor, ViTImageProcessor, DINOv3ViTImageProcessor)"
+            ),
+        };
+        let resample = match v.get("resample") {
+            None | Some(Value::Null) => Resample::from_pil(d_resample, origin)?,
+            Some(x) => Resample::from_pil(
+                x.as_i64()
+                    .with_context(|| format!("{origin}: `resample` must be an integer"))?,
+                origin,
+            )?,
+        };
+        let resize = if get_bool(&v, "do_resize", true, origin)? {
+            let size = match v.get("size") {
+                None | Some(Value::Null) => d_size,
+                Some(s) => Some(parse_size(s, origin, "size")?),
+            };
+            size.map(|s| (s, resample))
+        } else {
+            None
+        };
+        let crop = if get_bool(&v, "do_center_crop", d_crop.is_some(), origin)? {
+            match v.get("crop_size") {
+                None | Some(Value::Null) => d_crop,
+                Some(s) => match parse_size(s, origin, "crop_size")? {
+                    ResizeTo::Exact { height, width } => Some((height, width)),
+                    ResizeTo::ShortestEdge(_) => {
+                        bail!("{origin}: `crop_size` needs `height` and `width`")
+                    }
+                },
+            }
+        } else {
+            None
+        };
+        let rescale = if get_bool(&v, "do_rescale", true, origin)? {
+            let f = match v.get("rescale_factor") {
+                None | Some(Value::Null) => 1.0 / 255.0,
+                Some(x) => x
+                    .as_f64()
+                    .with_context(|| format!("{origin}: `rescale_factor` must be a number"))?,
+            };
+            Some(f as f32)
+        } else {
+            None
+        };
+        let normalize = if get_bool(&v, "do_normalize", true, origin)? {
+            Some((
+                get_triple(&v, "image_mean", d_mean, origin)?,
+                get_triple(&v, "image_std", d_std, origin)?,
+            ))
+        } else {
+            None
+        };
+        if let Some((_, std)) = normalize {
+            if std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+                bail!("{origin}: `image_std` must be finite and non-zero");
+            }
+        }
+        Ok(Self {
+            resize,
+            crop,
+            rescale,
+            normalize,
+            order,
+            kind: "processor",
+        })
+    }
+
+    /// The fixed validator path: `size`×`size`, bilinear when resizing, rescale 1/255, then the
+    /// checkpoint's mean/std.
+    pub fn validator(size: u32, mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self {
+            resize: Some((
+                ResizeTo::Exact {
+                    height: size,
+                    width: size,
+                },
+                Resample::Bilinear,
+            )),
+            crop: None,
+            rescale: Some(1.0 / 255.0),
+            normalize: Some((mean, std)),
+            order: Order::ResizeU8First,
+            kind: "validator",
+        }
+    }
+
+    /// The validator path with the mean/std of a snapshot's processor config.
+    pub fn validator_for(dir: &Path, size: u32) -> Result<Self> {
+        let p = Self::from_snapshot(dir)?;
+        let (mean, std) = p.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
+        Ok(Self::validator(size, mean, std))
+    }
+
+    /// A stable identifier of the recipe (a cache key component): changes whenever any
+    /// parameter that changes `pixel_values` changes.
+    pub fn id(&self) -> String {
+        let desc = format!(
+            "v1|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.kind,
+            self.order,
+            self.resize
+                .map(|(r, s)| format!("{r:?}/{}", s.name()))
+                .unwrap_or_default(),
+            self.crop,
+            self.rescale.map(f32::to_bits),
+            self.normalize
+                .map(|(m, s)| (m.map(f32::to_bits), s.map(f32::to_bits))),
+        );
+        format!(
+            "{}-{}",
+            self.kind,
+            &crate::util::hash::content_hash(desc.as_bytes())[..16]
+        )
+    }
+
+    /// Output `(height, width)` for an input of `width × height`.
+    pub fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        if let Some((h, w)) = self.crop {
+            return (h, w);
+        }
+        self.resized_size(width, height)
+    }
+
+    fn resized_size(&self, width: u32, height: u32) -> (u32, u32) {
+        match self.resize {
+            None => (height, width),
+            Some((ResizeTo::Exact { height, width }, _)) => (height, width),
+            Some((ResizeTo::ShortestEdge(s), _)) => {
+                let (short, long) = if width <= height {
+                    (width, height)
+                } else {
+                    (height, width)
+                };
+                let new_long = ((s as u64 * long as u64) as f64 / short as f64) as u32;
+                if width <= height {
+                    (new_long, s)
+                } else {
+                    (s, new_long)
+                }
+            }
+        }
+    }
+
+    /// `pixel_values` `[3, H, W]` (row-major) of a decoded image.
+    pub fn pixel_values(&self, img: &DynamicImage) -> Result<Vec<f32>> {
+        if img.width() == 0 || img.height() == 0 {
+            bail!("image has zero size");
+        }
+        Ok(self.pixel_values_rgb(&to_rgb(img)))
+    }
+
+    /// `pixel_values` `[3, H, W]` of an RGB image.
+    pub fn pixel_values_rgb(&self, rgb: &RgbImage) -> Vec<f32> {
+        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        let (rh, rw) = self.resized_size(rgb.width(), rgb.height());
+        let (rh, rw) = (rh as usize, rw as usize);
+        let planes = planar_u8(rgb);
+        match self.order {
+            Order::ResizeU8First => {
+                let resized = match self.resize {
+                    Some((_, f)) => resize_u8(&planes, h, w, rh, rw, f),
+                    None => planes,
+                };
+                let (cropped, ch, cw) = match self.crop {
+                    Some((ch, cw)) => center_crop(&resized, rh, rw, ch as usize, cw as usize, 0u8),
+                    None => (resized, rh, rw),
+                };
+                let n = ch * cw;
+                let mut out = vec![0f32; 3 * n];
+                for c in 0..3 {
+                    // transformers fuses rescale into normalise: (x - mean/s) / (std/s), in f32.
+                    let (sub, div) = match (self.rescale, self.normalize) {
+                        (Some(s), Some((m, d))) => (m[c] * (1.0 / s), d[c] * (1.0 / s)),
+                        (None, Some((m, d))) => (m[c], d[c]),
+                        (Some(s), None) => (0.0, 1.0 / s),
+                        (None, None) => (0.0, 1.0),
+                    };
+                    let src = &cropped[c * n..(c + 1) * n];
+                    let dst = &mut out[c * n..(c + 1) * n];
+                    if self.normalize.is_none() && self.rescale.is_some() {
+                        let s = self.rescale.unwrap_or(1.0);
+                        for (d, &x) in dst.iter_mut().zip(src) {
+                            *d = x as f32 * s;
+                        }
+                    } else {
+                        for (d, &x) in dst.iter_mut().zip(src) {
+                            *d = (x as f32 - sub) / div;
+                        }
+                    }
+                }
+                out
+            }
+            Order::RescaleFirst => {
+                let s = self.rescale.unwrap_or(1.0);
+                let f: Vec<f32> = planes.iter().map(|&x| x as f32 * s).collect();
+                let resized = match self.resize {
+                    Some((_, filt)) => resize_f32(&f, h, w, rh, rw, filt),
+                    None => f,
+                };
+                let (mut out, _, _) = match self.crop {
+                    Some((ch, cw)) => center_crop(&resized, rh, rw, ch as usize, cw as usize, 0f32),
+                    None => (resized, rh, rw),
+                };
+                if let Some((m, d)) = self.normalize {
+                    let n = out.len() / 3;
+                    for c in 0..3 {
+                        for x in &mut out[c * n..(c + 1) * n] {
+                            *x = (*x - m[c]) / d[c];
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// transformers' `convert_to_rgb` for PIL images: transparency composited over white with
+/// Pillow's `alpha_composite` integer arithmetic, grey replicated.
+pub fn to_rgb(img: &DynamicImage) -> RgbImage {
+    match img {
+        DynamicImage::ImageRgb8(rgb) => rgb.clone(),
+        DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageRgba8(_)
+        | DynamicImage::ImageLumaA16(_)
+        | DynamicImage::ImageRgba16(_)
+        | DynamicImage::ImageRgba32F(_) => {
+            let rgba = img.to_rgba8();
+            let mut out = RgbImage::new(rgba.width(), rgba.height());
+            for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+                let a = p[3] as u32;
+                for c in 0..3 {
+                    o[c] = composite_over_white(p[c] as u32, a);
+                }
+            }
+            out
+        }
+        _ => img.to_rgb8(),
+    }
+}
+
+/// Pillow's `ImagingAlphaComposite` with an opaque white background (7 fraction bits,
+/// `SHIFTFORDIV255` rounding).
+fn composite_over_white(v: u32, a: u32) -> u8 {
+    if a == 0 {
+        return 255;
+    }
+    const PREC: u32 = 7;
+    let blend = 255 * (255 - a);
+    let outa255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << PREC) / outa255;
+    let coef2 = 255 * (1 << PREC) - coef1;
+    let tmp = v * coef1 + 255 * coef2 + (0x80 << PREC);
+    let div = ((tmp >> 8) + tmp) >> 8;
+    (div >> PREC).min(255) as u8
+}
+
+fn planar_u8(rgb: &RgbImage) -> Vec<u8> {
+    let n = (rgb.width() * rgb.height()) as usize;
+    let mut out = vec![0u8; 3 * n];
+    for (i, p) in rgb.pixels().enumerate() {
+        out[i] = p[0];
+        out[n + i] = p[1];
+        out[2 * n + i] = p[2];
+    }
+    out
+}
+
+/// Antialiased resampling coefficients for one axis (torch `_compute_index_ranges_weights`,
+/// the same bounds as Pillow's `precompute_coeffs`).
+struct Coeffs {
+    start: Vec<usize>,
+    len: Vec<usize>,
+    /// `out_size × stride`, normalised to sum 1 per output.
+    w: Vec<f64>,
+    stride: usize,
+}
+
+fn coeffs(in_size: usize, out_size: usize, f: Resample) -> Coeffs {
+    let scale = in_size as f64 / out_size as f64;
+    let (support, inv) = if scale >= 1.0 {
+        (f.support() * scale, 1.0 / scale)
+    } else {
+        (f.support(), 1.0)
+    };
+    let stride = support.ceil() as usize * 2 + 1;
+    let mut c = Coeffs {
+        start: Vec::with_capacity(out_size),
+        len: Vec::with_capacity(out_size),
+        w: vec![0.0; out_size * stride],
+        stride,
+    };
+    for i in 0..out_size {
+        let center = scale * (i as f64 + 0.5);
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let len = xmax.saturating_sub(xmin).min(stride);
+        let row = &mut c.w[i * stride..i * stride + len];
+        let mut total = 0.0;
+        for (j, w) in row.iter_mut().enumerate() {
+            *w = f.weight((j as f64 + xmin as f64 - center + 0.5) * inv);
+            total += *w;
+        }
+        if total != 0.0 {
+            for w in row.iter_mut() {
+                *w /= total;
+            }
+        }
+        c.start.push(xmin);
+        c.len.push(len);
+    }
+    c
+}
+
+/// Converts weights to int16 fixed point with torch's dynamic precision (largest that keeps the
+/// largest weight below 2^15).
+fn int16_weights(c: &Coeffs) -> (Vec<i32>, u32) {
+    let wmax = c.w.iter().cloned().fold(0.0f64, f64::max);
+    let mut prec = 0u32;
+    while prec < 22 {
+        let next = (0.5 + wmax * (1u64 << (prec + 1)) as f64) as i64;
+        if next >= 1 << 15 {
+            break;
+        }
+        prec += 1;
+    }
+    let k =
+        c.w.iter()
+            .map(|&w| {
+                let v = w * (1u64 << prec) as f64;
+                (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i32 as i16 as i32
+            })
+            .collect();
+    (k, prec)
+}
+
+/// Separable antialiased resize of a planar uint8 `[3, h, w]` image, horizontal pass first, each
+/// pass rounded to uint8 (torch's CPU uint8 kernel; a pass is skipped when that side is unchanged).
+fn resize_u8(src: &[u8], h: usize, w: usize, oh: usize, ow: usize, f: Resample) -> Vec<u8> {
+    let mut cur = src.to_vec();
+    let mut cw = w;
+    if ow != w {
+        let c = coeffs(w, ow, f);
+        let (k, prec) = int16_weights(&c);
+        let half = if prec > 0 { 1i32 << (prec - 1) } else { 0 };
+        let mut out = vec![0u8; 3 * h * ow];
+        for ch in 0..3 {
+            for y in 0..h {
+                let row = &cur[(ch * h + y) * w..(ch * h + y + 1) * w];
+                let orow = &mut out[(ch * h + y) * ow..(ch * h + y + 1) * ow];
+                for (x, o) in orow.iter_mut().enumerate() {
+                    let ks = &k[x * c.stride..x * c.stride + c.len[x]];
+                    let px = &row[c.start[x]..c.start[x] + c.len[x]];
+                    let mut acc = half;
+                    for (&kv, &p) in ks.iter().zip(px) {
+                        acc += kv * p as i32;
+                    }
+                    *o = (acc >> prec).clamp(0, 255) as u8;
+                }
+            }
+        }
+        cur = out;
+        cw = ow;
+    }
+    if oh != h {
+        let c = coeffs(h, oh, f);
+        let (k, prec) = int16_weights(&c);
+        let half = if prec > 0 { 1i32 << (prec - 1) } else { 0 };
+        let mut out = vec![0u8; 3 * oh * cw];
+        let mut acc = vec![0i32; cw];
+        for ch in 0..3 {
+            let plane = &cur[ch * h * cw..(ch + 1) * h * cw];
+            for y in 0..oh {
+                acc.iter_mut().for_each(|a| *a = half);
+                let ks = &k[y * c.stride..y * c.stride + c.len[y]];
+                for (j, &kv) in ks.iter().enumerate() {
+                    let row = &plane[(c.start[y] + j) * cw..(c.start[y] + j + 1) * cw];
+                    for (a, &p) in acc.iter_mut().zip(row) {
+                        *a += kv * p as i32;
+                    }
+                }
+                let orow = &mut out[(ch * oh + y) * cw..(ch * oh + y + 1) * cw];
+                for (o, &a) in orow.iter_mut().zip(&acc) {
+                    *o = (a >> prec).clamp(0, 255) as u8;
+                }
+            }
+        }
+        cur = out;
+    }
+    cur
+}
+
+/// Separable antialiased resize of a planar f32 `[3, h, w]` image (torch's float kernel: f32
+/// arithmetic, no clamping).
+fn resize_f32(src: &[f32], h: usize, w: usize, oh: usize, ow: usize, f: Resample) -> Vec<f32> {
+    let mut cur = src.to_vec();
+    let mut cw = w;
+    if ow != w {
+        let c = coeffs(w, ow, f);
+        let k: Vec<f32> = c.w.iter().map(|&x| x as f32).collect();
+        let mut out = vec![0f32; 3 * h * ow];
+        for ch in 0..3 {
+            for y in 0..h {
+                let row = &cur[(ch * h + y) * w..(ch * h + y + 1) * w];
+                let orow = &mut out[(ch * h + y) * ow..(ch * h + y + 1) * ow];
+                for (x, o) in orow.iter_mut().enumerate() {
+                    let ks = &k[x * c.stride..x * c.stride + c.len[x]];
+                    let px = &row[c.start[x]..c.start[x] + c.len[x]];
+                    *o = ks.iter().zip(px).map(|(a, b)| a * b).sum();
+                }
+            }
+        }
+        cur = out;
+        cw = ow;
+    }
+    if oh != h {
+        let c = coeffs(h, oh, f);
+        let k: Vec<f32> = c.w.iter().map(|&x| x as f32).collect();
+        let mut out = vec![0f32; 3 * oh * cw];
+        for ch in 0..3 {
+            let plane = &cur[ch * h * cw..(ch + 1) * h * cw];
+            for y in 0..oh {
+                let orow = &mut out[(ch * oh + y) * cw..(ch * oh + y + 1) * cw];
+                let ks = &k[y * c.stride..y * c.stride + c.len[y]];
+                for (j, &kv) in ks.iter().enumerate() {
+                    let row = &plane[(c.start[y] + j) * cw..(c.start[y] + j + 1) * cw];
+                    for (o, &p) in orow.iter_mut().zip(row) {
+                        *o += kv * p;
+                    }
+                }
+            }
+        }
+        cur = out;
+    }
+    cur
+}
+
+/// torchvision-style centre crop of a planar `[3, h, w]` image, padding with `fill` (split as
+/// torchvision does) when the crop is larger than the image.
+fn center_crop<T: Copy>(
+    src: &[T],
+    h: usize,
+    w: usize,
+    ch: usize,
+    cw: usize,
+    fill: T,
+) -> (Vec<T>, usize, usize) {
+    // Offsets of the crop window in the (conceptually padded) image.
+    let pad_top = if ch > h { (ch - h) / 2 } else { 0 };
+    let pad_left = if cw > w { (cw - w) / 2 } else { 0 };
+    // After padding a side equals the crop, so only an unpadded side has an offset.
+    let top = ((h.max(ch) - ch) as f64 / 2.0) as usize;
+    let left = ((w.max(cw) - cw) as f64 / 2.0) as usize;
+    let mut out = vec![fill; 3 * ch * cw];
+    for c in 0..3 {
+        for y in 0..ch {
+            let sy = (top + y) as isize - pad_top as isize;
+            if sy < 0 || sy >= h as isize {
+                continue;
+            }
+            for x in 0..cw {
+                let sx = (left + x) as isize - pad_left as isize;
+                if sx < 0 || sx >= w as isize {
+                    continue;
+                }
+                out[(c * ch + y) * cw + x] = src[(c * h + sy as usize) * w + sx as usize];
+            }
+        }
+    }
+    (out, ch, cw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortest_edge_keeps_aspect() {
+        let p = Preprocess::from_json(
+            r#"{"size":{"shortest_edge":256},"crop_size":{"height":224,"width":224}}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(p.resized_size(640, 480), (256, 341));
+        assert_eq!(p.resized_size(37, 53), (366, 256));
+        assert_eq!(p.output_size(640, 480), (224, 224));
+    }
+
+    #[test]
+    fn composite_matches_pillow_endpoints() {
+        assert_eq!(composite_over_white(10, 255), 10);
+        assert_eq!(composite_over_white(10, 0), 255);
+        assert_eq!(composite_over_white(0, 128), 127);
+    }
+
+    #[test]
+    fn weights_sum_to_one_and_ids_differ() {
+        let c = coeffs(640, 224, Resample::Bicubic);
+        for i in 0..224 {
+            let s: f64 = c.w[i * c.stride..i * c.stride + c.len[i]].iter().sum();
+            assert!((s - 1.0).abs() < 1e-9);
+        }
+        let a = Preprocess::validator(224, IMAGENET_MEAN, IMAGENET_STD);
+        let b = Preprocess::validator(112, IMAGENET_MEAN, IMAGENET_STD);
+        assert_ne!(a.id(), b.id());
+    }
+
+    #[test]
+    fn bad_config_names_file_and_field() {
+        let e = Preprocess::from_json(r#"{"resample": 1}"#, "x/preprocessor_config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x/preprocessor_config.json") && e.contains("resample"),
+            "{e}"
+        );
+    }
+}

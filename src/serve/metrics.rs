@@ -1,0 +1,287 @@
+//! Prometheus text-format metrics and one-JSON-line-per-event logs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A cumulative histogram with fixed upper bounds.
+pub struct Histogram {
+    bounds: Vec<f64>,
+    counts: Vec<AtomicU64>,
+    /// Sum, stored as f64 bits (updated with a CAS loop).
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with the given bucket upper bounds (ascending); `+Inf` is implicit.
+    pub fn new(bounds: &[f64]) -> Self {
+        Self {
+            bounds: bounds.to_vec(),
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0f64.to_bits()),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds one observation.
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut cur = self.sum.load(Ordering::Relaxed);
+        loop {
+            let new = (f64::from_bits(cur) + v).to_bits();
+            match self
+                .sum
+                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(x) => cur = x,
+            }
+        }
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let total = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {total}",
+            f64::from_bits(self.sum.load(Ordering::Relaxed))
+        );
+    }
+}
+
+/// Everything `/metrics` reports.
+pub struct Metrics {
+    requests: Mutex<BTreeMap<u16, u64>>,
+    rejections: Mutex<BTreeMap<&'static str, u64>>,
+    pub latency_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub prediction: Histogram,
+    pub decode_failures: AtomicU64,
+    pub predictor_failures: AtomicU64,
+    pub model_reloads: AtomicU64,
+    pub model_reload_failures: AtomicU64,
+    pub queue_depth: AtomicU64,
+    pub in_flight: AtomicU64,
+    model_version: Mutex<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Empty metrics.
+    pub fn new() -> Self {
+        Self {
+            requests: Mutex::new(BTreeMap::new()),
+            rejections: Mutex::new(BTreeMap::new()),
+            latency_seconds: Histogram::new(&[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 9.0,
+            ]),
+            batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            prediction: Histogram::new(&[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
+            decode_failures: AtomicU64::new(0),
+            predictor_failures: AtomicU64::new(0),
+            model_reloads: AtomicU64::new(0),
+            model_reload_failures: AtomicU64::new(0),
+            queue_depth: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            model_version: Mutex::new(String::new()),
+        }
+    }
+
+    /// Counts a finished request by HTTP status.
+    pub fn request(&self, status: u16) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    /// Counts a rejection by reason label.
+    pub fn reject(&self, reason: &'static str) {
+        *self
+            .rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Rejections counted for `reason`.
+    pub fn rejections(&self, reason: &str) -> u64 {
+        self.rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sets the version label of the model in service.
+    pub fn set_model_version(&self, v: &str) {
+        *self.model_version.lock().unwrap_or_else(|p| p.into_inner()) = v.to_string();
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP sv72_requests_total Requests answered, by HTTP status.\n");
+        out.push_str("# TYPE sv72_requests_total counter\n");
+        for (code, n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "sv72_requests_total{{status=\"{code}\"}} {n}");
+        }
+        out.push_str("# HELP sv72_rejections_total Requests refused, by reason.\n");
+        out.push_str("# TYPE sv72_rejections_total counter\n");
+        for (r, n) in self
+            .rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "sv72_rejections_total{{reason=\"{r}\"}} {n}");
+        }
+        self.latency_seconds.render(
+            &mut out,
+            "sv72_request_latency_seconds",
+            "Time from headers received to answer, accepted ImageSynapse requests.",
+        );
+        self.batch_size
+            .render(&mut out, "sv72_batch_size", "Images per predictor call.");
+        self.prediction
+            .render(&mut out, "sv72_prediction", "Predictions sent.");
+        for (name, help, v) in [
+            (
+                "sv72_decode_failures_total",
+                "Images that could not be decoded (fallback prediction sent).",
+                &self.decode_failures,
+            ),
+            (
+                "sv72_predictor_failures_total",
+                "Predictor batches that failed or panicked (fallback sent).",
+                &self.predictor_failures,
+            ),
+            (
+                "sv72_model_reloads_total",
+                "Successful hot swaps.",
+                &self.model_reloads,
+            ),
+            (
+                "sv72_model_reload_failures_total",
+                "Hot swaps refused because the new model failed to load or probe.",
+                &self.model_reload_failures,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "sv72_queue_depth",
+                "Images waiting for the inference thread.",
+                &self.queue_depth,
+            ),
+            (
+                "sv72_in_flight_requests",
+                "Requests being handled.",
+                &self.in_flight,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let version = self
+            .model_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(['\\', '"', '\n'], "_");
+        let _ = writeln!(
+            out,
+            "# HELP sv72_model_info The model in service.\n# TYPE sv72_model_info gauge\n\
+             sv72_model_info{{version=\"{version}\"}} 1"
+        );
+        out
+    }
+}
+
+/// Writes one structured log event as a JSON line on stderr.
+pub fn log_event(level: &str, event: &str, fields: serde_json::Value) {
+    let mut obj = serde_json::Map::new();
+    obj.insert(
+        "ts".into(),
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .into(),
+    );
+    obj.insert("level".into(), level.into());
+    obj.insert("event".into(), event.into());
+    if let serde_json::Value::Object(m) = fields {
+        obj.extend(m);
+    }
+    eprintln!("{}", serde_json::Value::Object(obj));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_text_is_prometheus() {
+        let m = Metrics::new();
+        m.latency_seconds.observe(0.003);
+        m.latency_seconds.observe(0.2);
+        m.latency_seconds.observe(100.0);
+        m.request(200);
+        m.reject("bad_signature");
+        m.set_model_version("v\"1");
+        let t = m.render();
+        assert!(
+            t.contains("sv72_request_latency_seconds_bucket{le=\"0.005\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("sv72_request_latency_seconds_bucket{le=\"0.25\"} 2"),
+            "{t}"
+        );
+        assert!(
+            t.contains("sv72_request_latency_seconds_bucket{le=\"+Inf\"} 3"),
+            "{t}"
+        );
+        assert!(t.contains("sv72_requests_total{status=\"200\"} 1"));
+        assert!(t.contains("sv72_rejections_total{reason=\"bad_signature\"} 1"));
+        assert!(t.contains("sv72_model_info{version=\"v_1\"} 1"));
+        assert_eq!(m.rejections("bad_signature"), 1);
+    }
+}

@@ -1,0 +1,18 @@
+//! `sv72 serve`: a bittensor-compatible miner axon for NATIX StreetVision's `ImageSynapse`.
+//!
+//! The wire format follows `shared/specs/axon-protocol.md`: `protocol` has the header, message
+//! and nonce rules, `keys` SS58 and sr25519, `metagraph` the validator set and blacklist,
+//! `batcher` the predictor, hot swap and micro-batching, `server` the HTTP side, `metrics` the
+//! Prometheus text and JSON logs.
+
+pub mod batcher;
+pub mod keys;
+pub mod metagraph;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+
+pub use batcher::{Loader, ModelSlot, Predictor};
+pub use metagraph::{Metagraph, MetagraphHandle, Neuron};
+pub use metrics::Metrics;
+pub use server::{ServeOptions, Server};

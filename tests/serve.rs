@@ -1,0 +1,930 @@
+//! `sv72 serve` end to end on 127.0.0.1: a Rust client that signs like a bittensor dendrite,
+//! every rejection path of the Python axon, limits, hot swap, logs, shutdown and a bounded load.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use base64::Engine as _;
+use image::RgbImage;
+use serde_json::{json, Value};
+use sv72::config::ServeConfig;
+use sv72::serve::keys::{ss58_encode, verify_sr25519, SigningKey};
+use sv72::serve::protocol::{now_ns, signature_message, EMPTY_BODY_HASH};
+use sv72::serve::{
+    Loader, Metagraph, MetagraphHandle, Metrics, ModelSlot, Neuron, Predictor, ServeOptions, Server,
+};
+
+// ---------- predictors built in the test ----------
+
+struct Const(f32);
+impl Predictor for Const {
+    fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        Ok(vec![self.0; images.len()])
+    }
+    fn version(&self) -> String {
+        format!("const-{}", self.0)
+    }
+}
+
+/// Mean red channel / 255: depends on the image, so a mixed-up batch would show.
+struct MeanRed;
+impl Predictor for MeanRed {
+    fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        Ok(images
+            .iter()
+            .map(|im| {
+                let s: u64 = im.pixels().map(|p| p[0] as u64).sum();
+                s as f32 / (im.width() * im.height()) as f32 / 255.0
+            })
+            .collect())
+    }
+    fn version(&self) -> String {
+        "mean-red".into()
+    }
+}
+
+/// Panics on every other batch.
+struct Flaky(usize);
+impl Predictor for Flaky {
+    fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        self.0 += 1;
+        if self.0.is_multiple_of(2) {
+            panic!("flaky predictor");
+        }
+        Ok(vec![0.8; images.len()])
+    }
+    fn version(&self) -> String {
+        "flaky".into()
+    }
+}
+
+struct Slow(Duration, f32);
+impl Predictor for Slow {
+    fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        std::thread::sleep(self.0);
+        Ok(vec![self.1; images.len()])
+    }
+    fn version(&self) -> String {
+        "slow".into()
+    }
+}
+
+// ---------- keys and the validator set ----------
+
+struct Keys {
+    axon: SigningKey,
+    validator: SigningKey,
+    low_stake: SigningKey,
+    no_permit: SigningKey,
+    unknown: SigningKey,
+}
+
+fn keys() -> Keys {
+    let k = |b: u8| SigningKey::from_seed(&[b; 32]).unwrap();
+    Keys {
+        axon: k(1),
+        validator: k(2),
+        low_stake: k(3),
+        no_permit: k(4),
+        unknown: k(5),
+    }
+}
+
+fn neurons(k: &Keys) -> Vec<Neuron> {
+    let n = |key: &SigningKey, uid, stake, permit| Neuron {
+        hotkey: key.ss58(),
+        uid,
+        stake,
+        validator_permit: permit,
+    };
+    vec![
+        n(&k.validator, 1, 50_000.0, true),
+        n(&k.low_stake, 2, 10.0, true),
+        n(&k.no_permit, 3, 90_000.0, false),
+        n(&k.axon, 4, 0.0, false),
+    ]
+}
+
+fn options(axon: &SigningKey, log: Option<PathBuf>) -> ServeOptions {
+    let cfg = ServeConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        max_body_bytes: 256 * 1024,
+        max_image_pixels: 1_000_000,
+        max_batch: 8,
+        max_wait_ms: 2,
+        fallback_prediction: 0.5,
+        ..Default::default()
+    };
+    let mut o = ServeOptions::from_config(&cfg, axon.ss58()).unwrap();
+    o.prediction_log = log;
+    o.header_read_timeout = Duration::from_millis(1500);
+    o.body_read_timeout = Duration::from_millis(500);
+    o.metagraph_poll = Duration::from_millis(100);
+    o.shutdown_grace = Duration::from_secs(5);
+    o
+}
+
+fn start(k: &Keys, p: Box<dyn Predictor>, log: Option<PathBuf>) -> (Server, Arc<ModelSlot>) {
+    let slot = ModelSlot::new(p, Arc::new(Metrics::new()));
+    let mg = Arc::new(MetagraphHandle::fixed(Metagraph::from_neurons(neurons(k))));
+    let s = Server::start(options(&k.axon, log), mg, slot.clone()).unwrap();
+    (s, slot)
+}
+
+// ---------- a dendrite-like client ----------
+
+struct Req {
+    method: &'static str,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    fn header(&self, k: &str) -> &str {
+        self.headers
+            .get(k)
+            .map(|s| s.as_str())
+            .unwrap_or_else(|| panic!("no header {k} in {:?}", self.headers))
+    }
+    fn message(&self) -> String {
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn image_b64() -> String {
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_224x224.jpg"),
+    )
+    .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The body the real dendrite sends (Python's JSON spacing, all fields).
+fn synapse_body(d: &SigningKey, axon: &SigningKey, nonce: u64, uuid: &str, image: &str) -> Vec<u8> {
+    let v = json!({"name": "ImageSynapse", "timeout": 9.0, "total_size": 3178, "header_size": 0,
+        "dendrite": {"status_code": null, "status_message": null, "process_time": null,
+                     "ip": "203.0.113.7", "port": null, "version": 9012002, "nonce": nonce,
+                     "uuid": uuid, "hotkey": d.ss58(), "signature": "0x00"},
+        "axon": {"status_code": null, "status_message": null, "process_time": null,
+                 "ip": "127.0.0.1", "port": 8091, "version": null, "nonce": null, "uuid": null,
+                 "hotkey": axon.ss58(), "signature": null},
+        "computed_body_hash": "", "testnet_label": -1, "image": image, "prediction": -1.0});
+    v.to_string().into_bytes()
+}
+
+struct Signed<'a> {
+    dendrite: &'a SigningKey,
+    /// The axon hotkey put into the signed message.
+    sign_for: String,
+    /// The `bt_header_axon_hotkey` header value.
+    axon_header: String,
+    nonce: u64,
+    uuid: String,
+    body_hash: String,
+    signature: Option<String>,
+    timeout: &'static str,
+}
+
+impl<'a> Signed<'a> {
+    fn new(dendrite: &'a SigningKey, axon: &SigningKey) -> Self {
+        Self {
+            dendrite,
+            sign_for: axon.ss58(),
+            axon_header: axon.ss58(),
+            nonce: now_ns() as u64,
+            uuid: format!("uuid-{}", rand::random::<u64>()),
+            body_hash: EMPTY_BODY_HASH.into(),
+            signature: None,
+            timeout: "9.0",
+        }
+    }
+
+    fn build(&self, body: Vec<u8>) -> Req {
+        let msg = signature_message(
+            self.nonce as i128,
+            &self.dendrite.ss58(),
+            &self.sign_for,
+            Some(&self.uuid),
+            Some(&self.body_hash),
+        );
+        let sig = self
+            .signature
+            .clone()
+            .unwrap_or_else(|| self.dendrite.sign_hex(msg.as_bytes()));
+        let mut h: Vec<(String, String)> = vec![
+            ("name".into(), "ImageSynapse".into()),
+            ("timeout".into(), self.timeout.into()),
+            ("bt_header_axon_ip".into(), "127.0.0.1".into()),
+            ("bt_header_axon_port".into(), "8091".into()),
+            ("bt_header_axon_hotkey".into(), self.axon_header.clone()),
+            ("bt_header_dendrite_ip".into(), "203.0.113.7".into()),
+            ("bt_header_dendrite_version".into(), "9012002".into()),
+            ("bt_header_dendrite_nonce".into(), self.nonce.to_string()),
+            ("bt_header_dendrite_uuid".into(), self.uuid.clone()),
+            ("bt_header_dendrite_hotkey".into(), self.dendrite.ss58()),
+            ("header_size".into(), "464".into()),
+            ("total_size".into(), "3178".into()),
+            ("computed_body_hash".into(), self.body_hash.clone()),
+            ("Content-Type".into(), "application/json".into()),
+        ];
+        if !sig.is_empty() {
+            h.push(("bt_header_dendrite_signature".into(), sig));
+        }
+        Req {
+            method: "POST",
+            path: "/ImageSynapse".into(),
+            headers: h,
+            body,
+        }
+    }
+}
+
+fn write_req(s: &mut TcpStream, r: &Req, keep_alive: bool) {
+    let mut head = format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n", r.method, r.path);
+    for (k, v) in &r.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&r.body).unwrap();
+}
+
+fn read_resp(reader: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = HashMap::new();
+    loop {
+        let mut l = String::new();
+        reader.read_line(&mut l)?;
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.insert(k.to_string(), v.trim().to_string());
+        }
+    }
+    let n: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; n];
+    reader.read_exact(&mut body)?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn send(addr: SocketAddr, r: &Req) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write_req(&mut s, r, false);
+    read_resp(&mut BufReader::new(s)).unwrap()
+}
+
+fn accepted(resp: &Resp) -> f64 {
+    assert_eq!(
+        resp.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    assert_eq!(resp.header("content-type"), "application/json");
+    assert_eq!(resp.header("bt_header_axon_status_code"), "200");
+    assert_eq!(resp.header("bt_header_axon_status_message"), "Success");
+    let pt: f64 = resp.header("bt_header_axon_process_time").parse().unwrap();
+    assert!(pt >= 0.0);
+    let body = resp.json();
+    assert_eq!(body["axon"]["status_code"], 200);
+    let p = body["prediction"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    p
+}
+
+// ---------- tests ----------
+
+#[test]
+fn spec_signature_test_vector() {
+    let alice = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+    let bob = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
+    let mut pk = [0u8; 32];
+    hex::decode_to_slice(
+        "d43593c715fdd31c61141abd04a99fd6822c8558854ccde39a5684e7a56da27d",
+        &mut pk,
+    )
+    .unwrap();
+    assert_eq!(ss58_encode(&pk, 42), alice);
+    let msg = signature_message(
+        1732476000123456789,
+        alice,
+        bob,
+        Some("5ecbd69c-1cec-11ee-b0dc-e29ce36fec1a"),
+        Some(EMPTY_BODY_HASH),
+    );
+    assert_eq!(msg, "1732476000123456789.5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY.5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty.5ecbd69c-1cec-11ee-b0dc-e29ce36fec1a.a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a");
+    let plain = "0x6849ea2976bc9fdb09f21aab37905557073047037da2fb3b7dfd61cfd0dde2142df58fbf44c4ff845f981c3116293731bd295df8db3fa9fac997d8edfa09018f";
+    let wrapped = "0x7c36b6ba06ac051ce190e619031c2c32ec2b6b4a1bbc3ac91cec484700d58c05a2f218f7978baeef06047562a8d5f348e3a22a4eae74dc37ef09c393e3af5485";
+    assert!(verify_sr25519(alice, msg.as_bytes(), plain).is_ok());
+    assert!(verify_sr25519(alice, msg.as_bytes(), wrapped).is_ok());
+    assert!(verify_sr25519(
+        alice,
+        msg.as_bytes(),
+        &plain.to_uppercase().replacen("0X", "0x", 1)
+    )
+    .is_ok());
+    let flipped = format!("0x69{}", &plain[4..]);
+    assert!(verify_sr25519(alice, msg.as_bytes(), &flipped).is_err());
+    assert!(verify_sr25519(bob, msg.as_bytes(), plain).is_err());
+    // Our signer produces signatures the same verifier accepts.
+    let k = SigningKey::from_seed(&[9; 32]).unwrap();
+    let m2 = signature_message(1, &k.ss58(), bob, Some("u"), Some(EMPTY_BODY_HASH));
+    assert!(verify_sr25519(&k.ss58(), m2.as_bytes(), &k.sign_hex(m2.as_bytes())).is_ok());
+}
+
+#[test]
+fn accepted_request_and_every_rejection() {
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(Const(0.73)), None);
+    let addr = server.addr();
+    let img = image_b64();
+    let body = |s: &Signed| synapse_body(s.dendrite, &k.axon, s.nonce, &s.uuid, &img);
+
+    // Accepted: 200, prediction in body, bittensor headers, dendrite echoed, big nonce intact.
+    let s = Signed::new(&k.validator, &k.axon);
+    let req = s.build(body(&s));
+    let r = send(addr, &req);
+    assert!((accepted(&r) - 0.73).abs() < 1e-9, "{:?}", r.json());
+    assert_eq!(r.header("bt_header_dendrite_hotkey"), k.validator.ss58());
+    assert_eq!(r.header("bt_header_axon_hotkey"), k.axon.ss58());
+    assert_eq!(r.header("computed_body_hash"), EMPTY_BODY_HASH);
+    assert_eq!(r.json()["dendrite"]["nonce"].as_u64(), Some(s.nonce));
+    assert_eq!(r.json()["name"], "ImageSynapse");
+
+    // Replay of the exact same request.
+    let r = send(addr, &req);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.message(),
+        "Not Verified with error: Nonce is too old, a newer one was last processed"
+    );
+    assert_eq!(r.header("bt_header_axon_status_code"), "401");
+    assert_eq!(r.header("bt_header_axon_status_message"), r.message());
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.header("bt_header_dendrite_ip"), "127.0.0.1");
+
+    // Forged signature: signed by someone else's key.
+    let mut s = Signed::new(&k.validator, &k.axon);
+    let m = signature_message(
+        s.nonce as i128,
+        &k.validator.ss58(),
+        &k.axon.ss58(),
+        Some(&s.uuid),
+        Some(EMPTY_BODY_HASH),
+    );
+    s.signature = Some(k.unknown.sign_hex(m.as_bytes()));
+    let r = send(addr, &s.build(body(&s)));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.message().starts_with(&format!(
+            "Not Verified with error: Signature mismatch with {m} and 0x"
+        )),
+        "{}",
+        r.message()
+    );
+
+    // Malformed signatures get bittensor-wallet's texts.
+    for (sig, want) in [
+        (
+            "abcd",
+            "Not Verified with error: Invalid signature format. Expected hex string.",
+        ),
+        ("0x1234", "Not Verified with error: Invalid signature"),
+    ] {
+        let mut s = Signed::new(&k.validator, &k.axon);
+        s.signature = Some(sig.into());
+        let r = send(addr, &s.build(body(&s)));
+        assert_eq!((r.status, r.message().as_str()), (401, want));
+    }
+
+    // Unsigned: refused (the Python axon >= 9.3 would skip the check; see the spec).
+    let mut s = Signed::new(&k.validator, &k.axon);
+    s.signature = Some(String::new());
+    let r = send(addr, &s.build(body(&s)));
+    assert_eq!(
+        (r.status, r.message().as_str()),
+        (401, "Not Verified with error: Missing Signature")
+    );
+
+    // Stale nonce on a first request: 4 s + timeout 9 s window.
+    let mut s = Signed::new(&k.validator, &k.axon);
+    s.nonce -= 20_000_000_000;
+    let r = send(addr, &s.build(body(&s)));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.message().starts_with("Not Verified with error: Nonce is too old: acceptable delta is 13.00 seconds but request was 20."),
+        "{}",
+        r.message()
+    );
+
+    // Signed for another axon's hotkey: the axon verifies with its own.
+    let mut s = Signed::new(&k.validator, &k.axon);
+    s.sign_for = k.unknown.ss58();
+    let r = send(addr, &s.build(body(&s)));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.message().contains("Signature mismatch"),
+        "{}",
+        r.message()
+    );
+    // ...while a wrong bt_header_axon_hotkey with a signature over our hotkey passes.
+    let mut s = Signed::new(&k.validator, &k.axon);
+    s.axon_header = k.unknown.ss58();
+    accepted(&send(addr, &s.build(body(&s))));
+
+    // Blacklist, checked before the signature (a forged request from them still gets 403).
+    for (key, reason) in [
+        (&k.unknown, "Unrecognized hotkey"),
+        (&k.no_permit, "Non-validator hotkey"),
+        (&k.low_stake, "Insufficient stake"),
+    ] {
+        let mut s = Signed::new(key, &k.axon);
+        s.signature = Some(format!("0x{}", "00".repeat(64)));
+        let r = send(addr, &s.build(body(&s)));
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            r.message(),
+            format!("Forbidden. Key is blacklisted: {reason}.")
+        );
+    }
+    let mut req = Signed::new(&k.validator, &k.axon).build(Vec::new());
+    req.headers
+        .retain(|(h, _)| h != "bt_header_dendrite_hotkey");
+    let r = send(addr, &req);
+    assert_eq!(
+        r.message(),
+        "Forbidden. Key is blacklisted: Missing dendrite or hotkey."
+    );
+
+    // Missing and non-integer nonce.
+    let mut req = Signed::new(&k.validator, &k.axon).build(b"{}".to_vec());
+    req.headers.retain(|(h, _)| h != "bt_header_dendrite_nonce");
+    let r = send(addr, &req);
+    assert_eq!(
+        (r.status, r.message().as_str()),
+        (401, "Not Verified with error: Missing Nonce")
+    );
+    let mut req = Signed::new(&k.validator, &k.axon).build(b"{}".to_vec());
+    for h in req
+        .headers
+        .iter_mut()
+        .filter(|(h, _)| h == "bt_header_dendrite_nonce")
+    {
+        h.1 = "12ab".into();
+    }
+    let r = send(addr, &req);
+    assert_eq!(r.status, 500);
+    assert!(
+        r.message().starts_with("Internal Server Error #"),
+        "{}",
+        r.message()
+    );
+
+    // Body hash mismatch: 500 after verification, and the nonce is used up.
+    let mut s = Signed::new(&k.validator, &k.axon);
+    s.body_hash = "4997cd501a2be9992ee7599a55ffe4d86e331b0cfab0553e2a0681f9d769f821".into();
+    let r = send(addr, &s.build(body(&s)));
+    assert_eq!(r.status, 500);
+    assert!(r.message().starts_with("Internal Server Error #"));
+    s.body_hash = EMPTY_BODY_HASH.into();
+    let r = send(addr, &s.build(body(&s)));
+    assert_eq!(
+        r.status, 401,
+        "nonce must be recorded before the hash check"
+    );
+
+    let m = server.metrics().clone();
+    for reason in [
+        "replayed_nonce",
+        "bad_signature",
+        "stale_nonce",
+        "blacklist_unknown_hotkey",
+        "blacklist_no_permit",
+        "blacklist_low_stake",
+        "missing_signature",
+        "body_hash_mismatch",
+    ] {
+        assert!(
+            m.rejections(reason) >= 1,
+            "no rejection counted for {reason}"
+        );
+    }
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn bodies_limits_and_routes() {
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(MeanRed), None);
+    let addr = server.addr();
+    let with_body = |b: Vec<u8>| {
+        let s = Signed::new(&k.validator, &k.axon);
+        send(addr, &s.build(b))
+    };
+    let with_image = |image: &str| {
+        let s = Signed::new(&k.validator, &k.axon);
+        let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, image);
+        send(addr, &s.build(b))
+    };
+
+    // A red image scores high and a black one low: the image reaches the predictor intact.
+    let enc = |im: RgbImage| {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        im.write_to(&mut buf, image::ImageFormat::Png).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(buf.into_inner())
+    };
+    let red = accepted(&with_image(&enc(RgbImage::from_pixel(
+        32,
+        32,
+        image::Rgb([255, 0, 0]),
+    ))));
+    let black = accepted(&with_image(&enc(RgbImage::from_pixel(
+        32,
+        32,
+        image::Rgb([0, 0, 0]),
+    ))));
+    assert!(red > 0.99 && black < 0.01, "{red} {black}");
+
+    // Undecodable images get the fallback 0.5 with status 200.
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    for image in [
+        "!!!not base64!!!".to_string(),
+        b64(b"these bytes are not an image"),
+        enc(RgbImage::new(2000, 1000)), // 2 MP > max_image_pixels = 1 MP
+        String::new(),
+    ] {
+        assert_eq!(accepted(&with_image(&image)), 0.5);
+    }
+    // `{}`: accepted, image defaults to "".
+    assert_eq!(accepted(&with_body(b"{}".to_vec())), 0.5);
+    assert!(server.metrics().decode_failures.load(Ordering::Relaxed) >= 5);
+
+    // Not JSON: FastAPI's 422 without bittensor headers.
+    let r = with_body(b"this is not json".to_vec());
+    assert_eq!(r.status, 422);
+    assert!(r.json()["detail"].is_array());
+    assert!(!r.headers.contains_key("bt_header_axon_status_code"));
+    // Wrong field type: 500.
+    let r = with_body(br#"{"image": 123}"#.to_vec());
+    assert_eq!(r.status, 500);
+    assert!(r.message().starts_with("Internal Server Error #"));
+    // Body over serve.max_body_bytes: 413 with bittensor headers.
+    let r = with_body(vec![b' '; 300 * 1024]);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("bt_header_axon_status_code"), "413");
+
+    // Routes.
+    let bare = |method: &'static str, path: &str| Req {
+        method,
+        path: path.into(),
+        headers: vec![],
+        body: vec![],
+    };
+    let r = send(addr, &bare("PUT", "/ImageSynapse"));
+    assert_eq!(
+        (r.status, r.json()["detail"].as_str()),
+        (405, Some("Method Not Allowed"))
+    );
+    let r = send(addr, &bare("POST", "/Nope"));
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.message(),
+        "Synapse name 'Nope' not found. Available synapses ['Synapse', 'ImageSynapse']"
+    );
+    assert_eq!(r.header("bt_header_axon_status_code"), "404");
+    let r = send(addr, &bare("POST", "/"));
+    assert_eq!(r.status, 404);
+    let r = send(addr, &bare("POST", "/ImageSynapse/x"));
+    assert_eq!(
+        (r.status, r.json()["detail"].as_str()),
+        (404, Some("Not Found"))
+    );
+    let r = send(addr, &bare("GET", "/healthz"));
+    assert_eq!(
+        (r.status, r.json()["model"].as_str()),
+        (200, Some("mean-red"))
+    );
+    let r = send(addr, &bare("GET", "/metrics"));
+    let text = String::from_utf8(r.body).unwrap();
+    for needle in [
+        "sv72_requests_total{status=\"200\"}",
+        "sv72_rejections_total{reason=\"bad_json\"}",
+        "sv72_request_latency_seconds_bucket{le=\"+Inf\"}",
+        "sv72_batch_size_count",
+        "sv72_prediction_bucket",
+        "sv72_model_info{version=\"mean-red\"} 1",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+
+    // A head over the header cap is refused by the HTTP layer.
+    let mut big = bare("POST", "/ImageSynapse");
+    big.headers.push(("x-big".into(), "a".repeat(40_000)));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write_req(&mut s, &big, false);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let first = String::from_utf8_lossy(&out);
+    assert!(
+        first.is_empty() || first.starts_with("HTTP/1.1 431"),
+        "{first}"
+    );
+
+    // Slow client: a head that never ends is cut after header_read_timeout (1.5 s here).
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /ImageSynapse HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "slow head not cut: {:?}",
+        t.elapsed()
+    );
+    // A body that never comes (after passing the checks): 408.
+    let s0 = Signed::new(&k.validator, &k.axon);
+    let mut req = s0.build(Vec::new());
+    req.headers.push(("x-pad".into(), "1".into()));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = "POST /ImageSynapse HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n".to_string();
+    for (k, v) in &req.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n{\"ima");
+    s.write_all(head.as_bytes()).unwrap();
+    let r = read_resp(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.status, 408);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn panicking_predictor_keeps_serving() {
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(Flaky(0)), None);
+    let img = image_b64();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let s = Signed::new(&k.validator, &k.axon);
+        let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img);
+        got.push(accepted(&send(server.addr(), &s.build(b))));
+    }
+    // Alternating: model value, fallback after the panic, model again...
+    assert!(got.contains(&0.8) && got.contains(&0.5), "{got:?}");
+    assert!(server.metrics().predictor_failures.load(Ordering::Relaxed) >= 1);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn hot_swap_and_metagraph_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("deployed.txt");
+    std::fs::write(&model, "0.2").unwrap();
+    let loader: Arc<Loader> = Arc::new(|p: &Path| {
+        let t = std::fs::read_to_string(p)?;
+        match t.trim() {
+            "panic" => panic!("loader bug"),
+            "nan" => Ok(Box::new(Const(f32::NAN)) as Box<dyn Predictor>),
+            v => Ok(Box::new(Const(v.parse()?)) as Box<dyn Predictor>),
+        }
+    });
+    let k = keys();
+    let metrics = Arc::new(Metrics::new());
+    let slot = ModelSlot::new(loader(&model).unwrap(), metrics.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = slot.watch(
+        model.clone(),
+        loader.clone(),
+        Duration::from_millis(100),
+        stop.clone(),
+    );
+    let mg_file = dir.path().join("metagraph.json");
+    let mut ns = neurons(&k);
+    std::fs::write(&mg_file, serde_json::to_string(&ns).unwrap()).unwrap();
+    let mg = Arc::new(MetagraphHandle::from_file(&mg_file).unwrap());
+    let server = Server::start(options(&k.axon, None), mg, slot.clone()).unwrap();
+    let img = image_b64();
+    let ask = |key: &SigningKey| {
+        let s = Signed::new(key, &k.axon);
+        let b = synapse_body(key, &k.axon, s.nonce, &s.uuid, &img);
+        send(server.addr(), &s.build(b))
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(accepted(&ask(&k.validator)), 0.2);
+
+    std::fs::write(&model, "0.9").unwrap();
+    wait_for("swap to 0.9", &|| slot.version() == "const-0.9");
+    assert_eq!(accepted(&ask(&k.validator)), 0.9);
+
+    // Broken new models: the old one keeps serving.
+    for (i, bad) in ["not a number", "panic", "nan"].iter().enumerate() {
+        std::fs::write(&model, bad).unwrap();
+        wait_for("a refused swap", &|| {
+            metrics.model_reload_failures.load(Ordering::Relaxed) > i as u64
+        });
+        assert_eq!(slot.version(), "const-0.9");
+        assert_eq!(accepted(&ask(&k.validator)), 0.9);
+    }
+
+    // Metagraph: an unknown validator becomes known when the file changes.
+    assert_eq!(ask(&k.unknown).status, 403);
+    ns.push(Neuron {
+        hotkey: k.unknown.ss58(),
+        uid: 9,
+        stake: 2_000.0,
+        validator_permit: true,
+    });
+    std::fs::write(&mg_file, serde_json::to_string_pretty(&ns).unwrap()).unwrap();
+    wait_for("metagraph reload", &|| ask(&k.unknown).status == 200);
+
+    server.shutdown().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+}
+
+#[test]
+fn prediction_log_and_low_confidence_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logs").join("predictions.jsonl");
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(Const(0.45)), Some(log.clone()));
+    let img = image_b64();
+    for _ in 0..3 {
+        let s = Signed::new(&k.validator, &k.axon);
+        let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img);
+        accepted(&send(server.addr(), &s.build(b)));
+    }
+    server.shutdown().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&img)
+        .unwrap();
+    let hash = blake3::hash(&raw).to_hex().to_string();
+    for l in &lines {
+        assert_eq!(l["validator"], k.validator.ss58());
+        assert_eq!(l["image_hash"], hash);
+        assert_eq!(l["prediction"], 0.45);
+        assert!(l["latency_ms"].as_f64().unwrap() > 0.0);
+        assert!(l["time"].as_str().unwrap().ends_with('Z'));
+    }
+    let saved = dir
+        .path()
+        .join("logs/low_confidence")
+        .join(format!("{hash}.img"));
+    assert_eq!(std::fs::read(saved).unwrap(), raw);
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight() {
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(Slow(Duration::from_millis(600), 0.6)), None);
+    let addr = server.addr();
+    let s = Signed::new(&k.validator, &k.axon);
+    let req = s.build(synapse_body(
+        &k.validator,
+        &k.axon,
+        s.nonce,
+        &s.uuid,
+        &image_b64(),
+    ));
+    let client = std::thread::spawn(move || send(addr, &req));
+    std::thread::sleep(Duration::from_millis(200));
+    server.shutdown().unwrap();
+    assert_eq!(accepted(&client.join().unwrap()), 0.6);
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+/// 1,000 signed requests from 32 concurrent keep-alive clients with a cheap predictor.
+#[test]
+fn load_1000_requests_32_concurrent() {
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(MeanRed), None);
+    let addr = server.addr();
+    let img = Arc::new(image_b64());
+    let total = 1000;
+    let workers = 32;
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let (img, next, errors) = (img.clone(), next.clone(), errors.clone());
+            std::thread::spawn(move || {
+                let k = keys();
+                let stream = TcpStream::connect(addr).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let uuid = format!("load-{w}");
+                let mut lat = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let mut s = Signed::new(&k.validator, &k.axon);
+                    s.uuid = uuid.clone();
+                    let req = s.build(synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img));
+                    let t = Instant::now();
+                    write_req(&mut writer, &req, true);
+                    match read_resp(&mut reader) {
+                        Ok(r) if r.status == 200 && r.json()["prediction"].is_number() => {}
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let wall = t0.elapsed();
+    lat.sort();
+    let pct = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!(
+        "load: {} requests, {workers} concurrent, {} errors, p50 {:.2} ms, p99 {:.2} ms, \
+         {:.0} req/s, mean batch {:.2}",
+        lat.len(),
+        errors.load(Ordering::Relaxed),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        lat.len() as f64 / wall.as_secs_f64(),
+        {
+            let m = server.metrics();
+            let n = m.batch_size.count() as f64;
+            lat.len() as f64 / n.max(1.0)
+        }
+    );
+    assert_eq!(lat.len(), total);
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+    server.shutdown().unwrap();
+}
