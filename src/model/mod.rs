@@ -3,6 +3,7 @@
 //! One file per family, each with a config struct, its blocks and its forward, numerically
 //! matching `transformers`.
 
+pub mod dinov3;
 pub mod hub;
 pub mod preprocess;
 pub mod weights;
