@@ -430,9 +430,8 @@ pub fn decode_subnet_state(bytes: &[u8]) -> Result<Option<SubnetState>> {
                 alpha_stake: u64s(&mut r, "alpha_stake")?,
                 tao_stake: u64s(&mut r, "tao_stake")?,
                 total_stake: u64s(&mut r, "total_stake")?,
-                emission_history: r.vec("emission_history", 1, |r| {
-                    u64s(r, "emission_history item")
-                })?,
+                emission_history: r
+                    .vec("emission_history", 1, |r| u64s(r, "emission_history item"))?,
             })
         }
         b => bail!("malformed SCALE payload: Option tag at byte {at} is {b:#04x}, not 0 or 1"),
@@ -585,16 +584,16 @@ impl RpcClient {
         let shown = self.shown();
         let first = match self.try_call("state_call", json!([runtime_fn, arg, block_hash])) {
             Ok(v) => {
-                return bytes_of(&v).with_context(|| {
-                    format!("the answer of {shown} to state_call {runtime_fn}")
-                })
+                return bytes_of(&v)
+                    .with_context(|| format!("the answer of {shown} to state_call {runtime_fn}"))
             }
             Err(CallError::Transport(e)) => return Err(e),
             Err(CallError::Rpc { code, message }) => (code, message),
         };
         match self.try_call(legacy_method, json!([netuid, block_hash])) {
-            Ok(v) => bytes_of(&v)
-                .with_context(|| format!("the answer of {shown} to {legacy_method}")),
+            Ok(v) => {
+                bytes_of(&v).with_context(|| format!("the answer of {shown} to {legacy_method}"))
+            }
             Err(CallError::Transport(e)) => Err(e),
             Err(CallError::Rpc { code, message }) => bail!(
                 "subtensor node {shown} refused state_call {runtime_fn} (RPC error {}: {}) and \
@@ -875,14 +874,19 @@ mod tests {
             (&[0x02, 0x00, 0x01, 0x00], 16384),
             (&[0xfe, 0xff, 0xff, 0xff], (1 << 30) - 1),
             (&[0x03, 0x00, 0x00, 0x00, 0x40], 1 << 30),
-            (&[0x13, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], u64::MAX as u128),
+            (
+                &[0x13, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                u64::MAX as u128,
+            ),
         ];
         for (bytes, want) in cases {
             let mut r = ScaleReader::new(bytes);
             assert_eq!(r.compact("x").unwrap(), *want, "{bytes:02x?}");
             assert_eq!(r.remaining(), 0);
         }
-        let e = ScaleReader::new(&[0x13, 0xff]).compact("stake").unwrap_err();
+        let e = ScaleReader::new(&[0x13, 0xff])
+            .compact("stake")
+            .unwrap_err();
         assert!(format!("{e}").contains("truncated") && format!("{e}").contains("stake"));
         let e = ScaleReader::new(&[0x02, 0x00, 0x01, 0x00])
             .compact_u16("uid")
