@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sv72::serve::subtensor::{fetch_snapshot, StakeSource, SyncOptions};
+use sv72::serve::subtensor::{
+    decode_neurons_lite, decode_subnet_state, fetch_snapshot, StakeSource, SyncOptions,
+};
 use sv72::serve::Metagraph;
 
 // ---------- an independent SCALE encoder ----------
@@ -602,4 +604,61 @@ fn inconsistent_or_missing_chain_data() {
     ));
     let e = err_of(&opts(&node.ws(), StakeSource::Total));
     assert!(e.contains("netuid 71"), "{e}");
+}
+
+/// Payloads from `tools/make_metagraph_fixture.py`, with the values bittensor's own decoder
+/// (bt-decode) read from them.
+#[test]
+fn fixture_decodes_as_bittensor_reads_it() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metagraph");
+    let read_hex =
+        |name: &str| hex::decode(std::fs::read_to_string(dir.join(name)).unwrap().trim()).unwrap();
+    let (lite_bytes, state_bytes) = (read_hex("neurons_lite.hex"), read_hex("subnet_state.hex"));
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let want = expected["neurons"].as_array().unwrap();
+
+    let lite = decode_neurons_lite(&lite_bytes).unwrap();
+    let state = decode_subnet_state(&state_bytes).unwrap().unwrap();
+    assert_eq!(lite.len(), want.len());
+    assert_eq!(state.netuid as u64, expected["netuid"].as_u64().unwrap());
+    for (n, w) in lite.iter().zip(want) {
+        assert_eq!(hex::encode(n.hotkey), w["hotkey_hex"]);
+        assert_eq!(hex::encode(n.coldkey), w["coldkey_hex"]);
+        assert_eq!(n.uid as u64, w["uid"]);
+        assert_eq!(n.netuid as u64, w["netuid"]);
+        assert_eq!(n.active, w["active"]);
+        assert_eq!(n.axon_info.block, w["axon_block"]);
+        assert_eq!(n.axon_info.ip as u64, w["axon_ip"]);
+        assert_eq!(n.axon_info.port as u64, w["axon_port"]);
+        assert_eq!(n.prometheus_info.port as u64, w["prometheus_port"]);
+        let stake: Vec<Value> = n
+            .stake
+            .iter()
+            .map(|(c, a)| json!([hex::encode(c), a]))
+            .collect();
+        assert_eq!(Value::from(stake), w["stake"]);
+        assert_eq!(n.emission, w["emission"]);
+        assert_eq!(n.incentive as u64, w["incentive"]);
+        assert_eq!(n.consensus as u64, w["consensus"]);
+        assert_eq!(n.validator_trust as u64, w["validator_trust"]);
+        assert_eq!(n.dividends as u64, w["dividends"]);
+        assert_eq!(n.last_update, w["last_update"]);
+        assert_eq!(n.validator_permit, w["validator_permit"]);
+        assert_eq!(n.pruning_score as u64, w["pruning_score"]);
+        let i = n.uid as usize;
+        assert_eq!(state.total_stake[i], w["total_stake_rao"]);
+        assert_eq!(state.alpha_stake[i], w["alpha_stake_rao"]);
+    }
+
+    // End to end: served by a node, written in TAO with bt's SS58 addresses.
+    let node = Node::start(chain(lite_bytes, state_bytes, false));
+    let snap = fetch_snapshot(&opts(&node.ws(), StakeSource::Total), |_| {}).unwrap();
+    for n in &snap.neurons {
+        let w = want.iter().find(|w| w["uid"] == n.uid).unwrap();
+        assert_eq!(n.hotkey, w["hotkey"].as_str().unwrap());
+        let tao = w["total_stake_rao"].as_u64().unwrap() as f64 / 1e9;
+        assert!((n.stake - tao).abs() <= tao * 1e-12, "{} vs {tao}", n.stake);
+        assert_eq!(n.validator_permit, w["validator_permit"]);
+    }
 }
