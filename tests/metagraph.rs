@@ -483,7 +483,7 @@ fn legacy_rpc_fallback_and_alpha_stake() {
     let node = Node::start(good_chain(false));
     let snap = fetch_snapshot(&opts(&node.ws(), StakeSource::Alpha), |_| {}).unwrap();
     let alpha: Vec<f64> = snap.neurons.iter().map(|n| n.stake).collect();
-    assert!((alpha[0] - 1000.000_000_005).abs() < 1e-9, "{alpha:?}");
+    assert!((alpha[0] - 1_000.000_000_005).abs() < 1e-9, "{alpha:?}");
     assert_eq!(alpha[1], 0.0);
     assert!((alpha[2] - 20e-6).abs() < 1e-12);
     assert_eq!(snap.stake_source, StakeSource::Alpha);

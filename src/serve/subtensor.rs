@@ -888,7 +888,7 @@ mod tests {
             .compact("stake")
             .unwrap_err();
         assert!(format!("{e}").contains("truncated") && format!("{e}").contains("stake"));
-        let e = ScaleReader::new(&[0x02, 0x00, 0x01, 0x00])
+        let e = ScaleReader::new(&[0x02, 0x00, 0x04, 0x00])
             .compact_u16("uid")
             .unwrap_err();
         assert!(format!("{e}").contains("too large for a u16"), "{e}");
