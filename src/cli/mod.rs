@@ -15,6 +15,7 @@ pub mod eval;
 pub mod export;
 pub mod fetch_backbone;
 pub mod ingest;
+pub mod metagraph;
 pub mod retrain_check;
 pub mod serve;
 pub mod synth_mix;
@@ -51,6 +52,8 @@ pub enum Command {
     Export(export::Args),
     /// Run the miner axon that answers validators.
     Serve(serve::Args),
+    /// Read the subnet's validator set from a subtensor node (`metagraph sync`).
+    Metagraph(metagraph::Args),
     /// Check the deployed model's age and drift (for cron); optionally run the retraining pipeline.
     RetrainCheck(retrain_check::Args),
     /// Compute backbone features for images, folders or a manifest into a safetensors file.
@@ -108,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::AbTest(a) => ab_test::run(a, &ctx),
         Command::Export(a) => export::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
+        Command::Metagraph(a) => metagraph::run(a, &ctx),
         Command::RetrainCheck(a) => retrain_check::run(a, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),
         Command::FetchBackbone(a) => fetch_backbone::run(a, &ctx),
