@@ -3,6 +3,7 @@
 //! One file per family, each with a config struct, its blocks and its forward, numerically
 //! matching `transformers`.
 
+pub mod dinov2;
 pub mod weights;
 
 use burn::tensor::{backend::Backend, Tensor};
