@@ -149,6 +149,8 @@ fn main() {
     bench::<burn::backend::Flex>("flex", dir.path(), Default::default(), secs);
     #[cfg(feature = "ndarray")]
     bench::<burn::backend::NdArray>("ndarray", dir.path(), Default::default(), secs);
+    // Deprecated upstream in burn 0.21 but still the comparison the lead asked for.
     #[cfg(feature = "candle")]
+    #[allow(deprecated)]
     bench::<burn::backend::Candle>("candle", dir.path(), Default::default(), secs);
 }
