@@ -172,6 +172,20 @@ impl Weights {
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
 
+    /// Tensor `name` as f32 values, checking that its shape is exactly `shape` (for callers that
+    /// rearrange the values on the host before building a tensor).
+    pub fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (values, found) = self.f32_data(name)?;
+        if found != shape {
+            let (_, path) = self.view(name)?;
+            bail!(
+                "tensor `{name}` in {} has shape {found:?}, but the config implies {shape:?} (config.json and weights disagree)",
+                path.display()
+            );
+        }
+        Ok(values)
+    }
+
     /// Like [`Weights::tensor`] for an optional tensor: `None` when absent.
     pub fn tensor_opt<B: Backend, const D: usize>(
         &self,
