@@ -21,7 +21,7 @@ pub struct Args {
     /// Image files and folders (searched recursively).
     #[arg(value_name = "IMAGE_OR_DIR")]
     pub inputs: Vec<PathBuf>,
-    /// Also embed every image of this manifest.parquet.
+    /// Also embed every image of this manifest (dataset name, folder or manifest.parquet).
     #[arg(long, value_name = "M")]
     pub manifest: Option<PathBuf>,
     /// Output safetensors; the input list goes to the same name with `.json`.
