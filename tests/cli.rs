@@ -22,6 +22,8 @@ fn help_lists_every_subcommand() {
         "retrain-check",
         "embed",
         "fetch-backbone",
+        "metagraph",
+        "demo-data",
     ] {
         assert!(text.contains(cmd), "--help does not list {cmd}:\n{text}");
     }
@@ -39,4 +41,25 @@ fn unknown_config_key_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("epohcs") && err.contains("my.yaml"), "{err}");
+}
+
+#[test]
+fn closed_stdout_pipe_exits_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = sv72()
+        .args(["demo-data", "--out"])
+        .arg(dir.path().join("demo"))
+        .args(["--count", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close our end of stdout before the child prints: it must not panic.
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
 }

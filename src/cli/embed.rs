@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 
 use super::Ctx;
@@ -21,7 +21,7 @@ pub struct Args {
     /// Image files and folders (searched recursively).
     #[arg(value_name = "IMAGE_OR_DIR")]
     pub inputs: Vec<PathBuf>,
-    /// Also embed every image of this manifest.parquet.
+    /// Also embed every image of this manifest (dataset name, folder or manifest.parquet).
     #[arg(long, value_name = "M")]
     pub manifest: Option<PathBuf>,
     /// Output safetensors; the input list goes to the same name with `.json`.
@@ -144,20 +144,10 @@ fn run_cuda(
     bail!("--device cuda needs a CUDA build: rebuild with `cargo build --release --features cuda`, or use --device cpu")
 }
 
-/// Loads the snapshot's backbone. The model families land in `crate::model` separately; until
-/// `crate::model::load_backbone` exists this names the model type it cannot load yet.
+/// Loads the snapshot's backbone on backend `B`.
 fn load_model<B: Backend>(
     snapshot: &Path,
-    _device: &B::Device,
+    device: &B::Device,
 ) -> Result<Box<dyn FeatureExtractor<B>>> {
-    let cfg_path = snapshot.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("cannot read {}", cfg_path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
-    let model_type = v.get("model_type").and_then(|t| t.as_str()).unwrap_or("?");
-    bail!(
-        "{}: no backbone loader for model_type {model_type:?} in this build yet (DINOv2/DINOv3 loading is wired in with crate::model::load_backbone)",
-        snapshot.display()
-    )
+    crate::model::load_backbone::<B>(snapshot, device)
 }

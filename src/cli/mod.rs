@@ -15,6 +15,7 @@ pub mod eval;
 pub mod export;
 pub mod fetch_backbone;
 pub mod ingest;
+pub mod metagraph;
 pub mod retrain_check;
 pub mod serve;
 pub mod synth_mix;
@@ -51,6 +52,8 @@ pub enum Command {
     Export(export::Args),
     /// Run the miner axon that answers validators.
     Serve(serve::Args),
+    /// Read the subnet's validator set from a subtensor node (`metagraph sync`).
+    Metagraph(metagraph::Args),
     /// Check the deployed model's age and drift (for cron); optionally run the retraining pipeline.
     RetrainCheck(retrain_check::Args),
     /// Compute backbone features for images, folders or a manifest into a safetensors file.
@@ -71,12 +74,25 @@ pub struct Ctx {
 /// Parses the command line, runs the subcommand, and maps errors to a message and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_default_sigpipe();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Lets `sv72 ingest ... | head` end quietly instead of panicking on a closed stdout. Not for
+/// `serve`: there a peer closing its socket must be an error on that connection, not a kill.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -95,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::AbTest(a) => ab_test::run(a, &ctx),
         Command::Export(a) => export::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
+        Command::Metagraph(a) => metagraph::run(a, &ctx),
         Command::RetrainCheck(a) => retrain_check::run(a, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),
         Command::FetchBackbone(a) => fetch_backbone::run(a, &ctx),

@@ -217,36 +217,12 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Image paths of a manifest (`path` column; relative paths resolve under `datasets_root`).
+/// The image paths of a manifest, in row order. `manifest` is a dataset name under
+/// `datasets_root`, a dataset folder, or a `manifest.parquet` path.
 pub fn manifest_inputs(manifest: &Path, datasets_root: &Path) -> Result<Vec<PathBuf>> {
-    use polars::prelude::{ParquetReader, SerReader};
-    let f = std::fs::File::open(manifest)
-        .with_context(|| format!("cannot open manifest {}", manifest.display()))?;
-    let df = ParquetReader::new(f)
-        .finish()
-        .with_context(|| format!("{} is not a readable Parquet manifest", manifest.display()))?;
-    let col = df
-        .column("path")
-        .with_context(|| format!("manifest {} has no `path` column", manifest.display()))?;
-    let ca = col.str().with_context(|| {
-        format!(
-            "manifest {}: `path` is not a string column",
-            manifest.display()
-        )
-    })?;
-    let mut out = Vec::with_capacity(ca.len());
-    for i in 0..ca.len() {
-        let v = ca
-            .get(i)
-            .with_context(|| format!("manifest {}: row {i} has no path", manifest.display()))?;
-        let p = Path::new(v);
-        out.push(if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            datasets_root.join(p)
-        });
-    }
-    Ok(out)
+    let path = crate::data::manifest::manifest_path(datasets_root, &manifest.to_string_lossy());
+    let rows = crate::data::manifest::read_manifest(&path)?;
+    Ok(rows.iter().map(|r| r.resolve_path(datasets_root)).collect())
 }
 
 /// One embedded input in `FILE.json`, in tensor row order.

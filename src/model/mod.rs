@@ -3,10 +3,15 @@
 //! One file per family, each with a config struct, its blocks and its forward, numerically
 //! matching `transformers`.
 
+pub mod dinov2;
+pub mod dinov3;
 pub mod hub;
 pub mod preprocess;
 pub mod weights;
 
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, Tensor};
 
 /// What a backbone gives per image.
@@ -30,4 +35,38 @@ pub trait FeatureExtractor<B: Backend> {
     fn hidden_size(&self) -> usize;
     /// Patch side in pixels (inputs must be a multiple of it).
     fn patch_size(&self) -> usize;
+}
+
+/// The `model_type` of a snapshot's `config.json`.
+pub fn model_type(snapshot_dir: &Path) -> Result<String> {
+    let path = snapshot_dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {} (is this a Hugging Face snapshot folder?)",
+            path.display()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    v.get("model_type")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} has no `model_type` string", path.display()))
+}
+
+/// Loads any supported backbone from a snapshot folder, dispatching on `config.json`'s
+/// `model_type` (`dinov2`, `dinov2_with_registers`, `dinov3_vit`).
+pub fn load_backbone<B: Backend>(
+    snapshot_dir: &Path,
+    device: &B::Device,
+) -> Result<Box<dyn FeatureExtractor<B>>> {
+    let kind = model_type(snapshot_dir)?;
+    match kind.as_str() {
+        "dinov2" | "dinov2_with_registers" => Ok(Box::new(dinov2::load::<B>(snapshot_dir, device)?)),
+        dinov3::MODEL_TYPE => Ok(Box::new(dinov3::load::<B>(snapshot_dir, device)?)),
+        other => bail!(
+            "{}: unsupported model_type {other:?}; sv72 loads dinov2, dinov2_with_registers and dinov3_vit",
+            snapshot_dir.join("config.json").display()
+        ),
+    }
 }

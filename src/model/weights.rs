@@ -85,6 +85,11 @@ impl Weights {
         self.location.contains_key(name)
     }
 
+    /// The file holding tensor `name`, for error messages.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.location.get(name).map(|&i| self.files[i].0.as_path())
+    }
+
     /// All tensor names, sorted.
     pub fn names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.location.keys().map(String::as_str).collect();
@@ -165,6 +170,20 @@ impl Weights {
             );
         }
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// Tensor `name` as f32 values, checking that its shape is exactly `shape` (for callers that
+    /// rearrange the values on the host before building a tensor).
+    pub fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (values, found) = self.f32_data(name)?;
+        if found != shape {
+            let (_, path) = self.view(name)?;
+            bail!(
+                "tensor `{name}` in {} has shape {found:?}, but the config implies {shape:?} (config.json and weights disagree)",
+                path.display()
+            );
+        }
+        Ok(values)
     }
 
     /// Like [`Weights::tensor`] for an optional tensor: `None` when absent.
@@ -260,6 +279,11 @@ mod tests {
         .unwrap();
         let w = Weights::open(sh.path()).unwrap();
         assert_eq!(w.names(), vec!["a", "b"]);
+        assert_eq!(
+            w.file_of("b"),
+            Some(sh.path().join("s2.safetensors").as_path())
+        );
+        assert_eq!(w.file_of("zz"), None);
         let t: Tensor<B, 2> = w.tensor("b", [1, 2], &Default::default()).unwrap();
         assert_eq!(t.into_data().to_vec::<f32>().unwrap(), vec![2.0, 3.0]);
 

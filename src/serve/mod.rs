@@ -3,7 +3,7 @@
 //! The wire format follows `shared/specs/axon-protocol.md`: `protocol` has the header, message
 //! and nonce rules, `keys` SS58 and sr25519, `metagraph` the validator set and blacklist,
 //! `batcher` the predictor, hot swap and micro-batching, `server` the HTTP side, `metrics` the
-//! Prometheus text and JSON logs.
+//! Prometheus text and JSON logs, `subtensor` the chain reads behind `sv72 metagraph sync`.
 
 pub mod batcher;
 pub mod keys;
@@ -11,6 +11,7 @@ pub mod metagraph;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod subtensor;
 
 pub use batcher::{Loader, ModelSlot, Predictor};
 pub use metagraph::{Metagraph, MetagraphHandle, Neuron};

@@ -1,0 +1,8 @@
+//! Backbones against `transformers` reference outputs: tiny random snapshots and their references
+//! under tests/fixtures/backbones/, made by `tools/backbone_fixtures.py` (DINOv2, DINOv2 with
+//! registers) and `tools/backbone_fixtures_dinov3.py` (DINOv3).
+
+#[path = "backbones/dinov2.rs"]
+mod dinov2;
+#[path = "backbones/dinov3.rs"]
+mod dinov3;
