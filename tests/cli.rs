@@ -59,7 +59,12 @@ fn closed_stdout_pipe_exits_quietly() {
     // Close our end of stdout before the child prints: it must not panic.
     drop(child.stdout.take());
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     child.wait().unwrap();
     assert!(!err.contains("panicked"), "{err}");
 }

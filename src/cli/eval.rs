@@ -54,14 +54,13 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     if rows.is_empty() {
         bail!("{} has no {split} rows to evaluate", path.display());
     }
-    // Remaining plumbing: load_backbone(ck.info.backbone) → validator_challenge views per level
-    // (train::data::challenge_views) → gather → ck.predict_proba → eval::build_report /
-    // write_report, plus batch-1 latency. It waits for `model::load_backbone` and
-    // `augment::validator_challenge`, which are not on main yet.
+    // Remaining plumbing: model::load_backbone(ck.info.backbone) → validator_challenge views per
+    // level (train::data::challenge_views) → gather → ck.predict_proba → eval::build_report /
+    // write_report, plus batch-1 latency. It waits for `augment::validator_challenge`, which is
+    // not on main yet.
     bail!(
-        "eval: checkpoint {} and {} {split} images found, but this build cannot compute features \
-         yet: `model::load_backbone` and `augment::validator_challenge` are not merged. Nothing \
-         was written.",
+        "eval: checkpoint {} and {} {split} images found, but this build cannot make validator \
+         challenges yet: `augment::validator_challenge` is not merged. Nothing was written.",
         dir.display(),
         rows.len()
     )

@@ -15,8 +15,9 @@ pub struct Args {
     /// The training mix: a dataset name under `paths.datasets`, its folder, or a `.parquet`
     /// manifest. Its `train` rows train the head, its `val` rows drive early stopping,
     /// calibration and the threshold.
+    /// Required; optional for clap only so config errors are reported first.
     #[arg(long, value_name = "DATASET")]
-    pub manifest: String,
+    pub manifest: Option<String>,
     /// Backbone snapshot folder or HF name (default: `backbone.model`).
     #[arg(long, value_name = "MODEL")]
     pub backbone: Option<String>,
@@ -40,7 +41,10 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     if let Some(c) = args.checkpoints {
         cfg.paths.checkpoints = c;
     }
-    let path = manifest_path(&cfg.paths.datasets, &args.manifest);
+    let Some(manifest) = args.manifest else {
+        bail!("train-head needs --manifest DATASET (the mix built by `sv72 synth-mix`)");
+    };
+    let path = manifest_path(&cfg.paths.datasets, &manifest);
     let rows = read_manifest(&path).with_context(|| {
         format!(
             "cannot read the training manifest {} (build one with `sv72 synth-mix`)",
@@ -56,13 +60,13 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
             val.len()
         );
     }
-    // The remaining plumbing (load_backbone → training_view / validator_challenge views →
-    // train::data::gather → train::run_training) waits for `model::load_backbone` and
-    // `augment::{training_view, validator_challenge}`, which are not on main yet.
+    // The remaining plumbing (model::load_backbone → training_view / validator_challenge views
+    // → train::data::gather → train::run_training) waits for
+    // `augment::{training_view, validator_challenge}`, which is not on main yet.
     bail!(
-        "train-head: {} has {} train / {} val images, but this build cannot compute their \
-         features yet: `model::load_backbone` and `augment::{{training_view, validator_challenge}}` \
-         are not merged. Nothing was written.",
+        "train-head: {} has {} train / {} val images, but this build cannot make their training \
+         views and validator challenges yet: `augment::{{training_view, validator_challenge}}` is \
+         not merged. Nothing was written.",
         path.display(),
         train.len(),
         val.len()
