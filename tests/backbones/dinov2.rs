@@ -105,7 +105,7 @@ fn assert_close<const D: usize>(what: &str, got: Tensor<Cpu, D>, want: &HostTens
     assert!(d <= TOL, "{what}: max |Δ| = {d:e} > {TOL:e}");
 }
 
-mod dinov2 {
+mod parity {
     use super::*;
     use sv72::model::dinov2::{self, Dinov2Family, Dinov2Model};
     use sv72::model::FeatureExtractor;
