@@ -316,8 +316,9 @@ fn aa_weights(in_size: usize, out_size: usize) -> AaWeights {
     let mut k = vec![0f32; out_size * ksize];
     for i in 0..out_size {
         let center = (scale as f64 * (i as f64 + 0.5)) as f32;
-        let xmin = ((center as f64 - support as f64 + 0.5) as i64).max(0);
-        let xsize = (((center as f64 + support as f64 + 0.5) as i64).min(in_size as i64) - xmin)
+        // `center - support` is a float32 operation in torch; only `+ 0.5` is done in double.
+        let xmin = (((center - support) as f64 + 0.5) as i64).max(0);
+        let xsize = ((((center + support) as f64 + 0.5) as i64).min(in_size as i64) - xmin)
             .clamp(0, ksize as i64) as usize;
         let row = &mut k[i * ksize..i * ksize + ksize];
         let mut total = 0f32;
