@@ -152,7 +152,7 @@ pub fn pil_resize_bilinear(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     let need_v = oh != in_h;
     let round = 1i64 << (PIL_PRECISION_BITS - 1);
     // Horizontal pass over only the rows the vertical pass reads.
-    let (tmp, tmp_h, row0) = if need_h {
+    let (tmp, row0) = if need_h {
         let first = ys[0];
         let last = ys[oh - 1] + yl[oh - 1];
         let (xs, xl, kx, ksx) = pil_coeffs(in_w, ow);
@@ -175,11 +175,10 @@ pub fn pil_resize_bilinear(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
                 }
             }
         }
-        (t, rows, first)
+        (t, first)
     } else {
-        (src.to_vec(), in_h, 0)
+        (src.to_vec(), 0)
     };
-    let _ = tmp_h;
     if !need_v {
         return RgbImage::from_raw(out_w, out_h, tmp).expect("size");
     }
@@ -568,10 +567,7 @@ pub fn cv_resize_linear(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
             ofs.push(s);
             a.push((a0, a1));
         }
-        ofs
-            .into_iter()
-            .zip(a)
-            .collect::<Vec<(i64, (i32, i32))>>()
+        ofs.into_iter().zip(a).collect::<Vec<(i64, (i32, i32))>>()
     };
     let hx = coeffs(ow, in_w, scale_x, true);
     let vy = coeffs(oh, in_h, scale_y, false);

@@ -115,7 +115,10 @@ pub fn write_contact_sheet(
     let sheet = contact_sheet(images, per_level, cfg, seed);
     let mut bytes = Vec::new();
     sheet
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
         .context("PNG encoding of the contact sheet failed")?;
     crate::util::fsx::write_atomic(path, &bytes)
         .with_context(|| format!("cannot write contact sheet {}", path.display()))

@@ -249,7 +249,8 @@ pub fn apply_params(img: &DynamicImage, p: &AugParams, noise: Option<&[f32]>) ->
         .with_context(|| format!("level {} parameters lack a crop box", p.level))?;
     let angle = p.angle.unwrap_or(0.0) as f64;
     let cropped = ops::rotate_crop_nearest(&rgb, angle, crop)?;
-    let mut t = ops::resize_bilinear_aa(&ops::to_tensor(&cropped), p.size as usize, p.size as usize);
+    let mut t =
+        ops::resize_bilinear_aa(&ops::to_tensor(&cropped), p.size as usize, p.size as usize);
     if p.hflip {
         ops::hflip(&mut t);
     }

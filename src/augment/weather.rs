@@ -71,10 +71,7 @@ impl WeatherOp {
     /// Applies the op, returning a new image of the same size.
     pub fn apply(&self, img: &RgbImage) -> Result<RgbImage> {
         if !(0.0..=1.0).contains(&self.severity) {
-            bail!(
-                "weather severity {} is outside [0, 1]",
-                self.severity
-            );
+            bail!("weather severity {} is outside [0, 1]", self.severity);
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let s = self.severity;
@@ -100,7 +97,11 @@ fn fog(img: &RgbImage, s: f32, rng: &mut ChaCha8Rng) -> RgbImage {
     let h = img.height().max(1) as f32;
     let airlight = 200.0 + 40.0 * rng.random::<f32>();
     let density = 0.35 + 0.55 * s;
-    for (y, row) in out.as_mut().chunks_exact_mut(img.width() as usize * 3).enumerate() {
+    for (y, row) in out
+        .as_mut()
+        .chunks_exact_mut(img.width() as usize * 3)
+        .enumerate()
+    {
         let depth = 1.0 - 0.5 * (y as f32 / h); // 1 at the top, 0.5 at the bottom
         let t = 1.0 - density * depth;
         for v in row.iter_mut() {
