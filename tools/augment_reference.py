@@ -101,7 +101,7 @@ def rotation():
 def rrc():
     x = small("rgb_300x500.png", 64, 48)
     tensors, params = {"input": x}, []
-    cases = [((5, 7, 40, 40), 24), ((3, 2, 20, 20), 56), ((0, 0, 48, 48), 96), ((10, 30, 31, 31), 31)]
+    cases = [((5, 7, 40, 40), 24), ((3, 2, 20, 20), 56), ((0, 0, 48, 48), 96), ((10, 30, 31, 31), 31), ((0, 0, 48, 48), 10), ((1, 3, 45, 45), 20)]
     for k, (box, size) in enumerate(cases):
         op = it.RandomResizedCropWithParams((size, size), scale=(0.2, 1.0), ratio=(1.0, 1.0))
         out = op(to_tensor(x), crop_params=box)

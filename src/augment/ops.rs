@@ -343,12 +343,33 @@ fn aa_weights(in_size: usize, out_size: usize) -> AaWeights {
     }
 }
 
-/// `a * b + c` rounded once, as torch's AVX2 build contracts `output += t * w` into an FMA.
-/// The f32 product is exact in f64, so this matches a hardware FMA except for rare double
-/// rounding, and stays fast where the target lacks FMA (`f32::mul_add` would call libm).
+/// `a * b + c` rounded once (a hardware FMA). The f32 product is exact in f64, so this matches
+/// FMA except for very rare double rounding, and stays fast where the target lacks FMA
+/// (`f32::mul_add` would call libm).
 #[inline(always)]
 fn fma(a: f32, b: f32, c: f32) -> f32 {
     (a as f64 * b as f64 + c as f64) as f32
+}
+
+/// torch's `interpolate_aa_single_dim` sum `t0*w0 + t1*w1 + ...` with the rounding its compiled
+/// code has (found by probing torch 2.15's CPU build): the loop over taps 1.. is unrolled by 4
+/// with separately rounded products and sums, and the leftover `(n - 1) % 4` taps are fused
+/// multiply-adds. Reproducing this makes the float output bit-identical.
+#[inline(always)]
+fn aa_dot(k: &[f32], src: impl Fn(usize) -> f32) -> f32 {
+    let n = k.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let mut t = src(0) * k[0];
+    let plain = (n - 1) / 4 * 4;
+    for (j, kv) in k.iter().enumerate().take(plain + 1).skip(1) {
+        t += src(j) * kv;
+    }
+    for (j, kv) in k.iter().enumerate().skip(plain + 1) {
+        t = fma(src(j), *kv, t);
+    }
+    t
 }
 
 /// torchvision `F.resize(tensor, (out_h, out_w), BILINEAR, antialias=True)`, as used by
@@ -365,11 +386,7 @@ pub fn resize_bilinear_aa(src: &Planes, out_w: usize, out_h: usize) -> Planes {
             for (x, d) in drow.iter_mut().enumerate() {
                 let k = &wx.k[x * wx.ksize..x * wx.ksize + wx.lens[x]];
                 let s = &srow[wx.starts[x]..wx.starts[x] + wx.lens[x]];
-                let mut t = s[0] * k[0];
-                for (a, b) in s.iter().zip(k).skip(1) {
-                    t = fma(*a, *b, t);
-                }
-                *d = t;
+                *d = aa_dot(k, |i| s[i]);
             }
         }
     }
@@ -381,11 +398,7 @@ pub fn resize_bilinear_aa(src: &Planes, out_w: usize, out_h: usize) -> Planes {
             let drow = &mut out.data[(c * out_h + y) * out_w..(c * out_h + y + 1) * out_w];
             let base = c * h * out_w;
             for (x, d) in drow.iter_mut().enumerate() {
-                let mut t = tmp[base + y0 * out_w + x] * k[0];
-                for (i, kv) in k.iter().enumerate().skip(1) {
-                    t = fma(tmp[base + (y0 + i) * out_w + x], *kv, t);
-                }
-                *d = t;
+                *d = aa_dot(k, |i| tmp[base + (y0 + i) * out_w + x]);
             }
         }
     }
