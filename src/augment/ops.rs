@@ -238,6 +238,12 @@ impl RotationGrid {
         let by = y as f32 - (self.h as f32 - 1.0) * 0.5;
         let gx = bx * self.rt[0] + by * self.rt[1];
         let gy = bx * self.rt[2] + by * self.rt[3];
+        self.pick(gx, gy)
+    }
+
+    /// `grid_sample` nearest lookup of normalised grid coordinates.
+    #[inline]
+    fn pick(&self, gx: f32, gy: f32) -> Option<(usize, usize)> {
         let ix = ((gx + 1.0) * self.sx - 0.5).round_ties_even();
         let iy = ((gy + 1.0) * self.sy - 0.5).round_ties_even();
         if ix >= 0.0 && iy >= 0.0 && ix < self.w as f32 && iy < self.h as f32 {
@@ -257,12 +263,22 @@ pub fn rotate_crop_nearest(img: &RgbImage, angle: f64, crop: CropBox) -> Result<
     let grid = RotationGrid::new(w, h, angle);
     let src = img.as_raw();
     let mut out = vec![0u8; crop.h * crop.w * 3];
+    // The per-column products are the same f32 values `source` computes, so hoisting them
+    // keeps the rounding identical.
+    let cols: Vec<(f32, f32)> = (crop.j..crop.j + crop.w)
+        .map(|x| {
+            let bx = x as f32 - (w as f32 - 1.0) * 0.5;
+            (bx * grid.rt[0], bx * grid.rt[2])
+        })
+        .collect();
     for oy in 0..crop.h {
-        for ox in 0..crop.w {
-            if let Some((sx, sy)) = grid.source(crop.j + ox, crop.i + oy) {
+        let by = (crop.i + oy) as f32 - (h as f32 - 1.0) * 0.5;
+        let (ry0, ry1) = (by * grid.rt[1], by * grid.rt[3]);
+        let drow = &mut out[oy * crop.w * 3..(oy + 1) * crop.w * 3];
+        for (d, &(cx0, cx1)) in drow.chunks_exact_mut(3).zip(&cols) {
+            if let Some((sx, sy)) = grid.pick(cx0 + ry0, cx1 + ry1) {
                 let s = (sy * w + sx) * 3;
-                let d = (oy * crop.w + ox) * 3;
-                out[d..d + 3].copy_from_slice(&src[s..s + 3]);
+                d.copy_from_slice(&src[s..s + 3]);
             }
         }
     }
@@ -689,38 +705,44 @@ fn reflect101(i: i64, n: i64) -> usize {
 /// `cv2.GaussianBlur(img, (k, k), sigma)` on uint8, OpenCV's exact fixed-point path.
 pub fn gaussian_blur(img: &RgbImage, k: usize, sigma: f64) -> RgbImage {
     let kern = cv_gaussian_kernel_u8(k, sigma);
-    let r = (kern.len() / 2) as i64;
+    let r = kern.len() / 2;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let src = img.as_raw();
-    // Row pass: exact, 8 fractional bits.
+    let row_len = w * 3;
+    // Row pass: exact, 8 fractional bits. Each row is padded by reflection once so the taps
+    // read contiguous memory.
     let mut tmp = vec![0u32; w * h * 3];
-    let xidx: Vec<Vec<usize>> = (0..w as i64)
-        .map(|x| (-r..=r).map(|d| reflect101(x + d, w as i64)).collect())
-        .collect();
+    let mut padded = vec![0u32; (w + 2 * r) * 3];
     for y in 0..h {
-        let row = &src[y * w * 3..(y + 1) * w * 3];
-        for x in 0..w {
-            let mut acc = [0u32; 3];
-            for (kv, &sx) in kern.iter().zip(&xidx[x]) {
-                for c in 0..3 {
-                    acc[c] += kv * row[sx * 3 + c] as u32;
-                }
+        let row = &src[y * row_len..(y + 1) * row_len];
+        for (px, dst) in padded.chunks_exact_mut(3).enumerate() {
+            let sx = reflect101(px as i64 - r as i64, w as i64);
+            for c in 0..3 {
+                dst[c] = row[sx * 3 + c] as u32;
             }
-            tmp[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&acc);
+        }
+        let out = &mut tmp[y * row_len..(y + 1) * row_len];
+        for (t, &kv) in kern.iter().enumerate() {
+            let shifted = &padded[t * 3..t * 3 + row_len];
+            for (o, &v) in out.iter_mut().zip(shifted) {
+                *o += kv * v;
+            }
         }
     }
     // Column pass: 16 fractional bits, rounded to uint8.
     let mut out = vec![0u8; w * h * 3];
+    let mut acc = vec![0u32; row_len];
     for y in 0..h {
-        let rows: Vec<usize> = (-r..=r)
-            .map(|d| reflect101(y as i64 + d, h as i64))
-            .collect();
-        for i in 0..w * 3 {
-            let mut acc = 0u32;
-            for (kv, &sy) in kern.iter().zip(&rows) {
-                acc += kv * tmp[sy * w * 3 + i];
+        acc.iter_mut().for_each(|a| *a = 1 << 15);
+        for (t, &kv) in kern.iter().enumerate() {
+            let sy = reflect101(y as i64 + t as i64 - r as i64, h as i64);
+            let srow = &tmp[sy * row_len..(sy + 1) * row_len];
+            for (a, &v) in acc.iter_mut().zip(srow) {
+                *a += kv * v;
             }
-            out[y * w * 3 + i] = ((acc + (1 << 15)) >> 16).min(255) as u8;
+        }
+        for (o, &a) in out[y * row_len..(y + 1) * row_len].iter_mut().zip(&acc) {
+            *o = (a >> 16).min(255) as u8;
         }
     }
     RgbImage::from_raw(w as u32, h as u32, out).expect("size")
