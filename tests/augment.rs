@@ -576,7 +576,7 @@ fn bench_level3_stages() {
         ops::resize_bilinear_aa(&t, 224, 224);
     });
     let u = ops::to_u8(&ops::resize_bilinear_aa(&t, 224, 224));
-    let mut p = sv72::augment::AugParams::level0(224);
+    let p = sv72::augment::AugParams::level0(224);
     for (label, set) in [
         ("CS", 0usize),
         ("CC", 1),
@@ -603,7 +603,6 @@ fn bench_level3_stages() {
     time("noise only", &mut || {
         gnc_noise(1, 224, 224);
     });
-    p.level = 3;
     time("encode_jpeg", &mut || {
         sv72::augment::encode_jpeg(&u).unwrap();
     });
