@@ -16,6 +16,7 @@ use crate::data::manifest::{
 use crate::data::mix::{
     build_mix, Balance, InputSummary, MixOutcome, MixReport, MixRequest, ShortfallPolicy,
 };
+use crate::data::variants;
 use crate::util::fsx;
 
 /// Flags of `sv72 synth-mix`.
@@ -53,6 +54,14 @@ pub struct Args {
     /// Print the plan and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write `preview.png` beside the manifest: N augmented samples per validator level (and a
+    /// weather row) drawn from the mix's train images.
+    #[arg(long, value_name = "N")]
+    pub preview: Option<usize>,
+    /// Write K augmented training views per train image into the image store and record them in
+    /// the manifest (`variant_of`, `aug`) (default: `mix.materialize_variants`).
+    #[arg(long, value_name = "K")]
+    pub materialize: Option<usize>,
 }
 
 /// A read input manifest and the role it was passed with.
@@ -196,13 +205,75 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         println!("--dry-run: nothing written");
         return Ok(ExitCode::SUCCESS);
     }
+    let mut outcome = outcome;
+    let k = args
+        .materialize
+        .unwrap_or(ctx.config.mix.materialize_variants);
+    if k > 0 {
+        let (variants, failed) =
+            variants::materialize(&outcome.rows, k, &datasets, &ctx.config.augment, seed)?;
+        println!(
+            "materialised {} augmented variants ({k} per train image){}",
+            variants.len(),
+            if failed > 0 {
+                format!(", {failed} images unreadable (skipped)")
+            } else {
+                String::new()
+            }
+        );
+        outcome.rows.extend(variants);
+    }
     write_mix(&out_manifest, &report, &outcome)?;
     println!(
         "wrote {} ({} rows) and mix_report.{{json,md}}",
         out_manifest.display(),
         outcome.rows.len()
     );
+    if let Some(n) = args.preview.filter(|n| *n > 0) {
+        let path = out_manifest.with_file_name("preview.png");
+        write_preview(&path, &outcome, n, &datasets, ctx, seed)?;
+        println!("wrote {} ({n} samples per validator level)", path.display());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A contact sheet of the validator levels on up to `n` train images, alternating labels so both
+/// classes show.
+fn write_preview(
+    path: &Path,
+    outcome: &MixOutcome,
+    n: usize,
+    datasets: &Path,
+    ctx: &Ctx,
+    seed: u64,
+) -> Result<()> {
+    let train: Vec<&ManifestRow> = outcome
+        .train_rows()
+        .filter(|r| r.variant_of.is_none())
+        .collect();
+    let (pos, neg): (Vec<&ManifestRow>, Vec<&ManifestRow>) =
+        train.iter().partition(|r| r.label == 1);
+    let mut picked = Vec::with_capacity(n);
+    let mut images = Vec::with_capacity(n);
+    for i in 0.. {
+        if picked.len() >= n || (i >= pos.len() && i >= neg.len()) {
+            break;
+        }
+        for side in [&pos, &neg] {
+            if let Some(r) = side.get(i) {
+                if picked.len() < n {
+                    picked.push(*r);
+                }
+            }
+        }
+    }
+    for r in picked {
+        let p = r.resolve_path(datasets);
+        images.push(
+            image::open(&p).with_context(|| format!("preview: cannot read {}", p.display()))?,
+        );
+    }
+    crate::augment::preview::write_contact_sheet(path, &images, n, &ctx.config.augment, seed)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

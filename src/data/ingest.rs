@@ -390,8 +390,9 @@ pub fn store_rel_path(id: &str, ext: &str) -> String {
     format!("{STORE_DIR}/{}/{id}.{ext}", &id[..2.min(id.len())])
 }
 
-/// Writes `bytes` into the content-addressed store unless that content is already there.
-fn store_bytes(root: &Path, id: &str, ext: &str, bytes: &[u8]) -> Result<String> {
+/// Writes `bytes` into the content-addressed store unless that content is already there; returns
+/// the path relative to the datasets root.
+pub fn store_bytes(root: &Path, id: &str, ext: &str, bytes: &[u8]) -> Result<String> {
     let rel = store_rel_path(id, ext);
     let full = root.join(&rel);
     let fresh = match fs::metadata(&full) {

@@ -9,3 +9,4 @@ pub mod neardup;
 pub mod phash;
 pub mod quarantine;
 pub mod sources;
+pub mod variants;
