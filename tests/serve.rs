@@ -1233,7 +1233,14 @@ mod checkpoint_model {
             Command::new(bin)
                 .current_dir(tmp.path())
                 .args(["query", "--axon", &addr.to_string(), "--hotkey-seed", seed])
-                .args(["--axon-hotkey", &k.axon.ss58(), "--timeout", "20"])
+                .args([
+                    "--axon-hotkey",
+                    &k.axon.ss58(),
+                    "--timeout",
+                    "20",
+                    "--wait",
+                    "10",
+                ])
                 .arg("--image")
                 .arg(fixture_image())
                 .output()
@@ -1392,6 +1399,32 @@ mod checkpoint_model {
             Arc::new(Metrics::new()),
         );
         eprintln!("load: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        // Where the time goes: preprocessing alone, then the whole predictor, without HTTP.
+        let p = CheckpointPredictor::<Cpu>::load(
+            &cfg.paths.checkpoints.join("latest"),
+            &Default::default(),
+            &LoadOptions::from_config(&cfg),
+        )
+        .unwrap();
+        let mut p = p;
+        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let t = Instant::now();
+            for _ in 0..20 {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e3 / 20.0
+        };
+        let pre = p.preprocess().clone();
+        let pre_ms = time(&mut || {
+            std::hint::black_box(pre.pixel_values_rgb(&img));
+        });
+        let predict_ms = time(&mut || {
+            p.predict(std::slice::from_ref(&img)).unwrap();
+        });
+        eprintln!("preprocess {pre_ms:.2} ms, predict (one image, no HTTP) {predict_ms:.1} ms");
+        drop(p);
         let mg = Arc::new(MetagraphHandle::fixed(Metagraph::from_neurons(neurons(&k))));
         let server = Server::start(options(&k.axon, None), mg, slot).unwrap();
         let img64 = image_b64();

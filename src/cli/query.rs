@@ -44,6 +44,9 @@ pub struct Args {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// Keep retrying the connection this many seconds while the axon starts up.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub wait: f64,
     /// Print the querying key's SS58 address (to put in a metagraph) and exit.
     #[arg(long)]
     pub print_hotkey: bool,
@@ -191,6 +194,20 @@ fn read_image(p: &Path) -> Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("--image: cannot read {}", p.display()))
 }
 
+/// Waits until `addr` accepts TCP connections, for at most `wait`.
+fn wait_for_axon(addr: SocketAddr, wait: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                bail!("cannot connect to the axon at {addr}: {e} (is `sv72 serve` running? --wait SECS retries while it starts)")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// Runs `sv72 query`.
 pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     let key = query_key(args.hotkey_seed.as_deref())?;
@@ -220,7 +237,14 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
             args.timeout
         );
     }
+    if !(args.wait.is_finite() && args.wait >= 0.0) {
+        bail!(
+            "--wait {} must be a non-negative number of seconds",
+            args.wait
+        );
+    }
     let bytes = read_image(image)?;
+    wait_for_axon(addr, Duration::from_secs_f64(args.wait))?;
     let ans = query_axon(
         addr,
         &key,
