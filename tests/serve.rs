@@ -928,3 +928,531 @@ fn load_1000_requests_32_concurrent() {
     assert_eq!(errors.load(Ordering::Relaxed), 0);
     server.shutdown().unwrap();
 }
+
+// ---------- the trained-checkpoint predictor (serve::model) and `sv72 query` ----------
+
+mod checkpoint_model {
+    use super::*;
+    use burn::tensor::{Tensor, TensorData};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use rand_distr::{Distribution, Normal};
+    use std::process::{Command, Stdio};
+    use sv72::backend::Cpu;
+    use sv72::config::Config;
+    use sv72::model::preprocess::Preprocess;
+    use sv72::serve::model::{CheckpointPredictor, LoadOptions};
+    use sv72::train::{
+        self, checkpoint, BackboneInfo, Checkpoint, FeatureSet, ManifestInfo, RunInputs, RunOptions,
+    };
+
+    type Ad = burn::backend::Autodiff<Cpu>;
+    /// Writes one kind of broken checkpoint into a folder.
+    type MakeBad<'a> = Box<dyn Fn(&Path) + 'a>;
+    const SIZE: u32 = 112;
+
+    fn fixture_backbone() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbones/dinov2_reg4_s36")
+    }
+
+    fn fixture_image() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_224x224.jpg")
+    }
+
+    fn config(root: &Path, size: u32) -> Config {
+        let mut cfg = Config::default();
+        cfg.paths.checkpoints = root.join("checkpoints");
+        cfg.paths.feature_cache = root.join("features");
+        cfg.augment.target_size = size;
+        cfg.backbone.preprocess = "validator".into();
+        cfg.train.epochs = 6;
+        cfg.train.batch_size = 64;
+        cfg.train.patience = 6;
+        cfg
+    }
+
+    /// Random features in two blobs; `flip` swaps the labels so the head's sign flips.
+    fn blobs(n: usize, dim: usize, seed: u64, flip: bool) -> FeatureSet {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let normal = Normal::new(0.0f32, 1.0).unwrap();
+        let mut fs = FeatureSet::default();
+        for i in 0..n {
+            let y = (i % 2) as u8;
+            let shift = if y == 1 { 0.8 } else { -0.8 } / (dim as f32).sqrt();
+            let v: Vec<f32> = (0..dim).map(|_| normal.sample(&mut rng) + shift).collect();
+            fs.push(&v, if flip { 1 - y } else { y }, false, 0).unwrap();
+        }
+        fs
+    }
+
+    /// Trains a head on random features of the backbone's width and writes a checkpoint for
+    /// `snapshot` (moves `latest`).
+    fn train_checkpoint(cfg: &Config, snapshot: &Path, hidden: usize, flip: bool) -> PathBuf {
+        let pre = Preprocess::validator_for(snapshot, cfg.augment.target_size).unwrap();
+        let weights_hash = sv72::features::backbone_key(snapshot, &cfg.paths.feature_cache)
+            .unwrap_or_else(|_| "none".into());
+        let (train, val) = (
+            blobs(200, 2 * hidden, 1, flip),
+            blobs(100, 2 * hidden, 2, flip),
+        );
+        let inputs = RunInputs {
+            manifest: ManifestInfo {
+                path: "mem".into(),
+                hash: "m".into(),
+                train_images: train.len(),
+                val_images: val.len(),
+                train_rows: train.len(),
+                val_rows: val.len(),
+            },
+            train,
+            val,
+            backbone: BackboneInfo {
+                name: snapshot.display().to_string(),
+                weights_hash,
+                hidden_size: hidden,
+                preprocess: pre.id(),
+            },
+        };
+        let opts = RunOptions {
+            checkpoints_root: cfg.paths.checkpoints.clone(),
+            wandb: None,
+            warn: Box::new(|_| {}),
+            on_epoch: None,
+        };
+        train::run_training::<Ad>(cfg, &inputs, opts, &Default::default())
+            .unwrap()
+            .dir
+    }
+
+    /// Backbone + head on the decoded fixture image, without the serving code.
+    fn direct(ck_dir: &Path, snapshot: &Path, size: u32) -> f64 {
+        let dev = Default::default();
+        let ck = Checkpoint::<Cpu>::load(ck_dir, &dev).unwrap();
+        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let pre = Preprocess::validator_for(snapshot, size).unwrap();
+        let px = pre.pixel_values_rgb(&img);
+        let bb = sv72::model::load_backbone::<Cpu>(snapshot, &dev).unwrap();
+        let s = size as usize;
+        let x = Tensor::<Cpu, 4>::from_data(TensorData::new(px, [1, 3, s, s]), &dev);
+        let out = bb.extract(x, false);
+        let mut f: Vec<f32> = out.cls.into_data().to_vec().unwrap();
+        f.extend(out.patch_mean.into_data().to_vec::<f32>().unwrap());
+        ck.predict_proba(&f, &dev).unwrap()[0]
+    }
+
+    fn wait_for(what: &str, f: &dyn Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn serves_the_checkpoint_and_hot_swaps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), SIZE);
+        let snap = fixture_backbone();
+        let run_a = train_checkpoint(&cfg, &snap, 36, false);
+        let latest = cfg.paths.checkpoints.join(checkpoint::LATEST);
+        let want_a = direct(&run_a, &snap, SIZE);
+
+        // The predictor alone: batching several images gives each one its single-image answer.
+        let dev = Default::default();
+        let mut p =
+            CheckpointPredictor::<Cpu>::load(&latest, &dev, &LoadOptions::from_config(&cfg))
+                .unwrap();
+        assert_eq!(p.checkpoint().dir, run_a);
+        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let grey = RgbImage::from_pixel(97, 61, image::Rgb([90, 140, 200]));
+        let batch = p
+            .predict(&[img.clone(), grey.clone(), img.clone()])
+            .unwrap();
+        assert!(
+            (batch[0] as f64 - want_a).abs() <= 1e-5,
+            "{batch:?} vs {want_a}"
+        );
+        assert_eq!(batch[0], batch[2]);
+        let alone = p.predict(std::slice::from_ref(&grey)).unwrap()[0];
+        assert!((alone - batch[1]).abs() <= 1e-5);
+        drop(p);
+
+        let loader = sv72::cli::serve::checkpoint_loader(&cfg, "cpu").unwrap();
+        let k = keys();
+        let metrics = Arc::new(Metrics::new());
+        let slot = ModelSlot::new(loader(&latest).unwrap(), metrics.clone());
+        let v_a = slot.version();
+        assert!(v_a.starts_with(run_a.file_name().unwrap().to_str().unwrap()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = slot.watch(
+            latest.clone(),
+            loader.clone(),
+            Duration::from_millis(100),
+            stop.clone(),
+        );
+        let mg = Arc::new(MetagraphHandle::fixed(Metagraph::from_neurons(neurons(&k))));
+        let server = Server::start(options(&k.axon, None), mg, slot.clone()).unwrap();
+        let img64 = image_b64();
+        let ask = || {
+            let s = Signed::new(&k.validator, &k.axon);
+            let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img64);
+            accepted(&send(server.addr(), &s.build(b)))
+        };
+        let got_a = ask();
+        assert!(
+            (got_a - want_a).abs() <= 1e-5,
+            "served {got_a}, direct {want_a}"
+        );
+
+        // A new `latest` (labels flipped, so the answer moves) is swapped in.
+        let run_b = train_checkpoint(&cfg, &snap, 36, true);
+        let want_b = direct(&run_b, &snap, SIZE);
+        assert!((want_a - want_b).abs() > 1e-3, "{want_a} vs {want_b}");
+        wait_for("swap to run b", &|| slot.version() != v_a);
+        let v_b = slot.version();
+        let got_b = ask();
+        assert!(
+            (got_b - want_b).abs() <= 1e-5,
+            "served {got_b}, direct {want_b}"
+        );
+
+        // Broken checkpoints behind `latest`: each refused, run b keeps serving.
+        let yaml = std::fs::read_to_string(run_b.join(checkpoint::RUN_FILE)).unwrap();
+        let bad: Vec<(&str, MakeBad)> = vec![
+            (
+                "corrupt-head",
+                Box::new(|d: &Path| {
+                    std::fs::write(d.join(checkpoint::HEAD_FILE), b"not safetensors").unwrap();
+                    std::fs::write(d.join(checkpoint::RUN_FILE), &yaml).unwrap();
+                }),
+            ),
+            (
+                "other-preprocess",
+                Box::new(|d: &Path| {
+                    std::fs::copy(
+                        run_b.join(checkpoint::HEAD_FILE),
+                        d.join(checkpoint::HEAD_FILE),
+                    )
+                    .unwrap();
+                    let y = yaml.replace("target_size: 112", "target_size: 140");
+                    assert_ne!(y, yaml);
+                    std::fs::write(d.join(checkpoint::RUN_FILE), y).unwrap();
+                }),
+            ),
+            (
+                "other-weights",
+                Box::new(|d: &Path| {
+                    std::fs::copy(
+                        run_b.join(checkpoint::HEAD_FILE),
+                        d.join(checkpoint::HEAD_FILE),
+                    )
+                    .unwrap();
+                    let y = yaml.replace("weights_hash: bb-", "weights_hash: bb-0");
+                    assert_ne!(y, yaml);
+                    std::fs::write(d.join(checkpoint::RUN_FILE), y).unwrap();
+                }),
+            ),
+        ];
+        for (i, (name, make)) in bad.iter().enumerate() {
+            let d = cfg.paths.checkpoints.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            make(&d);
+            let err = CheckpointPredictor::<Cpu>::load(&d, &dev, &LoadOptions::from_config(&cfg))
+                .err()
+                .unwrap_or_else(|| panic!("{name} loaded"));
+            assert!(format!("{err:#}").contains(name.split('-').nth(1).unwrap()) || i == 0);
+            checkpoint::set_latest(&cfg.paths.checkpoints, name).unwrap();
+            wait_for("a refused swap", &|| {
+                metrics.model_reload_failures.load(Ordering::Relaxed) > i as u64
+            });
+            assert_eq!(slot.version(), v_b);
+            assert!((ask() - want_b).abs() <= 1e-5);
+        }
+
+        server.shutdown().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        watcher.join().unwrap();
+    }
+
+    /// Reads the child's stderr until `sv72 serve` says where it listens.
+    fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if let Some(rest) = line.strip_prefix("sv72 serve: listening on ") {
+                    let _ = tx.send(Ok(rest.split_whitespace().next().unwrap().to_string()));
+                } else if line.starts_with("error") {
+                    let _ = tx.send(Err(line));
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(a)) => a.parse().unwrap(),
+            other => {
+                let _ = child.kill();
+                panic!("sv72 serve did not start: {other:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn query_binary_against_serve_binary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), SIZE);
+        let snap = fixture_backbone();
+        let run = train_checkpoint(&cfg, &snap, 36, false);
+        let want = direct(&run, &snap, SIZE);
+        let k = keys();
+        let seed = hex::encode([2u8; 32]); // k.validator
+        let mg = tmp.path().join("metagraph.json");
+        std::fs::write(&mg, serde_json::to_string(&neurons(&k)).unwrap()).unwrap();
+        let bin = env!("CARGO_BIN_EXE_sv72");
+        let set = |kv: String| ["--set".to_string(), kv];
+        let mut serve = Command::new(bin)
+            .current_dir(tmp.path())
+            .args(["serve", "--port", "0", "--hotkey", &k.axon.ss58()])
+            .arg("--metagraph")
+            .arg(&mg)
+            .arg("--checkpoint")
+            .arg(cfg.paths.checkpoints.join("latest"))
+            .args(set("serve.host=127.0.0.1".into()))
+            .args(set(format!(
+                "paths.feature_cache={}",
+                cfg.paths.feature_cache.display()
+            )))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let addr = listening_addr(&mut serve);
+        let query = |seed: &str| {
+            Command::new(bin)
+                .current_dir(tmp.path())
+                .args(["query", "--axon", &addr.to_string(), "--hotkey-seed", seed])
+                .args([
+                    "--axon-hotkey",
+                    &k.axon.ss58(),
+                    "--timeout",
+                    "20",
+                    "--wait",
+                    "10",
+                ])
+                .arg("--image")
+                .arg(fixture_image())
+                .output()
+                .unwrap()
+        };
+        let ok = query(&seed);
+        let unknown = query(&hex::encode([5u8; 32]));
+        // SAFETY: signalling our own child process by its pid.
+        unsafe {
+            libc::kill(serve.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = serve.try_wait().unwrap() {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = serve.kill();
+                panic!("sv72 serve did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let got: f64 = String::from_utf8_lossy(&ok.stdout).trim().parse().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-5,
+            "query printed {got}, direct {want}"
+        );
+        assert!(!unknown.status.success());
+        let err = String::from_utf8_lossy(&unknown.stderr);
+        assert!(err.contains("403"), "{err}");
+        assert!(status.success(), "serve exited with {status}");
+        // `--print-hotkey` gives the key the metagraph must list.
+        let out = Command::new(bin)
+            .args(["query", "--print-hotkey", "--hotkey-seed", &seed])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            k.validator.ss58()
+        );
+    }
+
+    /// A random ViT-S/14 with 4 registers (the real dinov2-with-registers-small shapes).
+    fn write_vit_s(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let fixture = fixture_backbone();
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(fixture.join("config.json")).unwrap()).unwrap();
+        for (k, v) in [
+            ("hidden_size", json!(384)),
+            ("num_attention_heads", json!(6)),
+            ("num_hidden_layers", json!(12)),
+            ("mlp_ratio", json!(4)),
+            ("image_size", json!(518)),
+            ("layerscale_value", json!(1.0)),
+        ] {
+            config[k] = v;
+        }
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::copy(
+            fixture.join("preprocessor_config.json"),
+            dir.join("preprocessor_config.json"),
+        )
+        .unwrap();
+        let (d, m, grid) = (384usize, 1536usize, 37usize);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.cls_token".into(), vec![1, 1, d]),
+            ("embeddings.mask_token".into(), vec![1, d]),
+            (
+                "embeddings.patch_embeddings.projection.bias".into(),
+                vec![d],
+            ),
+            (
+                "embeddings.patch_embeddings.projection.weight".into(),
+                vec![d, 3, 14, 14],
+            ),
+            (
+                "embeddings.position_embeddings".into(),
+                vec![1, 1 + grid * grid, d],
+            ),
+            ("embeddings.register_tokens".into(), vec![1, 4, d]),
+            ("layernorm.bias".into(), vec![d]),
+            ("layernorm.weight".into(), vec![d]),
+        ];
+        for l in 0..12 {
+            let p = format!("encoder.layer.{l}.");
+            for n in ["key", "query", "value"] {
+                shapes.push((format!("{p}attention.attention.{n}.bias"), vec![d]));
+                shapes.push((format!("{p}attention.attention.{n}.weight"), vec![d, d]));
+            }
+            shapes.push((format!("{p}attention.output.dense.bias"), vec![d]));
+            shapes.push((format!("{p}attention.output.dense.weight"), vec![d, d]));
+            for n in ["layer_scale1.lambda1", "layer_scale2.lambda1"] {
+                shapes.push((format!("{p}{n}"), vec![d]));
+            }
+            shapes.push((format!("{p}mlp.fc1.bias"), vec![m]));
+            shapes.push((format!("{p}mlp.fc1.weight"), vec![m, d]));
+            shapes.push((format!("{p}mlp.fc2.bias"), vec![d]));
+            shapes.push((format!("{p}mlp.fc2.weight"), vec![d, m]));
+            for n in ["norm1", "norm2"] {
+                shapes.push((format!("{p}{n}.bias"), vec![d]));
+                shapes.push((format!("{p}{n}.weight"), vec![d]));
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+            .into_iter()
+            .map(|(n, s)| {
+                let len: usize = s.iter().product();
+                let v: Vec<f32> = if n.ends_with("norm1.weight")
+                    || n.ends_with("norm2.weight")
+                    || n == "layernorm.weight"
+                {
+                    vec![1.0; len]
+                } else if n.contains("lambda1") {
+                    vec![0.1; len]
+                } else {
+                    (0..len).map(|_| rng.random_range(-0.05f32..0.05)).collect()
+                };
+                (n, s, bytemuck::cast_slice::<f32, u8>(&v).to_vec())
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap();
+                (n.clone(), v)
+            })
+            .collect();
+        safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors"))
+            .unwrap();
+    }
+
+    /// Single-request latency through the axon with a ViT-S-sized backbone on CPU. Run with
+    /// `cargo test --release --test serve latency -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn latency_vit_s_cpu() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), 224);
+        let snap = tmp.path().join("vit-s14-reg4");
+        write_vit_s(&snap);
+        let run = train_checkpoint(&cfg, &snap, 384, false);
+        let want = direct(&run, &snap, 224);
+        let loader = sv72::cli::serve::checkpoint_loader(&cfg, "cpu").unwrap();
+        let k = keys();
+        let t = Instant::now();
+        let slot = ModelSlot::new(
+            loader(&cfg.paths.checkpoints.join("latest")).unwrap(),
+            Arc::new(Metrics::new()),
+        );
+        eprintln!("load: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        // Where the time goes: preprocessing alone, then the whole predictor, without HTTP.
+        let p = CheckpointPredictor::<Cpu>::load(
+            &cfg.paths.checkpoints.join("latest"),
+            &Default::default(),
+            &LoadOptions::from_config(&cfg),
+        )
+        .unwrap();
+        let mut p = p;
+        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let t = Instant::now();
+            for _ in 0..20 {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e3 / 20.0
+        };
+        let pre = p.preprocess().clone();
+        let pre_ms = time(&mut || {
+            std::hint::black_box(pre.pixel_values_rgb(&img));
+        });
+        let predict_ms = time(&mut || {
+            p.predict(std::slice::from_ref(&img)).unwrap();
+        });
+        eprintln!("preprocess {pre_ms:.2} ms, predict (one image, no HTTP) {predict_ms:.1} ms");
+        drop(p);
+        let mg = Arc::new(MetagraphHandle::fixed(Metagraph::from_neurons(neurons(&k))));
+        let server = Server::start(options(&k.axon, None), mg, slot).unwrap();
+        let img64 = image_b64();
+        let ask = || {
+            let s = Signed::new(&k.validator, &k.axon);
+            let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img64);
+            accepted(&send(server.addr(), &s.build(b)))
+        };
+        for _ in 0..5 {
+            assert!((ask() - want).abs() <= 1e-4);
+        }
+        let n = 100;
+        let mut ms: Vec<f64> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                ask();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let q = |p: f64| ms[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+        eprintln!(
+            "ViT-S/14-reg4 CPU, {n} sequential requests: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            ms[n - 1]
+        );
+        server.shutdown().unwrap();
+    }
+}

@@ -16,6 +16,7 @@ pub mod export;
 pub mod fetch_backbone;
 pub mod ingest;
 pub mod metagraph;
+pub mod query;
 pub mod retrain_check;
 pub mod serve;
 pub mod synth_mix;
@@ -52,6 +53,8 @@ pub enum Command {
     Export(export::Args),
     /// Run the miner axon that answers validators.
     Serve(serve::Args),
+    /// Send one signed ImageSynapse to an axon, as a validator does, and print the prediction.
+    Query(query::Args),
     /// Read the subnet's validator set from a subtensor node (`metagraph sync`).
     Metagraph(metagraph::Args),
     /// Check the deployed model's age and drift (for cron); optionally run the retraining pipeline.
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::AbTest(a) => ab_test::run(a, &ctx),
         Command::Export(a) => export::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
+        Command::Query(a) => query::run(a, &ctx),
         Command::Metagraph(a) => metagraph::run(a, &ctx),
         Command::RetrainCheck(a) => retrain_check::run(a, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),

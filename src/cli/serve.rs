@@ -6,10 +6,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::Ctx;
+use crate::config::Config;
 use crate::serve::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode};
+use crate::serve::model::{default_model_path, CheckpointPredictor, LoadOptions};
 use crate::serve::{Loader, MetagraphHandle, Metrics, ModelSlot, Predictor, ServeOptions, Server};
 
 /// Flags of `sv72 serve`.
@@ -34,6 +36,13 @@ pub struct Args {
     /// Send the image back in responses, as the Python axon does.
     #[arg(long)]
     pub echo_image: bool,
+    /// Checkpoint to serve: a run folder, a `latest` pointer or an export folder (default:
+    /// serve.model when it exists, else paths.checkpoints/latest). Watched for hot swaps.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// `cpu` or `cuda` (default: backbone.device).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 /// A predictor answering one value for every image.
@@ -55,20 +64,20 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
             Arc::new(move |_: &Path| Ok(Box::new(ConstantPredictor(p)) as Box<dyn Predictor>))
         }
         Some(p) => bail!("--constant-prediction {p} must be within [0, 1]"),
-        None => Arc::new(|path: &Path| {
-            bail!(
-                "loading a trained head from {} is not wired in yet (issue #4); use \
-                 --constant-prediction for a protocol smoke test",
-                path.display()
-            )
-        }),
+        None => {
+            let device = args
+                .device
+                .clone()
+                .unwrap_or_else(|| ctx.config.backbone.device.clone());
+            checkpoint_loader(&ctx.config, &device)?
+        }
     };
     let watch = args.constant_prediction.is_none();
     run_with(args, ctx, loader, watch)
 }
 
-/// Serves with `loader` building predictors from `serve.model`; with `watch`, a changed
-/// `serve.model` is loaded beside the running model and swapped in when it probes well.
+/// Serves with `loader` building predictors from `--checkpoint` (default
+/// [`default_model_path`]); with `watch`, a changed model path is loaded beside the running model and swapped in when it probes well.
 pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Result<ExitCode> {
     let cfg = &ctx.config.serve;
     let hotkey = match &args.hotkey {
@@ -93,13 +102,22 @@ pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Resu
         .clone()
         .unwrap_or_else(|| cfg.metagraph.clone());
     let metagraph = Arc::new(MetagraphHandle::from_file(&mg_path)?);
-    let first = loader(&cfg.model)?;
+    let model = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| default_model_path(&ctx.config));
+    let first = loader(&model).with_context(|| format!("cannot serve {}", model.display()))?;
+    eprintln!(
+        "sv72 serve: model {} from {}",
+        first.version(),
+        model.display()
+    );
     let metrics = Arc::new(Metrics::new());
     let slot = ModelSlot::new(first, metrics);
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch.then(|| {
         slot.watch(
-            cfg.model.clone(),
+            model.clone(),
             loader.clone(),
             Duration::from_secs(2),
             stop.clone(),
@@ -116,4 +134,44 @@ pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Resu
         let _ = w.join();
     }
     r.map(|_| ExitCode::SUCCESS)
+}
+
+/// The hot-swap loader serving checkpoints on `device` (`cpu`, or `cuda` in a CUDA build with
+/// `backbone.dtype` precision); each call loads a [`CheckpointPredictor`].
+pub fn checkpoint_loader(cfg: &Config, device: &str) -> Result<Arc<Loader>> {
+    let opts = LoadOptions::from_config(cfg);
+    match device {
+        "cpu" => Ok(Arc::new(move |path: &Path| {
+            let dev = Default::default();
+            let p = CheckpointPredictor::<crate::backend::Cpu>::load(path, &dev, &opts)?;
+            Ok(Box::new(p) as Box<dyn Predictor>)
+        })),
+        "cuda" => cuda_loader(opts, &cfg.backbone.dtype),
+        other => bail!("--device {other:?}: use `cpu` or `cuda`"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_loader(opts: LoadOptions, dtype: &str) -> Result<Arc<Loader>> {
+    use burn::backend::Cuda;
+    fn make<B: burn::tensor::backend::Backend>(opts: LoadOptions) -> Arc<Loader>
+    where
+        CheckpointPredictor<B>: Send,
+    {
+        Arc::new(move |path: &Path| {
+            let dev = Default::default();
+            let p = CheckpointPredictor::<B>::load(path, &dev, &opts)?;
+            Ok(Box::new(p) as Box<dyn Predictor>)
+        })
+    }
+    Ok(match dtype {
+        "f16" => make::<Cuda<half::f16>>(opts),
+        "bf16" => make::<Cuda<half::bf16>>(opts),
+        _ => make::<Cuda<f32>>(opts),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_loader(_opts: LoadOptions, _dtype: &str) -> Result<Arc<Loader>> {
+    bail!("--device cuda needs a CUDA build: rebuild with `cargo build --release --features cuda`, or use --device cpu")
 }

@@ -9,6 +9,7 @@ pub mod batcher;
 pub mod keys;
 pub mod metagraph;
 pub mod metrics;
+pub mod model;
 pub mod protocol;
 pub mod server;
 pub mod subtensor;

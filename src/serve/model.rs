@@ -1,0 +1,301 @@
+//! The served model: a trained checkpoint (head + calibration) on its frozen backbone, with the
+//! exact preprocessing its features were computed with.
+//!
+//! A checkpoint only stores the head; `run.yaml` names the backbone (HF name or folder, weights
+//! hash, preprocessing id). Loading re-derives the preprocessing from the run's own config and
+//! refuses to serve when any of it disagrees with what training recorded: a head fed features
+//! from other weights or another resize answers confidently and wrongly.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::batcher::Predictor;
+use crate::features::embed::extract_rows;
+use crate::model::preprocess::Preprocess;
+use crate::model::{dinov2, dinov3, hub, model_type, BackboneOutput, FeatureExtractor};
+use crate::train::checkpoint::{resolve_checkpoint, Checkpoint, HEAD_FILE};
+use crate::train::data::head_input;
+
+/// Folder inside an export (or checkpoint) holding its own backbone snapshot; when present it
+/// is used instead of resolving `run.yaml`'s backbone name through the Hugging Face cache.
+pub const BUNDLED_BACKBONE: &str = "backbone";
+
+/// How a checkpoint is turned into a predictor.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Feature-cache root, where backbone weight hashes are memoised (`paths.feature_cache`).
+    pub feature_cache: PathBuf,
+    /// Largest forward pass; bigger request batches are split.
+    pub max_batch: usize,
+    /// Check the backbone's weights hash against `run.yaml` (hashes the weights once).
+    pub verify_weights: bool,
+}
+
+impl LoadOptions {
+    /// Defaults from the config: its feature cache, `backbone.batch_size`, verification on.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        LoadOptions {
+            feature_cache: cfg.paths.feature_cache.clone(),
+            max_batch: cfg.backbone.batch_size.max(1),
+            verify_weights: true,
+        }
+    }
+}
+
+/// A backbone of either supported family, as a concrete (and therefore `Send`) type.
+pub enum Backbone<B: Backend> {
+    Dinov2(dinov2::Dinov2Model<B>),
+    Dinov3(dinov3::Dinov3Model<B>),
+}
+
+impl<B: Backend> Backbone<B> {
+    /// Loads a snapshot folder, dispatching on its `model_type`.
+    pub fn load(snapshot: &Path, device: &B::Device) -> Result<Self> {
+        let kind = model_type(snapshot)?;
+        match kind.as_str() {
+            "dinov2" | "dinov2_with_registers" => {
+                Ok(Backbone::Dinov2(dinov2::load(snapshot, device)?))
+            }
+            dinov3::MODEL_TYPE => Ok(Backbone::Dinov3(dinov3::load(snapshot, device)?)),
+            other => bail!(
+                "{}: unsupported model_type {other:?}; sv72 serves dinov2, \
+                 dinov2_with_registers and dinov3_vit backbones",
+                snapshot.join("config.json").display()
+            ),
+        }
+    }
+}
+
+impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
+    fn extract(
+        &self,
+        pixel_values: burn::tensor::Tensor<B, 4>,
+        want_hidden: bool,
+    ) -> BackboneOutput<B> {
+        match self {
+            Backbone::Dinov2(m) => m.extract(pixel_values, want_hidden),
+            Backbone::Dinov3(m) => m.extract(pixel_values, want_hidden),
+        }
+    }
+    fn hidden_size(&self) -> usize {
+        match self {
+            Backbone::Dinov2(m) => m.hidden_size(),
+            Backbone::Dinov3(m) => m.hidden_size(),
+        }
+    }
+    fn patch_size(&self) -> usize {
+        match self {
+            Backbone::Dinov2(m) => m.patch_size(),
+            Backbone::Dinov3(m) => m.patch_size(),
+        }
+    }
+}
+
+/// A checkpoint served as a [`Predictor`]: preprocessing → backbone → `[CLS ; patch mean]` →
+/// head → calibrated probability, batched.
+pub struct CheckpointPredictor<B: Backend> {
+    backbone: Backbone<B>,
+    checkpoint: Checkpoint<B>,
+    preprocess: Preprocess,
+    device: B::Device,
+    max_batch: usize,
+    version: String,
+    snapshot: PathBuf,
+}
+
+/// The preprocessing kinds tried, the run's configured one first.
+fn candidate_kinds(configured: &str) -> Vec<String> {
+    let mut v = vec![configured.to_string()];
+    for k in ["validator", "processor"] {
+        if k != configured {
+            v.push(k.to_string());
+        }
+    }
+    v
+}
+
+impl<B: Backend> CheckpointPredictor<B> {
+    /// Loads what `path` names (a run folder, a `latest` pointer file, or an export folder with
+    /// `head.safetensors` and `run.yaml`) with its backbone on `device`.
+    pub fn load(path: &Path, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
+        let root = path.parent().unwrap_or(Path::new("."));
+        let dir = resolve_checkpoint(Some(path), root)?;
+        let checkpoint = Checkpoint::<B>::load(&dir, device)?;
+        let info = &checkpoint.info;
+        let bundled = dir.join(BUNDLED_BACKBONE);
+        let snapshot = if bundled.join("config.json").is_file() {
+            bundled
+        } else {
+            hub::resolve_backbone(&info.backbone.name, &info.config.backbone.revision)
+                .with_context(|| {
+                    format!(
+                        "checkpoint {} was trained on backbone {:?}, which is not available here",
+                        dir.display(),
+                        info.backbone.name
+                    )
+                })?
+        };
+        let preprocess = Self::training_preprocess(&checkpoint, &snapshot)?;
+        if opts.verify_weights && info.backbone.weights_hash.starts_with("bb-") {
+            let key = crate::features::backbone_key(&snapshot, &opts.feature_cache)?;
+            if key != info.backbone.weights_hash {
+                bail!(
+                    "{}: backbone {} has weights {key}, but the head was trained on {}; \
+                     fetch the backbone revision the run used",
+                    dir.display(),
+                    snapshot.display(),
+                    info.backbone.weights_hash
+                );
+            }
+        }
+        let backbone = Backbone::<B>::load(&snapshot, device)?;
+        let d = backbone.hidden_size();
+        if d != info.backbone.hidden_size || checkpoint.head.input_dim() != 2 * d {
+            bail!(
+                "{}: head input width {} (run.yaml hidden size {}) does not fit backbone {} \
+                 (hidden size {d}, needs {} = [CLS ; patch mean])",
+                dir.display(),
+                checkpoint.head.input_dim(),
+                info.backbone.hidden_size,
+                snapshot.display(),
+                2 * d
+            );
+        }
+        let head_hash = crate::util::hash::file_hash(&dir.join(HEAD_FILE))?;
+        let version = format!("{}-{}", info.run_id, &head_hash[..8.min(head_hash.len())]);
+        Ok(Self {
+            backbone,
+            preprocess,
+            device: device.clone(),
+            max_batch: opts.max_batch.max(1),
+            version,
+            snapshot,
+            checkpoint,
+        })
+    }
+
+    /// The preprocessing the run's features were computed with: rebuilt from the run's config
+    /// and checked against the id recorded in `run.yaml`.
+    fn training_preprocess(ck: &Checkpoint<B>, snapshot: &Path) -> Result<Preprocess> {
+        let info = &ck.info;
+        let want = &info.backbone.preprocess;
+        let size = info.config.augment.target_size;
+        let mut tried = Vec::new();
+        for kind in candidate_kinds(&info.config.backbone.preprocess) {
+            let p = crate::cli::embed::preprocess_for(&kind, snapshot, size)?;
+            if &p.id() == want {
+                return Ok(p);
+            }
+            tried.push(format!("{kind} = {}", p.id()));
+        }
+        bail!(
+            "{}: run.yaml says the features were preprocessed as {want}, but backbone {} gives \
+             {} (target size {size}); serving would not match training",
+            ck.dir.display(),
+            snapshot.display(),
+            tried.join(", ")
+        )
+    }
+
+    /// The loaded checkpoint.
+    pub fn checkpoint(&self) -> &Checkpoint<B> {
+        &self.checkpoint
+    }
+
+    /// The preprocessing applied to every request image.
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+
+    /// The backbone snapshot folder in use.
+    pub fn snapshot(&self) -> &Path {
+        &self.snapshot
+    }
+
+    /// Head inputs `[CLS ; patch mean]` of `images`, row-major `[n, 2·hidden]`.
+    pub fn features(&self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        let d2 = 2 * self.backbone.hidden_size();
+        let mut out = vec![0f32; images.len() * d2];
+        let prepared: Vec<(Vec<f32>, (u32, u32))> = images
+            .par_iter()
+            .map(|im| {
+                (
+                    self.preprocess.pixel_values_rgb(im),
+                    self.preprocess.output_size(im.width(), im.height()),
+                )
+            })
+            .collect();
+        // Group by output size: a processor recipe without a crop keeps aspect ratios.
+        let mut order: Vec<usize> = (0..images.len()).collect();
+        order.sort_by_key(|&i| prepared[i].1);
+        for group in order.chunk_by(|&a, &b| prepared[a].1 == prepared[b].1) {
+            let (h, w) = prepared[group[0]].1;
+            for chunk in group.chunks(self.max_batch) {
+                let mut pixels = Vec::with_capacity(chunk.len() * 3 * (h * w) as usize);
+                for &i in chunk {
+                    pixels.extend_from_slice(&prepared[i].0);
+                }
+                let rows = extract_rows(
+                    &self.backbone,
+                    &self.device,
+                    pixels,
+                    chunk.len(),
+                    h as usize,
+                    w as usize,
+                )?;
+                for (&i, r) in chunk.iter().zip(&rows) {
+                    out[i * d2..(i + 1) * d2].copy_from_slice(&head_input(r));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl<B: Backend> Predictor for CheckpointPredictor<B>
+where
+    CheckpointPredictor<B>: Send,
+{
+    fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(im) = images.iter().find(|im| im.width() == 0 || im.height() == 0) {
+            bail!(
+                "image of size {}x{} cannot be scored",
+                im.width(),
+                im.height()
+            );
+        }
+        let features = self.features(images)?;
+        let probs = self.checkpoint.predict_proba(&features, &self.device)?;
+        probs
+            .into_iter()
+            .map(|p| {
+                if p.is_finite() {
+                    Ok(p.clamp(0.0, 1.0) as f32)
+                } else {
+                    bail!("model {} produced a non-finite probability", self.version)
+                }
+            })
+            .collect()
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+}
+
+/// The deployed model `sv72 serve` loads when no `--checkpoint` is given: `serve.model` when it
+/// exists, else `paths.checkpoints/latest`.
+pub fn default_model_path(cfg: &crate::config::Config) -> PathBuf {
+    if cfg.serve.model.exists() {
+        cfg.serve.model.clone()
+    } else {
+        cfg.paths.checkpoints.join(crate::train::checkpoint::LATEST)
+    }
+}
