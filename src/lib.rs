@@ -3,6 +3,7 @@
 //! Library layout, imports flowing downwards only:
 //! `cli` → stages (`data`, `augment`, `model`, `features`) → `backend`, `config`, `util`.
 
+pub mod augment;
 pub mod backend;
 pub mod cli;
 pub mod config;
