@@ -662,3 +662,168 @@ mod eval_report {
         assert!(md.contains("abc") && md.contains("seed 72") && md.contains("`ck`"));
     }
 }
+
+/// The binary end to end: demo data → ingest → synth-mix → train-head → eval, on the tiny
+/// DINOv2-with-registers fixture.
+mod cli_e2e {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    use sv72::eval::EvalReport;
+    use sv72::train::RunInfo;
+
+    fn backbone() -> String {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/backbones/dinov2_reg4_s36")
+            .display()
+            .to_string()
+    }
+
+    /// Runs `sv72 --set backbone.model=<fixture> ARGS` in `dir`.
+    fn sv72(dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_sv72"))
+            .current_dir(dir)
+            .env("SV72_NO_PROGRESS", "1")
+            .env_remove("WANDB_API_KEY")
+            .arg("--set")
+            .arg(format!("backbone.model={}", backbone()))
+            .args(args)
+            .output()
+            .expect("spawn sv72")
+    }
+
+    fn ok(dir: &Path, args: &[&str]) -> String {
+        let out = sv72(dir, args);
+        assert!(
+            out.status.success(),
+            "sv72 {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn report(path: &Path) -> EvalReport {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn demo_set_trains_and_evaluates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        ok(d, &["demo-data", "--out", "raw", "--count", "16"]);
+        ok(
+            d,
+            &[
+                "ingest",
+                "--name",
+                "real",
+                "--folder",
+                "raw/real",
+                "--source",
+                "real",
+                "--generator",
+                "demo-photo",
+            ],
+        );
+        ok(
+            d,
+            &[
+                "ingest",
+                "--name",
+                "synth",
+                "--folder",
+                "raw/synthetic",
+                "--source",
+                "synthetic",
+                "--generator",
+                "demo-sdxl",
+            ],
+        );
+        ok(
+            d,
+            &[
+                "synth-mix",
+                "--real",
+                "real",
+                "--synthetic",
+                "synth",
+                "--name",
+                "mix",
+            ],
+        );
+
+        // Without the cuda feature, --device cuda is a clear error and writes nothing.
+        if !cfg!(feature = "cuda") {
+            let out = sv72(d, &["train-head", "--manifest", "mix", "--device", "cuda"]);
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("--features cuda"), "{err}");
+            assert!(!d.join("checkpoints/latest").exists());
+        }
+
+        let stdout = ok(
+            d,
+            &[
+                "train-head",
+                "--manifest",
+                "mix",
+                "--epochs",
+                "3",
+                "--views",
+                "1",
+            ],
+        );
+        let latest = std::fs::read_to_string(d.join("checkpoints/latest")).unwrap();
+        let run_id = latest.trim();
+        assert!(stdout.contains(run_id), "{stdout}");
+        let run = d.join("checkpoints").join(run_id);
+        for f in ["head.safetensors", "run.yaml", "metrics.jsonl"] {
+            assert!(run.join(f).is_file(), "{f} missing in {}", run.display());
+        }
+        let info: RunInfo =
+            serde_yaml::from_str(&std::fs::read_to_string(run.join("run.yaml")).unwrap()).unwrap();
+        let m = &info.manifest;
+        assert!(m.train_images > 0 && m.val_images > 0);
+        assert_eq!(m.train_rows, m.train_images * 2, "clean + 1 view per image");
+        assert_eq!(m.val_rows, m.val_images * 4, "one challenge per level 0-3");
+        assert_eq!(info.backbone.hidden_size, 36);
+        assert_eq!(info.head.input_dim, 72);
+        assert!(info.backbone.weights_hash.starts_with("bb-"));
+        assert!(info.threshold > 0.0 && info.threshold < 1.0);
+        assert!(info.temperature > 0.0 && info.temperature.is_finite());
+        assert_eq!(info.metrics.epochs_run, 3);
+        assert!((-1.0..=1.0).contains(&info.metrics.val.mcc));
+
+        let table = ok(d, &["eval", "--out", "report"]);
+        assert!(table.contains("level 3"), "{table}");
+        let r = report(&d.join("report/report.json"));
+        assert_eq!(r.meta.run_id, run_id);
+        assert_eq!(r.meta.split, "test");
+        assert!(r.images > 0);
+        assert_eq!(r.overall.n, r.images * 4);
+        let levels: Vec<&str> = r.by_level.keys().map(String::as_str).collect();
+        assert_eq!(levels, ["0", "1", "2", "3"]);
+        for m in std::iter::once(&r.overall).chain(r.by_level.values()) {
+            assert!((0.0..=1.0).contains(&m.accuracy) && (-1.0..=1.0).contains(&m.mcc));
+            assert!((0.0..=1.0).contains(&m.ece) && (0.0..=1.0).contains(&m.brier));
+        }
+        assert!((0.0..=1.0).contains(&r.expected_score.mean));
+        let lat = r.latency.as_ref().expect("latency measured");
+        assert_eq!(lat.device, "cpu");
+        assert_eq!(lat.samples, sv72::cli::eval::LATENCY_SAMPLES);
+        assert!(lat.p50_ms > 0.0 && lat.p50_ms <= lat.p99_ms);
+        for png in ["roc", "reliability", "score_by_level", "confusion"] {
+            let p = d.join("report").join(format!("{png}.png"));
+            image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        assert!(d.join("report/report.md").is_file());
+
+        // Fixed seed and cached features: evaluating again (into the checkpoint folder, the
+        // default) gives the same answers.
+        ok(d, &["eval", "--checkpoint", "checkpoints/latest"]);
+        let again = report(&run.join("report.json"));
+        assert_eq!(again.overall, r.overall);
+        assert_eq!(again.by_level, r.by_level);
+    }
+}
