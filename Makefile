@@ -1,23 +1,42 @@
 # sv72 — common tasks. `make demo` runs the pipeline on the embedded demo set; `make test` runs the tests.
 CARGO   ?= cargo
 PROFILE ?= release
-SV72    := $(CARGO) run --quiet --profile $(PROFILE) --locked --bin sv72 --
+# cargo puts the `dev` profile in target/debug
+PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+BIN     := $(or $(CARGO_TARGET_DIR),target)/$(PROFILE_DIR)/sv72
 DEMO    ?= datasets/demo
+DEMO_PORT ?= 18091
+# The demo backbone: a tiny random DINOv2-with-registers snapshot shipped for the tests.
+DEMO_BACKBONE ?= tests/fixtures/backbones/dinov2_reg4_s36
+SV72    := $(BIN) --set backbone.model=$(DEMO_BACKBONE)
 
-.PHONY: all build demo test bench lint fmt clean-demo
+.PHONY: all build demo demo-serve test bench lint fmt clean-demo
 
 all: build
 
 build:
-	$(CARGO) build --profile $(PROFILE) --locked
+	$(CARGO) build --profile $(PROFILE) --locked --bin sv72
 
-# The main job on the embedded default: generate the demo scenes, ingest them, build the mix.
-demo:
+# The main job on the embedded default: generate the demo scenes, ingest them, build the mix,
+# train and calibrate a head, evaluate it as validators score, then serve it and query it once.
+demo: build
 	$(SV72) demo-data --out $(DEMO)/raw
 	$(SV72) ingest --name demo-real --folder $(DEMO)/raw/real --source real --generator demo-photo
 	$(SV72) ingest --name demo-synth --folder $(DEMO)/raw/synthetic --source synthetic --generator demo-sdxl
 	$(SV72) synth-mix --real demo-real --synthetic demo-synth --name demo-mix --preview 4
-	@echo "demo done: datasets/demo-real, datasets/demo-synth, datasets/demo-mix"
+	$(SV72) train-head --manifest demo-mix
+	$(SV72) eval --on demo-mix:test
+	$(MAKE) --no-print-directory demo-serve
+	@echo "demo done: datasets/demo-{real,synth,mix}, checkpoints/latest (report.md, plots), $(DEMO)/serve.log"
+
+# Serve checkpoints/latest on 127.0.0.1, send one signed query as a validator would, stop cleanly.
+demo-serve:
+	$(BIN) query --print-hotkey > $(DEMO)/validator.hotkey
+	$(BIN) query --print-hotkey --hotkey-seed 0101010101010101010101010101010101010101010101010101010101010101 > $(DEMO)/axon.hotkey
+	printf '[{"hotkey":"%s","uid":1,"stake":50000.0,"validator_permit":true}]\n' "$$(cat $(DEMO)/validator.hotkey)" > $(DEMO)/metagraph.json
+	$(BIN) serve --checkpoint checkpoints/latest --hotkey "$$(cat $(DEMO)/axon.hotkey)" --metagraph $(DEMO)/metagraph.json --port $(DEMO_PORT) --set serve.host=127.0.0.1 --set serve.prediction_log=$(DEMO)/predictions.jsonl 2> $(DEMO)/serve.log & pid=$$!; \
+	rc=0; $(BIN) query --axon 127.0.0.1:$(DEMO_PORT) --axon-hotkey "$$(cat $(DEMO)/axon.hotkey)" --image $(DEMO)/raw/real/roadwork/roadwork_0000.jpg --wait 120 || rc=$$?; \
+	kill -TERM $$pid; wait $$pid; exit $$rc
 
 test:
 	SV72_NO_PROGRESS=1 $(CARGO) test --locked
@@ -33,4 +52,4 @@ fmt:
 	$(CARGO) fmt --all
 
 clean-demo:
-	rm -rf $(DEMO) datasets/demo-real datasets/demo-synth datasets/demo-mix
+	rm -rf $(DEMO) datasets/demo-real datasets/demo-synth datasets/demo-mix datasets/store datasets/.features
