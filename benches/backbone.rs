@@ -146,6 +146,8 @@ fn time_ms(secs: f64, mut f: impl FnMut()) -> f64 {
 
 /// Per-op timings at the batch-1 ViT-S/14 shapes (261 tokens), to see where a layer's time goes
 /// and which formulation each backend runs fastest (`SV72_BENCH_OPS=1`).
+// One push per measured op reads as a table; a `vec![]` literal would hide the timing calls.
+#[allow(clippy::vec_init_then_push)]
 fn bench_ops<B: Backend>(label: &str, device: B::Device, secs: f64) {
     use burn::tensor::activation;
     use burn::tensor::module::attention;

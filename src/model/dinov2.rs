@@ -373,7 +373,7 @@ impl<B: Backend> FeedForward<B> {
 
 /// Exact (erf) GELU, `x * Φ(x)`, as `transformers`' `gelu`.
 ///
-/// On the host CPU backends (burn-flex, ndarray) the backend's `gelu` calls a scalar libm `erf`
+/// On burn-flex the backend's `gelu` calls a scalar libm `erf`
 /// per value on one thread, and a chain of tensor ops is no faster (each op is its own
 /// single-threaded pass with an allocation). There the values are taken to the host, mapped in
 /// one rayon-parallel pass and put back, which is several times faster at ViT sizes. Other
@@ -406,11 +406,11 @@ pub fn gelu_scalar(x: f32) -> f32 {
     const P: f32 = 0.327_591_1 * std::f32::consts::FRAC_1_SQRT_2;
     // a1..a5, halved so that the polynomial gives erfc(z) / 2 / exp(-z^2).
     const A: [f32; 5] = [
-        0.254_829_592 * 0.5,
-        -0.284_496_736 * 0.5,
-        1.421_413_741 * 0.5,
-        -1.453_152_027 * 0.5,
-        1.061_405_429 * 0.5,
+        0.254_829_6 * 0.5,
+        -0.284_496_74 * 0.5,
+        1.421_413_7 * 0.5,
+        -1.453_152 * 0.5,
+        1.061_405_4 * 0.5,
     ];
     let a = x.abs();
     let t = 1.0 / (1.0 + P * a);
