@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use rand::{Rng, SeedableRng};
 use safetensors::Dtype;
-use sv72::model::dinov2::Dinov2Model;
+use sv72::model::dinov2::{gelu_erf, Dinov2Model};
 use sv72::model::FeatureExtractor;
 
 const CONFIG: &str = r#"{
@@ -132,6 +132,87 @@ fn bench<B: Backend>(label: &str, dir: &Path, device: B::Device, secs: f64) {
     }
 }
 
+/// Mean milliseconds of `f` over `secs` (at least 3 runs, after one warm-up).
+fn time_ms(secs: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut iters = 0usize;
+    while iters < 3 || start.elapsed() < Duration::from_secs_f64(secs) {
+        f();
+        iters += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
+/// Per-op timings at the batch-1 ViT-S/14 shapes (261 tokens), to see where a layer's time goes
+/// and which formulation each backend runs fastest (`SV72_BENCH_OPS=1`).
+// One push per measured op reads as a table; a `vec![]` literal would hide the timing calls.
+#[allow(clippy::vec_init_then_push)]
+fn bench_ops<B: Backend>(label: &str, device: B::Device, secs: f64) {
+    use burn::tensor::activation;
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    let (t, d, h, hd, mlp) = (261usize, 384usize, 6usize, 64usize, 1536usize);
+    let sync = |x: Tensor<B, 2>| {
+        let _ = x.into_data();
+    };
+    let x = Tensor::<B, 2>::random([t, d], Distribution::Normal(0.0, 1.0), &device);
+    let hid = Tensor::<B, 2>::random([t, mlp], Distribution::Normal(0.0, 1.0), &device);
+    let w1 = Tensor::<B, 2>::random([d, mlp], Distribution::Normal(0.0, 0.05), &device);
+    let wqkv = Tensor::<B, 2>::random([d, 3 * d], Distribution::Normal(0.0, 0.05), &device);
+    let q4 = || Tensor::<B, 4>::random([1, h, t, hd], Distribution::Normal(0.0, 1.0), &device);
+    let (q, k, v) = (q4(), q4(), q4());
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    rows.push((
+        "matmul 261x384 @ 384x1152 (qkv)",
+        time_ms(secs, || sync(x.clone().matmul(wqkv.clone()))),
+    ));
+    rows.push((
+        "matmul 261x384 @ 384x1536 (fc1)",
+        time_ms(secs, || sync(x.clone().matmul(w1.clone()))),
+    ));
+    rows.push((
+        "gelu (backend erf) 261x1536",
+        time_ms(secs, || sync(activation::gelu(hid.clone()))),
+    ));
+    rows.push((
+        "gelu_erf (host map) 261x1536",
+        time_ms(secs, || sync(gelu_erf(hid.clone()))),
+    ));
+    rows.push((
+        "add bias row-broadcast 261x1536",
+        time_ms(secs, || sync(hid.clone() + w1.clone().narrow(0, 0, 1))),
+    ));
+    let norm = burn::nn::LayerNormConfig::new(d).init::<B>(&device);
+    rows.push((
+        "layer_norm 261x384",
+        time_ms(secs, || sync(norm.forward(x.clone()))),
+    ));
+    let opts = AttentionModuleOptions {
+        scale: Some(0.125),
+        softcap: None,
+        is_causal: false,
+    };
+    rows.push((
+        "attention fused 1x6x261x64",
+        time_ms(secs, || {
+            let _ = attention(q.clone(), k.clone(), v.clone(), None, None, opts).into_data();
+        }),
+    ));
+    rows.push((
+        "attention unfused 1x6x261x64",
+        time_ms(secs, || {
+            let _ = {
+                let s = (q.clone() * 0.125).matmul(k.clone().swap_dims(2, 3));
+                activation::softmax(s, 3).matmul(v.clone()).into_data()
+            };
+        }),
+    ));
+    for (what, ms) in rows {
+        println!("{label:<8} op {what:<36} {ms:8.3} ms");
+    }
+}
+
 fn main() {
     // Every backend here parallelises through rayon (flex/candle gemm, ndarray's matrixmultiply
     // aside); pin the pool to the 2 threads the comparison is about.
@@ -145,6 +226,14 @@ fn main() {
         .unwrap_or(6.0);
     let dir = tempfile::tempdir().expect("temp dir");
     write_snapshot(dir.path());
+    if std::env::var("SV72_BENCH_OPS").is_ok_and(|v| v == "1") {
+        bench_ops::<burn::backend::Flex>("flex", Default::default(), secs / 4.0);
+        #[cfg(feature = "ndarray")]
+        bench_ops::<burn::backend::NdArray>("ndarray", Default::default(), secs / 4.0);
+        #[cfg(feature = "candle")]
+        #[allow(deprecated)]
+        bench_ops::<burn::backend::Candle>("candle", Default::default(), secs / 4.0);
+    }
     println!("ViT-S/14 + 4 registers, 224x224, f32, 2 threads, random weights");
     bench::<burn::backend::Flex>("flex", dir.path(), Default::default(), secs);
     #[cfg(feature = "ndarray")]

@@ -352,16 +352,16 @@ struct FeedForward<B: Backend> {
 }
 
 impl<B: Backend> FeedForward<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.fc1.forward(x);
         let h = if self.swiglu {
-            let mut halves = h.chunk(2, 2);
+            let mut halves = h.chunk(2, 1);
             let up = halves.pop().expect("two chunks");
             let gate = halves.pop().expect("two chunks");
             activation::silu(gate) * up
         } else {
             match self.act {
-                Activation::Gelu => activation::gelu(h),
+                Activation::Gelu => gelu_erf(h),
                 Activation::GeluTanh => activation::gelu_approximate(h),
                 Activation::Silu => activation::silu(h),
                 Activation::Relu => activation::relu(h),
@@ -369,6 +369,54 @@ impl<B: Backend> FeedForward<B> {
         };
         self.fc2.forward(h)
     }
+}
+
+/// Exact (erf) GELU, `x * Φ(x)`, as `transformers`' `gelu`.
+///
+/// On burn-flex the backend's `gelu` calls a scalar libm `erf`
+/// per value on one thread, and a chain of tensor ops is no faster (each op is its own
+/// single-threaded pass with an allocation). There the values are taken to the host, mapped in
+/// one rayon-parallel pass and put back, which is several times faster at ViT sizes. Other
+/// backends (CUDA) and non-f32 tensors use the backend's own `gelu`.
+pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if !crate::backend::is_host_cpu::<B>() {
+        return activation::gelu(x);
+    }
+    if x.dtype() != burn::tensor::DType::F32 {
+        return activation::gelu(x);
+    }
+    let shape = x.shape();
+    let device = x.device();
+    let mut values = x
+        .into_data()
+        .into_vec::<f32>()
+        .expect("an f32 tensor reads back as f32");
+    use rayon::prelude::*;
+    values
+        .par_chunks_mut(1 << 14)
+        .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu_scalar(*v)));
+    Tensor::from_data(TensorData::new(values, shape), &device)
+}
+
+/// `x * Φ(x)` with `erfc` from Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, below
+/// f32's own rounding of `erf` near 1). `gelu(x) = relu(x) - |x| * erfc(|x| / sqrt 2) / 2`
+/// holds for both signs and avoids cancellation for negative `x`.
+#[inline]
+pub fn gelu_scalar(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1 * std::f32::consts::FRAC_1_SQRT_2;
+    // a1..a5, halved so that the polynomial gives erfc(z) / 2 / exp(-z^2).
+    const A: [f32; 5] = [
+        0.254_829_6 * 0.5,
+        -0.284_496_74 * 0.5,
+        1.421_413_7 * 0.5,
+        -1.453_152 * 0.5,
+        1.061_405_4 * 0.5,
+    ];
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let half_erfc = poly * (-0.5 * x * x).exp();
+    x.max(0.0) - a * half_erfc
 }
 
 /// One pre-norm transformer block (`Dinov2Layer`).
@@ -386,23 +434,26 @@ struct Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [n, t, d] = x.dims();
+    /// One block over tokens flattened to `[N * T, D]`: on burn-flex, bias and residual
+    /// broadcasts over rows of a 2D tensor take the fast path, 3D ones do not.
+    fn forward(&self, x: Tensor<B, 2>, [n, t]: [usize; 2]) -> Tensor<B, 2> {
+        let d = x.dims()[1];
         let hd = d / self.heads;
         let qkv = self.qkv.forward(self.norm1.forward(x.clone()));
-        let mut parts = qkv.chunk(3, 2);
-        let heads = |p: Tensor<B, 3>| p.reshape([n, t, self.heads, hd]).swap_dims(1, 2);
-        let v = heads(parts.pop().expect("three chunks"));
-        let k = heads(parts.pop().expect("three chunks"));
-        let q = heads(parts.pop().expect("three chunks"));
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(1, i * d, d)
+                .reshape([n, t, self.heads, hd])
+                .swap_dims(1, 2)
+        };
         let options = AttentionModuleOptions {
             scale: Some(1.0 / (hd as f64).sqrt()),
             softcap: None,
             is_causal: false,
         };
-        let a = attention(q, k, v, None, None, options)
+        let a = attention(split(0), split(1), split(2), None, None, options)
             .swap_dims(1, 2)
-            .reshape([n, t, d]);
+            .reshape([n * t, d]);
         let x = x + self.proj.forward(a);
         let h = self.ffn.forward(self.norm2.forward(x.clone()));
         x + h
@@ -788,11 +839,13 @@ impl<B: Backend> Dinov2Model<B> {
 
     /// The final layer-normed hidden state `[N, 1 + R + patches, D]` (`last_hidden_state`).
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
-        let mut x = self.embed(pixel_values);
+        let x = self.embed(pixel_values);
+        let [n, t, d] = x.dims();
+        let mut x = x.reshape([n * t, d]);
         for block in &self.blocks {
-            x = block.forward(x);
+            x = block.forward(x, [n, t]);
         }
-        self.layernorm.forward(x)
+        self.layernorm.forward(x).reshape([n, t, d])
     }
 
     /// Like [`FeatureExtractor::extract`], with a clear error for a malformed input.
@@ -889,6 +942,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mish"), "{e}");
+    }
+
+    #[test]
+    fn host_gelu_matches_libm_erf_gelu() {
+        use crate::backend::Cpu;
+        let device = Default::default();
+        // Dense over the range where erf varies, plus far tails.
+        let mut xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.0025).collect();
+        xs.extend([-30.0, -12.0, 12.0, 30.0, 1e-7, -1e-7, 0.0]);
+        let n = xs.len();
+        let x = Tensor::<Cpu, 1>::from_data(TensorData::new(xs.clone(), [n]), &device);
+        let fast: Vec<f32> = gelu_erf(x.clone()).into_data().to_vec().unwrap();
+        let exact: Vec<f32> = activation::gelu(x).into_data().to_vec().unwrap();
+        for ((x, f), e) in xs.iter().zip(&fast).zip(&exact) {
+            assert!(f.is_finite(), "gelu({x}) = {f}");
+            assert!(
+                (f - e).abs() <= 5e-7 * x.abs().max(1.0),
+                "gelu({x}): {f} vs {e}"
+            );
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl Activation {
 
     fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Self::Gelu => activation::gelu(x),
+            Self::Gelu => super::dinov2::gelu_erf(x),
             Self::GeluTanh => activation::gelu_approximate(x),
             Self::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
             Self::Silu => activation::silu(x),
