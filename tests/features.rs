@@ -577,7 +577,6 @@ mod hub {
 mod embed_e2e {
     use std::path::Path;
 
-    use polars::prelude::*;
     use sv72::backend::Cpu;
     use sv72::features::embed::{self, EmbedIndex, EmbedJob};
     use sv72::features::FeatureCache;
@@ -600,11 +599,25 @@ mod embed_e2e {
         let root = dir.path().join("datasets");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::copy(fx.join("rgba_257x199.png"), root.join("m.png")).unwrap();
-        let mut df = df!("id" => ["x"], "path" => ["m.png"]).unwrap();
         let mpath = dir.path().join("manifest.parquet");
-        ParquetWriter::new(std::fs::File::create(&mpath).unwrap())
-            .finish(&mut df)
-            .unwrap();
+        let row = sv72::data::manifest::ManifestRow {
+            id: "x".into(),
+            path: "m.png".into(),
+            label: 1,
+            source: sv72::data::manifest::SourceKind::Real,
+            generator: "test".into(),
+            width: 257,
+            height: 199,
+            format: "png".into(),
+            split: sv72::data::manifest::Split::Test,
+            phash: 0,
+            group: "x".into(),
+            ingested_at: "2026-11-24T00:00:00Z".into(),
+            origin: "m.png".into(),
+            variant_of: None,
+            aug: None,
+        };
+        sv72::data::manifest::write_manifest(&mpath, &[row]).unwrap();
 
         let mut inputs =
             embed::collect_inputs(&[fx.join("rgb_640x480.jpg"), folder.clone(), bad.clone()])
