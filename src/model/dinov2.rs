@@ -98,12 +98,7 @@ pub struct Dinov2Config {
 impl Dinov2Config {
     /// Reads and validates `path` (a snapshot's `config.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read {} (expected a Hugging Face snapshot folder with config.json)",
-                path.display()
-            )
-        })?;
+        let text = super::read_config_text(path)?;
         Self::from_json(&text, path)
     }
 

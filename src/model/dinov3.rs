@@ -186,12 +186,7 @@ fn d_true() -> bool {
 impl Dinov3Config {
     /// Reads and validates `path` (a snapshot's `config.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read {} (is this a Hugging Face snapshot folder?)",
-                path.display()
-            )
-        })?;
+        let text = super::read_config_text(path)?;
         Self::from_json(&text, path)
     }
 

@@ -37,15 +37,20 @@ pub trait FeatureExtractor<B: Backend> {
     fn patch_size(&self) -> usize;
 }
 
+/// The text of a snapshot's `config.json`, with an error that says what was expected.
+pub fn read_config_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {} (expected a Hugging Face snapshot folder with config.json)",
+            path.display()
+        )
+    })
+}
+
 /// The `model_type` of a snapshot's `config.json`.
 pub fn model_type(snapshot_dir: &Path) -> Result<String> {
     let path = snapshot_dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {} (is this a Hugging Face snapshot folder?)",
-            path.display()
-        )
-    })?;
+    let text = read_config_text(&path)?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     v.get("model_type")
