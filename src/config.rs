@@ -25,7 +25,11 @@ pub struct Config {
     pub train: TrainConfig,
     pub eval: EvalConfig,
     pub serve: ServeConfig,
+    pub ab_test: AbTestConfig,
+    pub export: ExportConfig,
+    pub register: RegisterConfig,
     pub cycle: CycleConfig,
+    pub mine_hard: MineHardConfig,
 }
 
 /// Where artifacts live on disk.
@@ -321,18 +325,125 @@ impl Default for ServeConfig {
     }
 }
 
-/// The 60-day retraining cycle.
+/// `sv72 ab-test`: paired comparison and the promotion rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AbTestConfig {
+    /// Augmentation seed of the paired draws (both models see the very same images).
+    pub seed: u64,
+    /// Augmented draws per image per validator level 0–3.
+    pub draws_per_image: usize,
+    /// Paired bootstrap resamples for the 95% intervals.
+    pub bootstrap: usize,
+    /// Metric the rule is applied to: `mcc`, `accuracy` or `score` (expected subnet score).
+    pub metric: String,
+    /// Promote B only when Δmetric ≥ min_gain …
+    pub min_gain: f64,
+    /// … and the lower bound of Δmetric's 95% interval is above 0.
+    pub require_ci_above_zero: bool,
+    /// Also require McNemar's exact p-value below this (`null` = not required).
+    pub max_mcnemar_p: Option<f64>,
+}
+
+impl Default for AbTestConfig {
+    fn default() -> Self {
+        Self {
+            seed: 7272,
+            draws_per_image: 1,
+            bootstrap: 2000,
+            metric: "mcc".into(),
+            min_gain: 0.0,
+            require_ci_above_zero: true,
+            max_mcnemar_p: None,
+        }
+    }
+}
+
+/// `sv72 export`: the Hugging Face folder and model card.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// `model_name` in model_card.json and the export folder prefix.
+    pub model_name: String,
+    /// `description` in model_card.json.
+    pub description: String,
+    /// Licence named in the README model card (the backbone's own licence also applies).
+    pub license: String,
+    /// Hugging Face endpoint for `--push` (a local stand-in in tests).
+    pub hf_endpoint: String,
+    /// Create the Hub repository private when it does not exist.
+    pub private: bool,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            model_name: "sv72-roadwork".into(),
+            description: "Roadwork classifier: frozen DINOv2/DINOv3 backbone with a calibrated \
+                          linear head, trained with sv72"
+                .into(),
+            license: "apache-2.0".into(),
+            hf_endpoint: "https://huggingface.co".into(),
+            private: false,
+        }
+    }
+}
+
+/// `sv72 register`: NATIX participant registration (the subnet's `register.sh`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisterConfig {
+    /// Base URL of the NATIX registration service.
+    pub endpoint: String,
+    /// The miner's UID on subnet 72 (`--uid` overrides).
+    pub uid: Option<u16>,
+    /// Hugging Face repository of the submission, `org/name` (`--model-repo` overrides).
+    pub model_repo: Option<String>,
+    pub poll_interval_s: u64,
+    pub timeout_s: u64,
+    /// Environment variable holding the password of an encrypted hotkey file.
+    pub password_env: String,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://hydra.natix.network".into(),
+            uid: None,
+            model_repo: None,
+            poll_interval_s: 3,
+            timeout_s: 180,
+            password_env: "SV72_HOTKEY_PASSWORD".into(),
+        }
+    }
+}
+
+/// The 60-day retraining cycle (`sv72 retrain-check`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CycleConfig {
     /// The deployed export's `model_card.json`.
     pub model_card: PathBuf,
-    /// Days a submission stays valid before its reward decays to zero.
+    /// Days a submission keeps reward factor 1.
     pub valid_days: u32,
+    /// Days over which the factor then falls linearly to 0 (0 = straight to 0).
+    pub decay_days: u32,
     pub alert_days: Vec<u32>,
     pub retrain_day: u32,
-    /// Minimum MCC gain for `ab-test` to promote the challenger.
-    pub min_gain: f64,
+    /// Answers in this band count as uncertain.
+    pub uncertain_band: [f64; 2],
+    /// Alert when the share of uncertain answers exceeds this.
+    pub max_uncertain_share: f64,
+    /// Alert when the prediction distribution's PSI against the last eval exceeds this.
+    pub max_psi: f64,
+    /// Alert when the serve log holds more new hard cases than this.
+    pub max_hard_cases: usize,
+    /// Serve-log window read by the check, in days.
+    pub window_days: u32,
+    /// Lock file that keeps two `--run`s from overlapping.
+    pub lock_file: PathBuf,
+    /// `--run`: sv72 argument lists run in order, stopping at the first failure.
+    pub pipeline: Vec<Vec<String>>,
 }
 
 impl Default for CycleConfig {
@@ -340,9 +451,40 @@ impl Default for CycleConfig {
         Self {
             model_card: "exports/deployed/model_card.json".into(),
             valid_days: 90,
+            decay_days: 0,
             alert_days: vec![45, 60, 75, 90],
             retrain_day: 60,
-            min_gain: 0.0,
+            uncertain_band: [0.4, 0.6],
+            max_uncertain_share: 0.2,
+            max_psi: 0.2,
+            max_hard_cases: 500,
+            window_days: 7,
+            lock_file: "checkpoints/.retrain.lock".into(),
+            pipeline: Vec::new(),
+        }
+    }
+}
+
+/// `sv72 mine-hard`: hard-case selection for labelling and generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MineHardConfig {
+    /// Answers in this band are hard by uncertainty.
+    pub band: [f64; 2],
+    /// Two models disagree when their answers fall on opposite sides of 0.5 by at least this.
+    pub min_disagreement: f64,
+    /// Cases kept after k-centre greedy selection on embeddings.
+    pub max_cases: usize,
+    pub seed: u64,
+}
+
+impl Default for MineHardConfig {
+    fn default() -> Self {
+        Self {
+            band: [0.3, 0.7],
+            min_disagreement: 0.2,
+            max_cases: 500,
+            seed: 72,
         }
     }
 }

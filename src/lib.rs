@@ -7,6 +7,7 @@ pub mod augment;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod cycle;
 pub mod data;
 pub mod eval;
 pub mod features;

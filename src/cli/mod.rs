@@ -16,7 +16,9 @@ pub mod export;
 pub mod fetch_backbone;
 pub mod ingest;
 pub mod metagraph;
+pub mod mine_hard;
 pub mod query;
+pub mod register;
 pub mod retrain_check;
 pub mod serve;
 pub mod synth_mix;
@@ -49,8 +51,10 @@ pub enum Command {
     Eval(eval::Args),
     /// Paired comparison of two checkpoints; decides promote or keep.
     AbTest(ab_test::Args),
-    /// Export a checkpoint in the Hugging Face format the subnet expects.
+    /// Export a checkpoint in the Hugging Face format the subnet expects (and push it).
     Export(export::Args),
+    /// Register the miner and its model with NATIX (replaces the subnet's register.sh).
+    Register(register::Args),
     /// Run the miner axon that answers validators.
     Serve(serve::Args),
     /// Send one signed ImageSynapse to an axon, as a validator does, and print the prediction.
@@ -59,6 +63,8 @@ pub enum Command {
     Metagraph(metagraph::Args),
     /// Check the deployed model's age and drift (for cron); optionally run the retraining pipeline.
     RetrainCheck(retrain_check::Args),
+    /// Pick hard cases from serve logs and eval outputs for labelling and generation.
+    MineHard(mine_hard::Args),
     /// Compute backbone features for images, folders or a manifest into a safetensors file.
     Embed(embed::Args),
     /// Download a backbone snapshot from the Hugging Face Hub into the HF cache layout.
@@ -113,10 +119,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval::run(a, &ctx),
         Command::AbTest(a) => ab_test::run(a, &ctx),
         Command::Export(a) => export::run(a, &ctx),
+        Command::Register(a) => register::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Query(a) => query::run(a, &ctx),
         Command::Metagraph(a) => metagraph::run(a, &ctx),
         Command::RetrainCheck(a) => retrain_check::run(a, &ctx),
+        Command::MineHard(a) => mine_hard::run(a, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),
         Command::FetchBackbone(a) => fetch_backbone::run(a, &ctx),
         Command::DemoData(a) => demo_data::run(a, &ctx),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::manifest::SourceKind;
@@ -272,11 +272,44 @@ pub fn summary_table(r: &EvalReport) -> String {
     s
 }
 
-/// Writes `report.json`, `report.md`, `roc.png`, `reliability.png`, `score_by_level.png` and
-/// `confusion.png` into `dir`; returns the paths written.
+/// File name of the per-answer predictions an eval leaves for `retrain-check` and `mine-hard`.
+pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
+
+/// Writes one JSON [`EvalPrediction`] per line, atomically.
+pub fn write_predictions(path: &Path, preds: &[EvalPrediction]) -> Result<()> {
+    let mut text = String::with_capacity(preds.len() * 120);
+    for p in preds {
+        text.push_str(&serde_json::to_string(p)?);
+        text.push('\n');
+    }
+    fsx::write_atomic(path, text.as_bytes())
+}
+
+/// Reads a `predictions.jsonl` written by [`write_predictions`]; errors name the line.
+pub fn read_predictions(path: &Path) -> Result<Vec<EvalPrediction>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read eval predictions {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!(
+                    "{} line {}: not an sv72 eval prediction; re-run `sv72 eval`",
+                    path.display(),
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
+/// Writes `report.json`, `report.md`, `predictions.jsonl`, `roc.png`, `reliability.png`,
+/// `score_by_level.png` and `confusion.png` into `dir`; returns the paths written.
 pub fn write_report(dir: &Path, r: &EvalReport, preds: &[EvalPrediction]) -> Result<Vec<PathBuf>> {
     let p = |n: &str| dir.join(n);
     fsx::write_json_atomic(&p("report.json"), r)?;
+    write_predictions(&p(PREDICTIONS_FILE), preds)?;
     fsx::write_atomic(&p("report.md"), render_markdown(r).as_bytes())?;
     let (labels, probs): (Vec<u8>, Vec<f64>) = preds.iter().map(|x| (x.label, x.prob)).unzip();
     plots::roc_png(&p("roc.png"), &roc_curve(&labels, &probs))?;
@@ -291,6 +324,7 @@ pub fn write_report(dir: &Path, r: &EvalReport, preds: &[EvalPrediction]) -> Res
     Ok([
         "report.json",
         "report.md",
+        PREDICTIONS_FILE,
         "roc.png",
         "reliability.png",
         "score_by_level.png",
