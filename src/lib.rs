@@ -10,6 +10,7 @@ pub mod config;
 pub mod cycle;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod metrics;
 pub mod model;

@@ -1080,7 +1080,7 @@ mod checkpoint_model {
         assert!((alone - batch[1]).abs() <= 1e-5);
         drop(p);
 
-        let loader = sv72::cli::serve::checkpoint_loader(&cfg, "cpu").unwrap();
+        let loader = sv72::serve::model::model_loader(&cfg, "cpu").unwrap();
         let k = keys();
         let metrics = Arc::new(Metrics::new());
         let slot = ModelSlot::new(loader(&latest).unwrap(), metrics.clone());
@@ -1391,7 +1391,7 @@ mod checkpoint_model {
         write_vit_s(&snap);
         let run = train_checkpoint(&cfg, &snap, 384, false);
         let want = direct(&run, &snap, 224);
-        let loader = sv72::cli::serve::checkpoint_loader(&cfg, "cpu").unwrap();
+        let loader = sv72::serve::model::model_loader(&cfg, "cpu").unwrap();
         let k = keys();
         let t = Instant::now();
         let slot = ModelSlot::new(

@@ -9,9 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::Ctx;
-use crate::config::Config;
 use crate::serve::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode};
-use crate::serve::model::{default_model_path, CheckpointPredictor, LoadOptions};
+use crate::serve::model::{default_model_path, model_loader};
 use crate::serve::{Loader, MetagraphHandle, Metrics, ModelSlot, Predictor, ServeOptions, Server};
 
 /// Flags of `sv72 serve`.
@@ -69,7 +68,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
                 .device
                 .clone()
                 .unwrap_or_else(|| ctx.config.backbone.device.clone());
-            checkpoint_loader(&ctx.config, &device)?
+            model_loader(&ctx.config, &device)?
         }
     };
     let watch = args.constant_prediction.is_none();
@@ -134,44 +133,4 @@ pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Resu
         let _ = w.join();
     }
     r.map(|_| ExitCode::SUCCESS)
-}
-
-/// The hot-swap loader serving checkpoints on `device` (`cpu`, or `cuda` in a CUDA build with
-/// `backbone.dtype` precision); each call loads a [`CheckpointPredictor`].
-pub fn checkpoint_loader(cfg: &Config, device: &str) -> Result<Arc<Loader>> {
-    let opts = LoadOptions::from_config(cfg);
-    match device {
-        "cpu" => Ok(Arc::new(move |path: &Path| {
-            let dev = Default::default();
-            let p = CheckpointPredictor::<crate::backend::Cpu>::load(path, &dev, &opts)?;
-            Ok(Box::new(p) as Box<dyn Predictor>)
-        })),
-        "cuda" => cuda_loader(opts, &cfg.backbone.dtype),
-        other => bail!("--device {other:?}: use `cpu` or `cuda`"),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_loader(opts: LoadOptions, dtype: &str) -> Result<Arc<Loader>> {
-    use burn::backend::Cuda;
-    fn make<B: burn::tensor::backend::Backend>(opts: LoadOptions) -> Arc<Loader>
-    where
-        CheckpointPredictor<B>: Send,
-    {
-        Arc::new(move |path: &Path| {
-            let dev = Default::default();
-            let p = CheckpointPredictor::<B>::load(path, &dev, &opts)?;
-            Ok(Box::new(p) as Box<dyn Predictor>)
-        })
-    }
-    Ok(match dtype {
-        "f16" => make::<Cuda<half::f16>>(opts),
-        "bf16" => make::<Cuda<half::bf16>>(opts),
-        _ => make::<Cuda<f32>>(opts),
-    })
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_loader(_opts: LoadOptions, _dtype: &str) -> Result<Arc<Loader>> {
-    bail!("--device cuda needs a CUDA build: rebuild with `cargo build --release --features cuda`, or use --device cpu")
 }

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod metagraph;
 pub mod metrics;
 pub mod model;
+pub mod predlog;
 pub mod protocol;
 pub mod server;
 pub mod subtensor;

@@ -13,7 +13,9 @@ use burn::tensor::backend::Backend;
 use image::RgbImage;
 use rayon::prelude::*;
 
-use super::batcher::Predictor;
+use std::sync::Arc;
+
+use super::batcher::{Loader, Predictor};
 use crate::features::embed::extract_rows;
 use crate::model::preprocess::Preprocess;
 use crate::model::{dinov2, dinov3, hub, model_type, BackboneOutput, FeatureExtractor};
@@ -298,4 +300,44 @@ pub fn default_model_path(cfg: &crate::config::Config) -> PathBuf {
     } else {
         cfg.paths.checkpoints.join(crate::train::checkpoint::LATEST)
     }
+}
+
+/// The loader (also `serve`'s hot-swap loader) for deployed models on `device` (`cpu`, or `cuda` in a CUDA build with
+/// `backbone.dtype` precision); each call loads a [`CheckpointPredictor`].
+pub fn model_loader(cfg: &crate::config::Config, device: &str) -> Result<Arc<Loader>> {
+    let opts = LoadOptions::from_config(cfg);
+    match device {
+        "cpu" => Ok(Arc::new(move |path: &Path| {
+            let dev = Default::default();
+            let p = CheckpointPredictor::<crate::backend::Cpu>::load(path, &dev, &opts)?;
+            Ok(Box::new(p) as Box<dyn Predictor>)
+        })),
+        "cuda" => cuda_loader(opts, &cfg.backbone.dtype),
+        other => bail!("--device {other:?}: use `cpu` or `cuda`"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_loader(opts: LoadOptions, dtype: &str) -> Result<Arc<Loader>> {
+    use burn::backend::Cuda;
+    fn make<B: burn::tensor::backend::Backend>(opts: LoadOptions) -> Arc<Loader>
+    where
+        CheckpointPredictor<B>: Send,
+    {
+        Arc::new(move |path: &Path| {
+            let dev = Default::default();
+            let p = CheckpointPredictor::<B>::load(path, &dev, &opts)?;
+            Ok(Box::new(p) as Box<dyn Predictor>)
+        })
+    }
+    Ok(match dtype {
+        "f16" => make::<Cuda<half::f16>>(opts),
+        "bf16" => make::<Cuda<half::bf16>>(opts),
+        _ => make::<Cuda<f32>>(opts),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_loader(_opts: LoadOptions, _dtype: &str) -> Result<Arc<Loader>> {
+    bail!("--device cuda needs a CUDA build: rebuild with `cargo build --release --features cuda`, or use --device cpu")
 }

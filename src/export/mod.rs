@@ -1,0 +1,6 @@
+//! `sv72 export`: a checkpoint as a Hugging Face image-classification folder with the subnet's
+//! `model_card.json`.
+
+pub mod card;
+
+pub use card::{ModelCard, Version};
