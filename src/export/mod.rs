@@ -2,5 +2,7 @@
 //! `model_card.json`.
 
 pub mod card;
+pub mod push;
 
 pub use card::{ModelCard, Version};
+pub use push::{push_folder, PushOptions, PushReport};
