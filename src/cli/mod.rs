@@ -78,6 +78,8 @@ pub enum Command {
 pub struct Ctx {
     pub config: Config,
     pub config_path: Option<PathBuf>,
+    /// The `--set` overrides as given (passed on to child processes).
+    pub overrides: Vec<String>,
 }
 
 /// Parses the command line, runs the subcommand, and maps errors to a message and exit code 1.
@@ -111,6 +113,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let ctx = Ctx {
         config,
         config_path: cli.config,
+        overrides: cli.overrides,
     };
     match cli.command {
         Command::Ingest(a) => ingest::run(a, &ctx),
