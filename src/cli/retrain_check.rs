@@ -167,9 +167,10 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
                 Some(s) => s.restore_if_changed()?,
                 None => false,
             };
-            let how = code.map_or_else(|| "was killed by a signal".into(), |c| {
-                format!("failed with exit code {c}")
-            });
+            let how = code.map_or_else(
+                || "was killed by a signal".into(),
+                |c| format!("failed with exit code {c}"),
+            );
             let mut msg = format!(
                 "error: step {step}/{} `sv72 {command}` {how}; the deployed model is untouched",
                 cfg.cycle.pipeline.len()

@@ -239,7 +239,10 @@ pub fn run_check(cfg: &Config, opts: &CheckOptions) -> Result<CheckReport> {
     }
     let enough = values.answers.unwrap_or(0) >= c.min_answers;
     let mut signal_fired = false;
-    if let Some(u) = values.uncertain_share.filter(|u| *u > c.max_uncertain_share) {
+    if let Some(u) = values
+        .uncertain_share
+        .filter(|u| *u > c.max_uncertain_share)
+    {
         if enough {
             signal_fired = true;
             reasons.push(format!(

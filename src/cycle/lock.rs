@@ -36,7 +36,10 @@ pub struct RunLock {
 pub enum Acquired {
     Fresh,
     /// A stale lock left by this pid was replaced.
-    TookOverStale { pid: String, started: String },
+    TookOverStale {
+        pid: String,
+        started: String,
+    },
 }
 
 /// A lock file that cannot be parsed counts as stale only after this long, so a lock being
@@ -63,7 +66,9 @@ impl RunLock {
                 Ok(mut f) => {
                     f.write_all(contents.as_bytes())
                         .and_then(|_| f.sync_all())
-                        .with_context(|| format!("cannot write the lock file {}", path.display()))?;
+                        .with_context(|| {
+                            format!("cannot write the lock file {}", path.display())
+                        })?;
                     let how = took_over.map_or(Acquired::Fresh, |(pid, started)| {
                         Acquired::TookOverStale { pid, started }
                     });

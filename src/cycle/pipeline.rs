@@ -297,10 +297,15 @@ pub fn run_pipeline(steps: &[Vec<String>], opts: &PipelineOptions) -> Result<Pip
                 None,
             )
         });
-        let err = child
-            .stderr
-            .take()
-            .map(|s| pump(s, true, step.secrets.clone(), pb.clone(), Some(tail.clone())));
+        let err = child.stderr.take().map(|s| {
+            pump(
+                s,
+                true,
+                step.secrets.clone(),
+                pb.clone(),
+                Some(tail.clone()),
+            )
+        });
         let status = child
             .wait()
             .with_context(|| format!("waiting for step {} ({shown})", i + 1))?;
@@ -383,7 +388,12 @@ mod tests {
         let now: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
         let env = |k: &str| (k == "TOK").then(|| "s3cret".to_string());
         let mut secrets = Vec::new();
-        let got = expand_arg("a-{date}-{stamp}-${TOK}-$$x-{other}", now, &env, &mut secrets);
+        let got = expand_arg(
+            "a-{date}-{stamp}-${TOK}-$$x-{other}",
+            now,
+            &env,
+            &mut secrets,
+        );
         assert_eq!(
             got.unwrap(),
             "a-20260304-20260304T050607Z-s3cret-$x-{other}"
