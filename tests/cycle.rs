@@ -654,3 +654,25 @@ fn failed_run_restores_a_switched_deployed_link() {
     );
     assert!(link.join("model_card.json").is_file());
 }
+
+#[test]
+fn example_config_loads_and_expands() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/cycle-example.yaml");
+    let cfg = sv72::config::Config::load(Some(&path), &[]).unwrap();
+    let mut cycle = cfg.cycle.clone();
+    assert_eq!(cycle.pipeline.len(), 8);
+    assert_eq!(cycle.pipeline[4][0], "ab-test");
+    assert_eq!(cycle.pipeline[7], ["deploy", "exports/latest"]);
+    cycle.pipeline.clear();
+    assert_eq!(
+        cycle,
+        CycleConfig::default(),
+        "example schedule drifted from the defaults"
+    );
+    let env = |k: &str| Some(format!("value-of-{k}"));
+    let steps =
+        sv72::cycle::pipeline::expand_steps(&cfg.cycle.pipeline, submitted(), &env).unwrap();
+    assert_eq!(steps[0].args[2], "natix-20260101");
+    assert_eq!(steps[5].args[3], "value-of-SV72_HOTKEY_SS58");
+    assert_eq!(steps[5].template[3], "${SV72_HOTKEY_SS58}");
+}
