@@ -31,9 +31,8 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         .with_context(|| format!("refusing to deploy {}", dir.display()))?;
     if !args.no_load_check {
         let loader = crate::serve::model::model_loader(cfg, "cpu")?;
-        loader(&dir).with_context(|| {
-            format!("refusing to deploy {}: it does not load", dir.display())
-        })?;
+        loader(&dir)
+            .with_context(|| format!("refusing to deploy {}: it does not load", dir.display()))?;
     }
     let previous = export::deploy(root, &dir)?;
     let old = previous

@@ -53,7 +53,10 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
                 .wallet_hotkey
                 .clone()
                 .unwrap_or_else(|| cfg.serve.wallet_hotkey.clone());
-            let root = args.wallets_path.clone().unwrap_or_else(default_wallet_path);
+            let root = args
+                .wallets_path
+                .clone()
+                .unwrap_or_else(default_wallet_path);
             Some(read_wallet_hotkey(&root, w, &hk)?)
         }
         None => None,
@@ -71,7 +74,9 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
             if !ok {
                 bail!("--push {repo:?} must be ORG/REPO");
             }
-            let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty());
+            let token = std::env::var("HF_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty());
             let Some(token) = token else {
                 bail!(
                     "--push needs a Hugging Face write token in the HF_TOKEN environment \

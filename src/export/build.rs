@@ -302,16 +302,10 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         put(MODEL_CARD_FILE, &serde_json::to_vec_pretty(&card)?)?;
         put(PROVENANCE_FILE, &serde_json::to_vec_pretty(&prov)?)?;
         put(README_FILE, readme.as_bytes())?;
-        hf::write_weights(
-            &tmp.join(WEIGHTS_FILE),
-            &snapshot,
-            family,
-            head,
-            &|i, n| {
-                pb.set_length(n);
-                pb.set_position(i);
-            },
-        )?;
+        hf::write_weights(&tmp.join(WEIGHTS_FILE), &snapshot, family, head, &|i, n| {
+            pb.set_length(n);
+            pb.set_position(i);
+        })?;
         files.push(WEIGHTS_FILE.to_string());
         check(WEIGHTS_FILE)?;
         files.sort();
@@ -369,11 +363,19 @@ pub fn verify_sums(dir: &Path) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let (hash, file) = line
-            .split_once("  ")
-            .with_context(|| format!("{} line {}: expected `<sha256>  <file>`", path.display(), i + 1))?;
+        let (hash, file) = line.split_once("  ").with_context(|| {
+            format!(
+                "{} line {}: expected `<sha256>  <file>`",
+                path.display(),
+                i + 1
+            )
+        })?;
         if file.contains(['/', '\\']) || file.starts_with('.') {
-            bail!("{} line {}: unexpected file name {file:?}", path.display(), i + 1);
+            bail!(
+                "{} line {}: unexpected file name {file:?}",
+                path.display(),
+                i + 1
+            );
         }
         let got = sha256_file(&dir.join(file))?;
         if got != hash {

@@ -66,10 +66,14 @@ pub fn deployed_target(exports_root: &Path) -> Option<PathBuf> {
 pub fn deploy(exports_root: &Path, export_dir: &Path) -> Result<Option<PathBuf>> {
     let dir = resolve_export(export_dir)?;
     verify_export(&dir).with_context(|| format!("refusing to deploy {}", dir.display()))?;
-    let root_abs = std::fs::canonicalize(exports_root)
-        .with_context(|| format!("cannot resolve the exports folder {}", exports_root.display()))?;
-    let dir_abs = std::fs::canonicalize(&dir)
-        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let root_abs = std::fs::canonicalize(exports_root).with_context(|| {
+        format!(
+            "cannot resolve the exports folder {}",
+            exports_root.display()
+        )
+    })?;
+    let dir_abs =
+        std::fs::canonicalize(&dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
     let rel = dir_abs.strip_prefix(&root_abs).map_err(|_| {
         anyhow::anyhow!(
             "{} is not inside the exports folder {}; deploy exports written by `sv72 export`",

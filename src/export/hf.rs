@@ -178,22 +178,11 @@ pub fn build_config(
         .cloned()
         .with_context(|| format!("{}: expected a JSON object", origin.display()))?;
     obj.insert("architectures".into(), json!([form.class()]));
-    obj.insert(
-        "id2label".into(),
-        json!({"0": LABELS[0], "1": LABELS[1]}),
-    );
-    obj.insert(
-        "label2id".into(),
-        json!({LABELS[0]: 0, LABELS[1]: 1}),
-    );
+    obj.insert("id2label".into(), json!({"0": LABELS[0], "1": LABELS[1]}));
+    obj.insert("label2id".into(), json!({LABELS[0]: 0, LABELS[1]: 1}));
     obj.insert("num_labels".into(), json!(2));
     obj.insert("problem_type".into(), json!("single_label_classification"));
     obj.insert("dtype".into(), json!("float32"));
-    // Backbone-only fields (`out_features`, …) describe `*Backbone` use and confuse readers of a
-    // classifier config.
-    for k in ["out_features", "out_indices", "stage_names"] {
-        obj.remove(k);
-    }
     if form == Form::Custom {
         obj.insert(
             "auto_map".into(),

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use super::batcher::{Loader, Predictor};
 use crate::features::embed::extract_rows;
 use crate::model::preprocess::Preprocess;
+use crate::model::weights::{Weights, SINGLE_FILE as WEIGHTS_FILE};
 use crate::model::{dinov2, dinov3, hub, model_type, BackboneOutput, FeatureExtractor};
 use crate::train::checkpoint::{resolve_checkpoint, Checkpoint, RunInfo, HEAD_FILE};
 use crate::train::data::head_input;
 use crate::train::head::{Head, NamedTensors};
-use crate::model::weights::{Weights, SINGLE_FILE as WEIGHTS_FILE};
 use std::collections::HashMap;
 
 /// Folder inside an export (or checkpoint) holding its own backbone snapshot; when present it
@@ -454,7 +454,9 @@ where
     if is_export_path(path) {
         Ok(Box::new(ExportPredictor::<B>::load(path, device, opts)?))
     } else {
-        Ok(Box::new(CheckpointPredictor::<B>::load(path, device, opts)?))
+        Ok(Box::new(CheckpointPredictor::<B>::load(
+            path, device, opts,
+        )?))
     }
 }
 
