@@ -237,7 +237,7 @@ fn round_trip_every_form() {
                     read_json(&fixtures().join(format!("export/reference_{label}.json")));
                 assert_eq!(reference["architecture"], class);
                 let ref_st: BTreeMap<String, Vec<usize>> =
-                    serde_json::from_value(reference["state_dict"].clone()).unwrap();
+                    serde_json::from_value(reference["saved_tensors"].clone()).unwrap();
                 assert_eq!(
                     st, ref_st,
                     "{label}: tensor names/shapes differ from transformers"

@@ -3,7 +3,8 @@
 1. (default) Builds transformers' Dinov2ForImageClassification /
    Dinov2WithRegistersForImageClassification from the tiny fixture backbone configs
    (num_labels 2, id2label None/Roadwork) and writes tests/fixtures/export/reference_<family>.json:
-   state-dict key names and shapes, and the config.json that save_pretrained writes.
+   state-dict key names and shapes (in memory, and as save_pretrained writes them), and the
+   config.json that save_pretrained writes.
 2. --check DIR --probs FILE: loads an sv72 export with
    pipeline("image-classification", model=DIR) (trust_remote_code=True when config.json has an
    auto_map), scores the images listed in FILE (JSON written by `sv72 export --selfcheck-out` or
@@ -52,12 +53,20 @@ def reference():
             model.save_pretrained(tmp)
             with open(os.path.join(tmp, "config.json")) as f:
                 saved = json.load(f)
+            from safetensors import safe_open
+
+            with safe_open(os.path.join(tmp, "model.safetensors"), "pt") as f:
+                saved_tensors = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
         state = {k: list(v.shape) for k, v in model.state_dict().items()}
         ref = {
             "family": family,
             "fixture": fixture,
             "architecture": model_cls.__name__,
+            # In-memory names (transformers 5 renames q_proj/k_proj/...).
             "state_dict": dict(sorted(state.items())),
+            # What save_pretrained writes to model.safetensors (the hub's names, which every
+            # transformers version loads): the layout sv72 exports.
+            "saved_tensors": dict(sorted(saved_tensors.items())),
             "config": saved,
         }
         path = os.path.join(out_dir, f"reference_{family}.json")

@@ -361,7 +361,9 @@ impl<B: Backend> ExportPredictor<B> {
                 2 * d
             );
         }
-        let name = dir
+        // Through `exports/deployed` the version names the export, not the link.
+        let name = std::fs::canonicalize(&dir)
+            .unwrap_or_else(|_| dir.clone())
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| dir.display().to_string());
