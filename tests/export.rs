@@ -33,6 +33,16 @@ fn images() -> Vec<PathBuf> {
     ]
 }
 
+/// Fixture backbone, label, preprocess kind, target size, MLP hidden width, backbone width.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    u32,
+    Option<usize>,
+    usize,
+);
+
 fn hotkey() -> String {
     ss58_encode(&[9; 32], 42)
 }
@@ -166,7 +176,7 @@ fn write_config(cfg: &Config, root: &Path) -> PathBuf {
 #[test]
 fn round_trip_every_form() {
     let keep = std::env::var_os("SV72_KEEP_EXPORTS").map(PathBuf::from);
-    let cases: [(&str, &str, &str, u32, Option<usize>, usize); 4] = [
+    let cases: [Case; 4] = [
         ("dinov2_s36", "dinov2", "processor", 224, None, 36),
         (
             "dinov2_reg4_s36",

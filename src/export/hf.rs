@@ -153,7 +153,7 @@ pub fn fold_calibration(
     if !(threshold > 0.0 && threshold < 1.0) {
         bail!("threshold {threshold} must lie strictly between 0 and 1 (run.yaml `threshold`)");
     }
-    if bias.len() != 2 || weight.len() % 2 != 0 {
+    if bias.len() != 2 || !weight.len().is_multiple_of(2) {
         bail!("the classifier must have 2 outputs");
     }
     let shift = logit(threshold) / 2.0;
