@@ -125,8 +125,7 @@ mod hub {
         blobs: HashMap<String, Vec<u8>>,
         /// Multipart parts received: (oid, part) -> bytes.
         parts: BTreeMap<(String, usize), Vec<u8>>,
-        /// Committed files: path -> ("file"|"lfsFile", bytes).
-        commits: Vec<(Value, BTreeMap<String, (String, Vec<u8>)>)>,
+        commits: Vec<(Value, Committed)>,
         /// Route names that answer 500 once.
         fail_once: HashSet<String>,
         /// Answer 401 to everything.
@@ -138,6 +137,8 @@ mod hub {
     }
 
     type Shared = Arc<Mutex<State>>;
+    /// Committed files: path -> ("file"|"lfsFile", bytes).
+    type Committed = BTreeMap<String, (String, Vec<u8>)>;
 
     fn handle(st: &Shared, base: &str, req: &Req) -> Resp {
         let mut s = st.lock().unwrap();
@@ -673,17 +674,14 @@ mod register {
     }
 
     #[test]
-    fn nacl_fixture_decrypts_like_pynacl_and_rejects_a_wrong_password() {
+    fn nacl_fixture_decrypts_like_pynacl() {
         let _g = ARGON.lock().unwrap_or_else(|e| e.into_inner());
         let data = std::fs::read(fixture_wallets().join("locked/hotkeys/default")).unwrap();
         assert_eq!(keyfile_format(&data), KeyfileFormat::Nacl);
         let plain = decrypt_nacl_keyfile(&data, PASSWORD.as_bytes()).unwrap();
         let expected = std::fs::read(fixture_wallets().join("plaintext.json")).unwrap();
         assert_eq!(plain.as_slice(), expected.as_slice());
-        let e = decrypt_nacl_keyfile(&data, b"wrong")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("wrong password"), "{e}");
+        // (A wrong password is checked through the binary: each try costs a 512 MiB derivation.)
         assert!(decrypt_nacl_keyfile(&data[..30], PASSWORD.as_bytes()).is_err());
     }
 
@@ -726,7 +724,7 @@ mod register {
                 ("GET", p) if p.starts_with("/participants/registration-status/") => {
                     s.polls += 1;
                     let uid = p.rsplit('/').next().unwrap_or("");
-                    let bad = s.verdicts.last().map(|v| v.clone()).unwrap_or_default();
+                    let bad = s.verdicts.last().cloned().unwrap_or_default();
                     if !bad.is_empty() {
                         return resp_json(
                             200,

@@ -318,15 +318,16 @@ impl<'a> Hub<'a> {
         }
     }
 
-    /// POSTs JSON (with retries when `idempotent`) and returns the answer, failing on non-2xx
-    /// unless `accept` lists the status.
+    /// POSTs JSON (an idempotent request: retried) and returns the answer, failing on non-2xx
+    /// unless `accept` lists the status. The token goes along only when `with_token` and the URL
+    /// is on the endpoint's origin.
     fn post_json(
         &self,
         what: &str,
         url: &str,
         body: &Value,
         content_type: &str,
-        idempotent: bool,
+        with_token: bool,
         accept: &[u16],
     ) -> Result<Answer> {
         let bytes = serde_json::to_vec(body)?;
@@ -336,32 +337,26 @@ impl<'a> Hub<'a> {
                 .post(url)
                 .header("Content-Type", content_type)
                 .header("Accept", accept_for(content_type));
-            if let Some(a) = self.auth(url) {
+            if let Some(a) = self.auth(url).filter(|_| with_token) {
                 req = req.header("Authorization", &a);
             }
             let resp = req.send(&bytes[..]).map_err(|e| anyhow::anyhow!("{}", e))?;
             Ok(Answer::read(resp))
         };
-        let a = if idempotent {
-            self.retry(what, send)?
-        } else {
-            send()
-                .map_err(|e| anyhow::anyhow!("{what} failed: {}", self.redact(&format!("{e:#}"))))?
-        };
+        let a = self.retry(what, send)?;
         if !a.ok() && !accept.contains(&a.status) {
             return Err(self.status_error(what, &a));
         }
         Ok(a)
     }
 
-    /// PUTs `len` bytes of `file` from `offset` to `url` (streamed, with the given headers).
+    /// PUTs the `(file, offset, len)` slice to `url` (streamed, with the given headers),
+    /// retrying transient failures.
     fn put_file(
         &self,
         what: &str,
         url: &str,
-        file: &Path,
-        offset: u64,
-        len: u64,
+        (file, offset, len): (&Path, u64, u64),
         headers: &[(String, String)],
         bar: &ProgressBar,
     ) -> Result<Answer> {
@@ -376,11 +371,9 @@ impl<'a> Hub<'a> {
                 .agent
                 .put(url)
                 .header("Content-Length", &len.to_string());
+            // Storage URLs are presigned: like huggingface_hub, never send them the token.
             for (k, v) in headers {
                 req = req.header(k.as_str(), v.as_str());
-            }
-            if let Some(a) = self.auth(url) {
-                req = req.header("Authorization", &a);
             }
             let resp = req
                 .send(ureq::SendBody::from_reader(&mut reader))
@@ -609,7 +602,7 @@ pub fn push_folder(dir: &Path, repo: &str, opts: &PushOptions) -> Result<PushRep
                 for (i, (n, url)) in parts.iter().enumerate() {
                     let off = i as u64 * chunk;
                     let len = chunk.min(size - off);
-                    let a = hub.put_file(&file_what, url, path, off, len, &[], &bar)?;
+                    let a = hub.put_file(&file_what, url, (path, off, len), &[], &bar)?;
                     let etag = a.etag.filter(|e| !e.is_empty()).with_context(|| {
                         format!("{file_what}: part {n} answered without an ETag")
                     })?;
@@ -620,12 +613,12 @@ pub fn push_folder(dir: &Path, repo: &str, opts: &PushOptions) -> Result<PushRep
                     &href,
                     &json!({"oid": oid, "parts": etags}),
                     LFS_JSON,
-                    true,
+                    false,
                     &[],
                 )?;
             } else {
                 let headers: Vec<(String, String)> = header.into_iter().collect();
-                hub.put_file(&file_what, &href, path, 0, *size, &headers, &bar)?;
+                hub.put_file(&file_what, &href, (path, 0, *size), &headers, &bar)?;
             }
             lfs_bytes += size;
             if let Some(verify) = actions.get("verify") {
