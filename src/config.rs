@@ -399,7 +399,9 @@ pub struct RegisterConfig {
     pub uid: Option<u16>,
     /// Hugging Face repository of the submission, `org/name` (`--model-repo` overrides).
     pub model_repo: Option<String>,
+    /// Seconds between registration-status polls (at least 1).
     pub poll_interval_s: u64,
+    /// Give up polling after this many seconds (exit 4).
     pub timeout_s: u64,
     /// Environment variable holding the password of an encrypted hotkey file.
     pub password_env: String,

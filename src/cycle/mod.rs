@@ -5,6 +5,7 @@ pub mod check;
 pub mod deployed;
 pub mod lock;
 pub mod pipeline;
+pub mod register;
 pub mod schedule;
 pub mod signals;
 
