@@ -139,6 +139,9 @@ fn features_blocker(a: &Resolved, b: &Resolved) -> Option<String> {
     None
 }
 
+/// A challenge view with A's and B's served probabilities.
+type Paired = (ViewKey, f64, f64);
+
 /// Both heads on one pass of the shared backbone (through the feature cache).
 fn answers_by_features(
     cfg: &Config,
@@ -146,7 +149,7 @@ fn answers_by_features(
     b: &Checkpoint<Cpu>,
     rows: &[&ManifestRow],
     views: &[ViewKey],
-) -> Result<(Vec<(ViewKey, f64, f64)>, usize)> {
+) -> Result<(Vec<Paired>, usize)> {
     let mut fz = featurizer_for(a, &cfg.paths.feature_cache)?;
     let job = ChallengeFeatures {
         cfg,
@@ -184,7 +187,7 @@ fn answers_by_images(
     b: &Resolved,
     rows: &[&ManifestRow],
     views: &[ViewKey],
-) -> Result<(Vec<(ViewKey, f64, f64)>, usize, String, String)> {
+) -> Result<(Vec<Paired>, usize, String, String)> {
     let loader = model_loader(cfg, &cfg.backbone.device)?;
     let mut pa =
         loader(&a.load_path).with_context(|| format!("cannot load model A {}", a.r.arg))?;
