@@ -182,7 +182,9 @@ pub struct BootstrapInfo {
 pub struct AbStats {
     pub images: usize,
     pub answers: usize,
+    #[serde(rename = "metrics_a")]
     pub a: ModelMetrics,
+    #[serde(rename = "metrics_b")]
     pub b: ModelMetrics,
     /// B − A.
     pub delta: Deltas,

@@ -9,13 +9,24 @@ use serde::{Deserialize, Serialize};
 /// `c` = A wrong / B right. Under H0 (equal error rates) `b ~ Bin(b + c, 1/2)`, and
 /// `p = min(1, 2·P(X ≤ min(b, c)))`; `b + c = 0` gives 1.
 ///
-/// Summed in log space so that large `b + c` neither overflows nor underflows to a wrong 0.
+/// Large `b + c` is summed in log space so that it neither overflows nor underflows to a wrong 0.
 pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
     let n = b + c;
     if n == 0 {
         return 1.0;
     }
     let k = b.min(c);
+    if n <= DIRECT_MAX_N {
+        // Binomial coefficients as f64 (exact integers while below 2^53, and within range up to
+        // n = 1000) over an exact power of two: small cases come out exact.
+        let mut coef = 1.0f64;
+        let mut sum = 1.0f64;
+        for j in 1..=k {
+            coef = coef * (n - j + 1) as f64 / j as f64;
+            sum += coef;
+        }
+        return (2.0 * sum / 2f64.powi(n as i32)).min(1.0);
+    }
     let ln_half_n = n as f64 * std::f64::consts::LN_2;
     // ln P(X = j) for j = 0..=k; with k ≤ n/2 these grow with j, so the last term is the largest.
     let mut ln_binom = 0.0;
@@ -30,6 +41,9 @@ pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
     let ln_tail = max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln();
     (2.0 * ln_tail.exp()).min(1.0)
 }
+
+/// Largest `b + c` summed directly; beyond it `2^n` leaves f64's range, so logs are used.
+const DIRECT_MAX_N: u64 = 1000;
 
 /// `q`-quantile (`q` in [0, 1]) of sorted values by linear interpolation between order
 /// statistics (numpy's default `percentile` method); 0 for an empty slice.
