@@ -360,7 +360,7 @@ impl Default for AbTestConfig {
             min_gain: 0.0,
             require_ci_above_zero: true,
             max_mcnemar_p: None,
-            bootstrap_score_sequences: 50,
+            bootstrap_score_sequences: 100,
             out_dir: "abtests".into(),
         }
     }

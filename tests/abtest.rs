@@ -413,6 +413,34 @@ mod rule {
     }
 
     #[test]
+    fn no_bootstrap_means_no_interval_to_trust() {
+        let s = compare(
+            &answers(200, 4, |i| i % 10 < 7, |i| i % 20 != 0),
+            &AbOptions {
+                resamples: 0,
+                ..opts(0)
+            },
+        )
+        .unwrap();
+        assert_eq!(s.delta.mcc.resamples, 0);
+        let d = decide(&s, &rule());
+        assert!(!d.promote);
+        assert!(
+            d.reasons[0].contains("no bootstrap interval"),
+            "{:?}",
+            d.reasons
+        );
+        let d = decide(
+            &s,
+            &Rule {
+                require_ci_above_zero: false,
+                ..rule()
+            },
+        );
+        assert!(d.promote, "{:?}", d.reasons);
+    }
+
+    #[test]
     fn rule_config_errors_name_the_key() {
         let bad = AbTestConfig {
             metric: "f1".into(),
@@ -694,6 +722,24 @@ mod cli_e2e {
         );
         assert!(made[0].path().join("decision.json").is_file());
 
+        // An existing --out folder keeps what else it holds (e.g. a checkpoint's files).
+        std::fs::create_dir_all(d.join("keep")).unwrap();
+        std::fs::write(d.join("keep/other.txt"), "x").unwrap();
+        code(
+            d,
+            &[
+                "ab-test",
+                "checkpoints/latest",
+                "checkpoints/latest",
+                "--on",
+                "mix:test",
+                "--out",
+                "keep",
+            ],
+            3,
+        );
+        assert!(d.join("keep/other.txt").is_file() && d.join("keep/decision.json").is_file());
+
         // Errors: exit 1 with a message naming the problem, nothing written.
         let e = code(
             d,
@@ -742,5 +788,35 @@ mod cli_e2e {
         for o in ["e1", "e2", "e3"] {
             assert!(!d.join(o).exists());
         }
+    }
+}
+
+/// Cost of the bootstrap at a realistic size; run with
+/// `cargo test --test abtest -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_bootstrap_cost() {
+    let a = answers(1000, 4, |i| i % 10 < 8, |i| i % 10 < 9 || i % 7 == 0);
+    for (resamples, per) in [(2000, 0), (2000, 20), (2000, 50), (2000, 100), (2000, 200)] {
+        let o = AbOptions {
+            resamples,
+            resample_sequences: per,
+            score_sequences: 1000,
+            ..opts(0)
+        };
+        let t = std::time::Instant::now();
+        let s = compare(&a, &o).unwrap();
+        let sc = s.delta.score.unwrap();
+        println!(
+            "1000 images x 4 draws, {resamples} resamples, {per} sequences/resample: {:.2} s; \
+             Δscore {:+.4} [{:+.4}, {:+.4}] width {:.4}; ΔMCC [{:+.4}, {:+.4}]",
+            t.elapsed().as_secs_f64(),
+            sc.estimate,
+            sc.lo,
+            sc.hi,
+            sc.hi - sc.lo,
+            s.delta.mcc.lo,
+            s.delta.mcc.hi
+        );
     }
 }

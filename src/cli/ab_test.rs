@@ -326,6 +326,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         resample_sequences: cfg.ab_test.bootstrap_score_sequences,
     };
     let spinner = crate::util::progress::spinner("ab-test: bootstrap");
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let stats = compare(&answers, &opts)?;
     spinner.finish_and_clear();
     for w in &stats.warnings {

@@ -474,7 +474,7 @@ pub fn decide(stats: &AbStats, rule: &Rule) -> Decision {
     });
     if rule.require_ci_above_zero {
         clauses.push(match d {
-            Some(d) => Clause {
+            Some(d) if d.resamples > 0 => Clause {
                 name: "ci_above_zero".into(),
                 passed: d.lo > 0.0,
                 detail: format!(
@@ -482,6 +482,14 @@ pub fn decide(stats: &AbStats, rule: &Rule) -> Decision {
                     d.level * 100.0,
                     d.lo,
                     if d.lo > 0.0 { "above" } else { "not above" }
+                ),
+            },
+            Some(_) => Clause {
+                name: "ci_above_zero".into(),
+                passed: false,
+                detail: format!(
+                    "Δ{m} has no bootstrap interval (ab_test.bootstrap or, for score, \
+                     ab_test.bootstrap_score_sequences is 0)"
                 ),
             },
             None => Clause {
@@ -740,26 +748,32 @@ fn short(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
-/// Writes `decision.json`, `report.md`, `answers.jsonl` and `accuracy_by_level.png` into a
-/// fresh `dir`, all at once: an existing `dir` is replaced only when everything is written.
+/// Writes `decision.json`, `report.md`, `answers.jsonl` and `accuracy_by_level.png` into `dir`.
+/// A new `dir` appears only once everything is written; in an existing folder (which may hold
+/// other things, e.g. a checkpoint) each file is replaced atomically and nothing else is touched.
 pub fn write_ab_report(dir: &Path, r: &AbReport, answers: &[PairedAnswer]) -> Result<Vec<PathBuf>> {
     let names = [DECISION_FILE, REPORT_FILE, ANSWERS_FILE, PLOT_FILE];
-    fsx::write_dir_atomic(dir, |tmp| {
-        fsx::write_json_atomic(&tmp.join(DECISION_FILE), r)?;
-        fsx::write_atomic(&tmp.join(REPORT_FILE), render_markdown(r).as_bytes())?;
+    let write = |d: &Path| -> Result<()> {
+        fsx::write_json_atomic(&d.join(DECISION_FILE), r)?;
+        fsx::write_atomic(&d.join(REPORT_FILE), render_markdown(r).as_bytes())?;
         let mut text = String::with_capacity(answers.len() * 140);
         for a in answers {
             text.push_str(&serde_json::to_string(a)?);
             text.push('\n');
         }
-        fsx::write_atomic(&tmp.join(ANSWERS_FILE), text.as_bytes())?;
+        fsx::write_atomic(&d.join(ANSWERS_FILE), text.as_bytes())?;
         let mut bars = vec![(r.stats.a.overall.accuracy, r.stats.b.overall.accuracy)];
         for (l, a) in &r.stats.a.by_level {
             if let Some(b) = r.stats.b.by_level.get(l) {
                 bars.push((a.accuracy, b.accuracy));
             }
         }
-        super::plots::paired_bars_png(&tmp.join(PLOT_FILE), &bars)
-    })?;
+        super::plots::paired_bars_png(&d.join(PLOT_FILE), &bars)
+    };
+    if dir.is_dir() {
+        write(dir)?;
+    } else {
+        fsx::write_dir_atomic(dir, write)?;
+    }
     Ok(names.iter().map(|n| dir.join(n)).collect())
 }
