@@ -698,6 +698,9 @@ pub fn summary_table(r: &AbReport) -> String {
         "ab-test on {}:{} ({} images, {} paired answers, mode {})\n",
         r.data.manifest, r.data.split, st.images, st.answers, r.mode
     );
+    for (n, m) in [("A", &r.a), ("B", &r.b)] {
+        let _ = writeln!(s, "  {n} = {} ({} {})", m.id, m.kind, m.arg);
+    }
     let _ = writeln!(
         s,
         "  {:<10} {:>9} {:>9} {:>9}",
@@ -706,8 +709,7 @@ pub fn summary_table(r: &AbReport) -> String {
     for (n, m) in [("A", &st.a), ("B", &st.b)] {
         let _ = writeln!(
             s,
-            "  {:<10} {:>9.4} {:>9.4} {:>9}",
-            format!("{n} {}", short(&if n == "A" { &r.a } else { &r.b }.id)),
+            "  {n:<10} {:>9.4} {:>9.4} {:>9}",
             m.overall.accuracy,
             m.overall.mcc,
             score_mean(m)
@@ -742,10 +744,6 @@ pub fn summary_table(r: &AbReport) -> String {
         let _ = writeln!(s, "  - {reason}");
     }
     s
-}
-
-fn short(id: &str) -> String {
-    id.chars().take(8).collect()
 }
 
 /// Writes `decision.json`, `report.md`, `answers.jsonl` and `accuracy_by_level.png` into `dir`.
