@@ -6,9 +6,16 @@ PROFILE_DIR := $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 BIN     := $(or $(CARGO_TARGET_DIR),target)/$(PROFILE_DIR)/sv72
 DEMO    ?= datasets/demo
 DEMO_PORT ?= 18091
+# Fixed key of the demo axon (it also signs the demo model card's submitted_by).
+DEMO_AXON_SEED := 0101010101010101010101010101010101010101010101010101010101010101
 # The demo backbone: a tiny random DINOv2-with-registers snapshot shipped for the tests.
 DEMO_BACKBONE ?= tests/fixtures/backbones/dinov2_reg4_s36
-SV72    := $(BIN) --set backbone.model=$(DEMO_BACKBONE)
+# Demo exports, A/B reports and cycle state stay under $(DEMO) so `make clean-demo` never touches
+# a miner's own exports/.
+DEMO_EXPORTS := $(DEMO)/exports
+SV72    := $(BIN) --set backbone.model=$(DEMO_BACKBONE) --set paths.exports=$(DEMO_EXPORTS) \
+	--set cycle.model_card=$(DEMO_EXPORTS)/deployed/model_card.json --set ab_test.out_dir=$(DEMO)/abtests \
+	--set serve.prediction_log=$(DEMO)/predictions.jsonl
 
 .PHONY: all build demo demo-serve test bench lint fmt clean-demo
 
@@ -18,7 +25,10 @@ build:
 	$(CARGO) build --profile $(PROFILE) --locked --bin sv72
 
 # The main job on the embedded default: generate the demo scenes, ingest them, build the mix,
-# train and calibrate a head, evaluate it as validators score, then serve it and query it once.
+# train and calibrate a head, evaluate it as validators score, export it in the subnet's Hugging
+# Face format and deploy it, train a challenger and A/B test it against the deployed model, serve
+# the deployed export and query it once as a validator would, check the retraining schedule, and
+# mine hard cases from the eval.
 demo: build
 	$(SV72) demo-data --out $(DEMO)/raw
 	$(SV72) ingest --name demo-real --folder $(DEMO)/raw/real --source real --generator demo-photo
@@ -26,15 +36,24 @@ demo: build
 	$(SV72) synth-mix --real demo-real --synthetic demo-synth --name demo-mix --preview 4
 	$(SV72) train-head --manifest demo-mix
 	$(SV72) eval --on demo-mix:test
+	cp checkpoints/latest $(DEMO)/deployed.run
+	$(BIN) query --print-hotkey --hotkey-seed $(DEMO_AXON_SEED) > $(DEMO)/axon.hotkey
+	$(SV72) export checkpoints/latest --hotkey "$$(cat $(DEMO)/axon.hotkey)"
+	$(SV72) deploy
+	$(SV72) train-head --manifest demo-mix --set head.kind=mlp
+	$(SV72) ab-test $(DEMO_EXPORTS)/deployed checkpoints/latest --on demo-mix:test; rc=$$?; \
+	  [ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; echo "ab-test exit $$rc (0 = promote, 3 = keep)"
 	$(MAKE) --no-print-directory demo-serve
-	@echo "demo done: datasets/demo-{real,synth,mix}, checkpoints/latest (report.md, plots), $(DEMO)/serve.log"
+	$(SV72) retrain-check --calendar $(DEMO)/cycle.ics
+	$(SV72) mine-hard --eval checkpoints/$$(cat $(DEMO)/deployed.run) --max-cases 16 --out $(DEMO)/hard
+	@echo "demo done: datasets/demo-{real,synth,mix}, checkpoints/latest (report.md, plots), $(DEMO_EXPORTS)/deployed, $(DEMO)/abtests, $(DEMO)/hard, $(DEMO)/serve.log"
 
-# Serve checkpoints/latest on 127.0.0.1, send one signed query as a validator would, stop cleanly.
+# Serve the deployed export on 127.0.0.1, send one signed query as a validator would, stop cleanly.
 demo-serve:
 	$(BIN) query --print-hotkey > $(DEMO)/validator.hotkey
-	$(BIN) query --print-hotkey --hotkey-seed 0101010101010101010101010101010101010101010101010101010101010101 > $(DEMO)/axon.hotkey
+	$(BIN) query --print-hotkey --hotkey-seed $(DEMO_AXON_SEED) > $(DEMO)/axon.hotkey
 	printf '[{"hotkey":"%s","uid":1,"stake":50000.0,"validator_permit":true}]\n' "$$(cat $(DEMO)/validator.hotkey)" > $(DEMO)/metagraph.json
-	$(BIN) serve --checkpoint checkpoints/latest --hotkey "$$(cat $(DEMO)/axon.hotkey)" --metagraph $(DEMO)/metagraph.json --port $(DEMO_PORT) --set serve.host=127.0.0.1 --set serve.prediction_log=$(DEMO)/predictions.jsonl 2> $(DEMO)/serve.log & pid=$$!; \
+	$(SV72) serve --checkpoint $(DEMO_EXPORTS)/deployed --hotkey "$$(cat $(DEMO)/axon.hotkey)" --metagraph $(DEMO)/metagraph.json --port $(DEMO_PORT) --set serve.host=127.0.0.1 2> $(DEMO)/serve.log & pid=$$!; \
 	rc=0; $(BIN) query --axon 127.0.0.1:$(DEMO_PORT) --axon-hotkey "$$(cat $(DEMO)/axon.hotkey)" --image $(DEMO)/raw/real/roadwork/roadwork_0000.jpg --wait 120 || rc=$$?; \
 	kill -TERM $$pid; wait $$pid; exit $$rc
 
