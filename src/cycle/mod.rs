@@ -26,3 +26,4 @@ pub mod exit {
     /// `register`: still pending when the timeout ran out.
     pub const REGISTER_TIMEOUT: u8 = 4;
 }
+pub mod mine;
