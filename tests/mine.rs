@@ -132,7 +132,7 @@ mod selection {
             pred("dis", 1, 0, 0, 0.80),       // right, but B says 0.2
             pred("close", 0, 0, 0, 0.20),     // B says 0.35: same side, not a disagreement
             pred("multi", 1, 0, 0, 0.60),     // uncertain at level 0 ...
-            pred("multi", 1, 3, 1, 0.30),     // ... misclassified at level 3
+            pred("multi", 1, 3, 1, 0.25),     // ... misclassified at level 3
             pred("ghost", 1, 0, 0, 0.05),     // not in the manifest
             pred("lonely", 0, 1, 0, 0.99),    // B has no answer for it; misclassified
         ];
@@ -184,7 +184,7 @@ mod selection {
         assert_eq!(case("unsure").false_positive(), None);
         let m = case("multi");
         assert_eq!(m.reasons, [Reason::Misclassified, Reason::Uncertain]);
-        assert_eq!((m.p_a, m.level, m.draw, m.hard_answers), (0.30, Some(3), Some(1), 2));
+        assert_eq!((m.p_a, m.level, m.draw, m.hard_answers), (0.25, Some(3), Some(1), 2));
         assert_eq!(m.path, root.join("img/multi.jpg"));
         assert_eq!(m.origin, Origin::Eval);
         assert_eq!(m.suggested_label(), 1);
@@ -313,16 +313,17 @@ mod selection {
         assert_eq!(head.iter().take(4).collect::<Vec<_>>(), ["path", "label", "source", "generator"]);
         let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), 3);
-        // Disagreements outrank plain uncertainty; the larger gap (0.45 vs 0.9) first.
+        // Disagreements outrank plain uncertainty; the larger gap (0.58 vs 0.1) first.
         assert_eq!(&rows[0][6], "disagreement;uncertain");
-        assert_eq!(&rows[0][7], "0.450000");
-        assert_eq!(&rows[0][8], "0.900000");
-        assert_eq!(&rows[1][7], "0.580000");
+        assert_eq!(&rows[0][7], "0.580000");
+        assert_eq!(&rows[0][8], "0.100000");
+        assert_eq!(&rows[1][7], "0.450000");
+        assert_eq!(&rows[1][8], "0.900000");
         assert_eq!(&rows[2][6], "uncertain");
         assert_eq!(&rows[0][5], "serve");
         let manifest = read_manifest(&out.join("hard_cases.parquet")).unwrap();
         assert_eq!(manifest.len(), 3);
-        assert_eq!((manifest[0].width, manifest[0].height), (224, 224));
+        assert_eq!((manifest[0].width, manifest[0].height), (300, 500));
         assert_eq!(manifest[0].generator, mine::SERVE_GENERATOR);
         // A folder that is not a mine-hard output is never replaced.
         let other = dir.path().join("datasets-of-someone");
@@ -459,7 +460,8 @@ mod cli_e2e {
                 "hard",
             ],
         );
-        assert!(stdout.contains("13 hard image(s), 5 selected"), "{stdout}");
+        // 6 false negatives + 1 false positive from the eval, 2 saved serve images.
+        assert!(stdout.contains("9 hard image(s), 5 selected"), "{stdout}");
         let summary: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.join("hard/summary.json")).unwrap()).unwrap();
         let selection = summary["selection"].as_str().unwrap();
@@ -540,10 +542,17 @@ mod cli_e2e {
         assert_eq!(first["seed"], again[0]["seed"]);
 
         // Clear errors, nothing written.
-        let out = sv72(d, &["mine-hard", "--out", "hard3"]);
+        // With no input flag the default serve log is read (it exists here) ...
+        let stdout = ok(d, &["mine-hard", "--no-embed", "--out", "hard-serve"]);
+        assert!(stdout.contains("2 hard image(s), 1 selected"), "{stdout}");
+        // ... and when it is missing that is the error.
+        let out = sv72(
+            d,
+            &["--set", "serve.prediction_log=logs/none.jsonl", "mine-hard", "--out", "hard3"],
+        );
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("serve.prediction_log") || err.contains("nothing to mine"), "{err}");
+        assert!(err.contains("serve.prediction_log") && err.contains("none.jsonl"), "{err}");
         let out = sv72(d, &["mine-hard", "--eval", "eval/nope.jsonl", "--out", "hard3"]);
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("nope.jsonl"));

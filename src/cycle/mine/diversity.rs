@@ -22,6 +22,15 @@ pub enum Distance {
     L2,
 }
 
+impl Distance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distance::Cosine => "cosine",
+            Distance::L2 => "l2",
+        }
+    }
+}
+
 impl std::str::FromStr for Distance {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -258,14 +258,13 @@ pub fn mine(
                 .filter_map(|(i, v)| v.map(|v| (i, v)))
                 .unzip();
             summary.selection = format!(
-                "k-centre greedy ({:?} distance) on [CLS ; patch mean] of `{backbone}`, \
+                "k-centre greedy ({} distance) on [CLS ; patch mean] of `{backbone}`, \
                  starting at the hardest case ({} embedded: {} from cache, {} computed)",
-                s.distance,
+                s.distance.as_str(),
                 pts.len(),
                 e.cache_hits,
                 e.computed
-            )
-            .to_lowercase();
+            );
             k_center_greedy(&pts, s.max_cases, 0, s.distance)
                 .into_iter()
                 .map(|k| idx[k])
