@@ -21,7 +21,9 @@ fn criteria() -> Criteria {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 mod kcenter {
@@ -44,7 +46,10 @@ mod kcenter {
         // wins), then (0,10), then the centre (7.07), and the near-duplicate (0.1) last.
         let p = square();
         assert_eq!(k_center_greedy(&p, 4, 0, Distance::L2), [0, 4, 2, 3]);
-        assert_eq!(k_center_greedy(&p, 100, 0, Distance::L2), [0, 4, 2, 3, 5, 1]);
+        assert_eq!(
+            k_center_greedy(&p, 100, 0, Distance::L2),
+            [0, 4, 2, 3, 5, 1]
+        );
         assert_eq!(k_center_greedy(&p, 2, 5, Distance::L2), [5, 0]);
         assert!(k_center_greedy(&p, 0, 0, Distance::L2).is_empty());
         assert!(k_center_greedy(&p, 3, 6, Distance::L2).is_empty());
@@ -125,16 +130,16 @@ mod selection {
     fn eval_reasons_ranking_and_merging() {
         let dir = tempfile::tempdir().unwrap();
         let a = vec![
-            pred("fn", 1, 0, 0, 0.10),        // confidently wrong: false negative
-            pred("fp", 0, 2, 0, 0.70),        // wrong, less confident; also in the band
-            pred("unsure", 1, 0, 0, 0.55),    // right side, uncertain
-            pred("sure", 1, 0, 0, 0.95),      // easy: not hard
-            pred("dis", 1, 0, 0, 0.80),       // right, but B says 0.2
-            pred("close", 0, 0, 0, 0.20),     // B says 0.35: same side, not a disagreement
-            pred("multi", 1, 0, 0, 0.60),     // uncertain at level 0 ...
-            pred("multi", 1, 3, 1, 0.25),     // ... misclassified at level 3
-            pred("ghost", 1, 0, 0, 0.05),     // not in the manifest
-            pred("lonely", 0, 1, 0, 0.99),    // B has no answer for it; misclassified
+            pred("fn", 1, 0, 0, 0.10),     // confidently wrong: false negative
+            pred("fp", 0, 2, 0, 0.70),     // wrong, less confident; also in the band
+            pred("unsure", 1, 0, 0, 0.55), // right side, uncertain
+            pred("sure", 1, 0, 0, 0.95),   // easy: not hard
+            pred("dis", 1, 0, 0, 0.80),    // right, but B says 0.2
+            pred("close", 0, 0, 0, 0.20),  // B says 0.35: same side, not a disagreement
+            pred("multi", 1, 0, 0, 0.60),  // uncertain at level 0 ...
+            pred("multi", 1, 3, 1, 0.25),  // ... misclassified at level 3
+            pred("ghost", 1, 0, 0, 0.05),  // not in the manifest
+            pred("lonely", 0, 1, 0, 0.99), // B has no answer for it; misclassified
         ];
         let b = vec![
             pred("fn", 1, 0, 0, 0.12),
@@ -176,7 +181,10 @@ mod selection {
         let case = |id: &str| sel.cases.iter().find(|c| c.id == id).unwrap();
         assert_eq!(case("fn").reasons, [Reason::Misclassified]);
         assert_eq!(case("fn").false_positive(), Some(false));
-        assert_eq!(case("fp").reasons, [Reason::Misclassified, Reason::Uncertain]);
+        assert_eq!(
+            case("fp").reasons,
+            [Reason::Misclassified, Reason::Uncertain]
+        );
         assert_eq!(case("fp").false_positive(), Some(true));
         assert_eq!(case("dis").reasons, [Reason::Disagreement]);
         assert_eq!(case("dis").p_b, Some(0.20));
@@ -184,13 +192,19 @@ mod selection {
         assert_eq!(case("unsure").false_positive(), None);
         let m = case("multi");
         assert_eq!(m.reasons, [Reason::Misclassified, Reason::Uncertain]);
-        assert_eq!((m.p_a, m.level, m.draw, m.hard_answers), (0.25, Some(3), Some(1), 2));
+        assert_eq!(
+            (m.p_a, m.level, m.draw, m.hard_answers),
+            (0.25, Some(3), Some(1), 2)
+        );
         assert_eq!(m.path, root.join("img/multi.jpg"));
         assert_eq!(m.origin, Origin::Eval);
         assert_eq!(m.suggested_label(), 1);
         // Without a second model there are no disagreements.
         let solo = select_eval(&a, None, &manifest, root, &criteria());
-        assert!(solo.cases.iter().all(|c| !c.reasons.contains(&Reason::Disagreement)));
+        assert!(solo
+            .cases
+            .iter()
+            .all(|c| !c.reasons.contains(&Reason::Disagreement)));
         assert!(!solo.cases.iter().any(|c| c.id == "dis"));
         assert_eq!(solo.unmatched, 0);
     }
@@ -221,7 +235,8 @@ mod selection {
             line("2026-10-01T00:00:00Z", "old", 0.5, true, Some("aa.img")),
         ];
         std::fs::write(&log, lines.join("\n") + "\n").unwrap();
-        let read = read_prediction_log(&log, Some("2026-11-01T00:00:00Z".parse().unwrap())).unwrap();
+        let read =
+            read_prediction_log(&log, Some("2026-11-01T00:00:00Z".parse().unwrap())).unwrap();
         assert_eq!(read.older, 1);
         let sel = select_serve(&read.records, &log, &criteria());
         assert_eq!(sel.records, 7);
@@ -310,7 +325,10 @@ mod selection {
         assert!(s.selection.contains("--no-embed"), "{}", s.selection);
         let mut rdr = csv::Reader::from_path(out.join("hard_cases.csv")).unwrap();
         let head = rdr.headers().unwrap().clone();
-        assert_eq!(head.iter().take(4).collect::<Vec<_>>(), ["path", "label", "source", "generator"]);
+        assert_eq!(
+            head.iter().take(4).collect::<Vec<_>>(),
+            ["path", "label", "source", "generator"]
+        );
         let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), 3);
         // Disagreements outrank plain uncertainty; the larger gap (0.58 vs 0.1) first.
@@ -334,7 +352,10 @@ mod selection {
             read: read_prediction_log(&log, None).unwrap(),
         };
         let err = mine::mine(Some(serve), None, None, None, "x", &settings, &other).unwrap_err();
-        assert!(format!("{err:#}").contains("not a previous mine-hard output"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("not a previous mine-hard output"),
+            "{err:#}"
+        );
         assert!(other.join("keep.txt").is_file());
     }
 }
@@ -376,15 +397,21 @@ mod cli_e2e {
             let dir = d.join("raw").join(class);
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..6 {
-                let jpg =
-                    sv72::data::demo::demo_jpeg(7, SourceKind::Real, roadwork, i).unwrap();
+                let jpg = sv72::data::demo::demo_jpeg(7, SourceKind::Real, roadwork, i).unwrap();
                 std::fs::write(dir.join(format!("{i}.jpg")), jpg).unwrap();
             }
         }
         ok(
             d,
             &[
-                "ingest", "--name", "ds", "--folder", "raw", "--source", "real", "--generator",
+                "ingest",
+                "--name",
+                "ds",
+                "--folder",
+                "raw",
+                "--source",
+                "real",
+                "--generator",
                 "demo-photo",
             ],
         );
@@ -498,10 +525,16 @@ mod cli_e2e {
             let neg = p["negative_prompt"].as_str().unwrap();
             if h.label == 1 {
                 assert_eq!(p["label"], "roadwork");
-                assert!(text.contains("roadwork") && !text.contains("no roadwork"), "{text}");
+                assert!(
+                    text.contains("roadwork") && !text.contains("no roadwork"),
+                    "{text}"
+                );
             } else {
                 assert_eq!(p["label"], "none");
-                assert!(text.contains("no roadwork") || text.contains("no construction"), "{text}");
+                assert!(
+                    text.contains("no roadwork") || text.contains("no construction"),
+                    "{text}"
+                );
                 assert!(neg.contains("traffic cones"), "{neg}");
             }
         }
@@ -511,7 +544,13 @@ mod cli_e2e {
         // The labeller's CSV goes straight back into ingest.
         let out = ok(
             d,
-            &["ingest", "--name", "relabelled", "--csv", "hard/hard_cases.csv"],
+            &[
+                "ingest",
+                "--name",
+                "relabelled",
+                "--csv",
+                "hard/hard_cases.csv",
+            ],
         );
         let back = read_manifest(&d.join("datasets/relabelled/manifest.parquet")).unwrap();
         assert_eq!(back.len(), 5, "{out}");
@@ -521,13 +560,22 @@ mod cli_e2e {
         }
         image::open(d.join("hard/contact_sheet.png")).unwrap();
         let md = std::fs::read_to_string(d.join("hard/summary.md")).unwrap();
-        assert!(md.contains("| misclassified |") && md.contains("sv72 ingest"), "{md}");
+        assert!(
+            md.contains("| misclassified |") && md.contains("sv72 ingest"),
+            "{md}"
+        );
 
         // Same inputs, no embeddings: hardness ranking, said so; prompts are deterministic.
         let stdout = ok(
             d,
             &[
-                "mine-hard", "--eval", "eval", "--no-embed", "--max-cases", "5", "--out",
+                "mine-hard",
+                "--eval",
+                "eval",
+                "--no-embed",
+                "--max-cases",
+                "5",
+                "--out",
                 "hard2",
             ],
         );
@@ -548,12 +596,24 @@ mod cli_e2e {
         // ... and when it is missing that is the error.
         let out = sv72(
             d,
-            &["--set", "serve.prediction_log=logs/none.jsonl", "mine-hard", "--out", "hard3"],
+            &[
+                "--set",
+                "serve.prediction_log=logs/none.jsonl",
+                "mine-hard",
+                "--out",
+                "hard3",
+            ],
         );
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("serve.prediction_log") && err.contains("none.jsonl"), "{err}");
-        let out = sv72(d, &["mine-hard", "--eval", "eval/nope.jsonl", "--out", "hard3"]);
+        assert!(
+            err.contains("serve.prediction_log") && err.contains("none.jsonl"),
+            "{err}"
+        );
+        let out = sv72(
+            d,
+            &["mine-hard", "--eval", "eval/nope.jsonl", "--out", "hard3"],
+        );
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("nope.jsonl"));
         assert!(!d.join("hard3").exists());

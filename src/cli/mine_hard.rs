@@ -85,7 +85,9 @@ pub fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     };
     match secs.and_then(|s| i64::try_from(s).ok()) {
         Some(s) => Ok(now - chrono::Duration::seconds(s)),
-        None => bail!("--since {s:?}: use an RFC 3339 time, a date like 2026-11-01, or an age like 7d / 48h"),
+        None => bail!(
+            "--since {s:?}: use an RFC 3339 time, a date like 2026-11-01, or an age like 7d / 48h"
+        ),
     }
 }
 
@@ -145,27 +147,31 @@ fn featurizer(
         return Ok(Ok((bb.clone(), fz)));
     }
     let (dir, explicit) = match &args.checkpoint {
-        Some(c) => (Some(resolve_checkpoint(Some(c), &cfg.paths.checkpoints)?), true),
+        Some(c) => (
+            Some(resolve_checkpoint(Some(c), &cfg.paths.checkpoints)?),
+            true,
+        ),
         None => {
             let from_report = eval_preds
                 .and_then(|p| report_meta(p, "checkpoint"))
                 .map(PathBuf::from)
                 .filter(|p| p.is_dir());
-            let dir = from_report
-                .or_else(|| resolve_checkpoint(None, &cfg.paths.checkpoints).ok());
+            let dir = from_report.or_else(|| resolve_checkpoint(None, &cfg.paths.checkpoints).ok());
             (dir, false)
         }
     };
     let Some(dir) = dir else {
-        return Ok(Err(
-            "no backbone: give --backbone or --checkpoint".into(),
-        ));
+        return Ok(Err("no backbone: give --backbone or --checkpoint".into()));
     };
     let open = || -> Result<(String, Featurizer)> {
         let ck = Checkpoint::<Cpu>::load(&dir, &Default::default())?;
         let mut b = ck.info.config.backbone.clone();
         b.model = ck.info.backbone.name.clone();
-        let fz = Featurizer::open(&b, ck.info.config.augment.target_size, &cfg.paths.feature_cache)?;
+        let fz = Featurizer::open(
+            &b,
+            ck.info.config.augment.target_size,
+            &cfg.paths.feature_cache,
+        )?;
         Ok((ck.info.backbone.name.clone(), fz))
     };
     match open() {
@@ -216,7 +222,9 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         (None, Some(_)) => None,
     };
     if args.model_b.is_some() && serve_log.is_none() {
-        bail!("--model-b scores serve-log images; give --serve-log (for eval outputs use --compare)");
+        bail!(
+            "--model-b scores serve-log images; give --serve-log (for eval outputs use --compare)"
+        );
     }
     let serve = match &serve_log {
         Some(log) => {
@@ -245,7 +253,10 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
                 ),
             };
             let manifest = read_manifest(&manifest_path).with_context(|| {
-                format!("the eval's manifest {} (override with --manifest)", manifest_path.display())
+                format!(
+                    "the eval's manifest {} (override with --manifest)",
+                    manifest_path.display()
+                )
             })?;
             let compare = match &args.compare {
                 Some(c) => {
@@ -280,7 +291,8 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     let mut model_b = match &args.model_b {
         Some(p) => {
             let loader = model_loader(cfg, &device)?;
-            let m = loader(p).with_context(|| format!("--model-b {}: cannot load it", p.display()))?;
+            let m =
+                loader(p).with_context(|| format!("--model-b {}: cannot load it", p.display()))?;
             Some((p.display().to_string(), m))
         }
         None => None,

@@ -61,7 +61,11 @@ pub fn distance(a: &[f32], b: &[f32], metric: Distance) -> f64 {
             if na == 0.0 || nb == 0.0 {
                 return 1.0;
             }
-            let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            let dot: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
             (1.0 - dot / (na * nb)).max(0.0)
         }
     }
@@ -71,7 +75,12 @@ pub fn distance(a: &[f32], b: &[f32], metric: Distance) -> f64 {
 /// chosen so far, until `k` points (or all of them) are chosen. Returns indices in the order
 /// chosen. Ties go to the lowest index, so with points sorted hardest first the harder case
 /// wins; the result is deterministic. `start` out of range (or `k == 0`) gives an empty list.
-pub fn k_center_greedy(points: &[Vec<f32>], k: usize, start: usize, metric: Distance) -> Vec<usize> {
+pub fn k_center_greedy(
+    points: &[Vec<f32>],
+    k: usize,
+    start: usize,
+    metric: Distance,
+) -> Vec<usize> {
     let n = points.len();
     if k == 0 || start >= n {
         return Vec::new();

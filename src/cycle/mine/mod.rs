@@ -115,10 +115,7 @@ fn inspect(case: &Case, s: &Settings, now: &str) -> Result<Selected> {
     let thumb = imageops::thumbnail(&img, write::TILE, write::TILE);
     let label = case.suggested_label();
     let row = match &case.row {
-        Some(r) => ManifestRow {
-            label,
-            ..r.clone()
-        },
+        Some(r) => ManifestRow { label, ..r.clone() },
         None => {
             let path = case.path.canonicalize().unwrap_or(case.path.clone());
             ManifestRow {
@@ -185,14 +182,26 @@ pub fn mine(
             sv.read.bad_lines,
             sel.cases.len()
         ));
-        bump(&mut summary, "serve: unreadable log lines", sv.read.bad_lines);
-        bump(&mut summary, "serve: unscored fallback answers", sel.unscored);
+        bump(
+            &mut summary,
+            "serve: unreadable log lines",
+            sv.read.bad_lines,
+        );
+        bump(
+            &mut summary,
+            "serve: unscored fallback answers",
+            sel.unscored,
+        );
         bump(
             &mut summary,
             "serve: hard answers without a saved image",
             sel.without_image,
         );
-        bump(&mut summary, "serve: saved images missing", sel.missing_files);
+        bump(
+            &mut summary,
+            "serve: saved images missing",
+            sel.missing_files,
+        );
         let mut cases = sel.cases;
         if let Some((name, model)) = model_b {
             let paths: Vec<PathBuf> = cases.iter().map(|c| c.path.clone()).collect();

@@ -174,7 +174,8 @@ pub fn prompt_for(case: &Case, attrs: Option<SceneAttrs>, seed: u64) -> Prompt {
             format!("no roadwork at all, but things that resemble it: {d}, ordinary traffic")
         }
         (false, _) => {
-            let mut s = "ordinary traffic, no construction, no traffic cones, no barriers".to_string();
+            let mut s =
+                "ordinary traffic, no construction, no traffic cones, no barriers".to_string();
             if orange {
                 s.push_str(", some orange objects that are not roadwork");
             }
@@ -201,12 +202,24 @@ pub fn prompt_for(case: &Case, attrs: Option<SceneAttrs>, seed: u64) -> Prompt {
         target,
         label: if roadwork { "roadwork" } else { "none" }.into(),
         label_known: case.known_label.is_some(),
-        error: fp.map(|fp| if fp { "false_positive" } else { "false_negative" }.into()),
+        error: fp.map(|fp| {
+            if fp {
+                "false_positive"
+            } else {
+                "false_negative"
+            }
+            .into()
+        }),
         reasons: case.reasons.clone(),
         level: case.level,
         attrs,
         seed: gen_seed,
         prompt,
-        negative_prompt: if roadwork { ROADWORK_NEGATIVE } else { NONE_NEGATIVE }.into(),
+        negative_prompt: if roadwork {
+            ROADWORK_NEGATIVE
+        } else {
+            NONE_NEGATIVE
+        }
+        .into(),
     }
 }

@@ -348,8 +348,7 @@ pub fn select_serve(records: &[LoggedPrediction], log_path: &Path, c: &Criteria)
                 }
             },
         };
-        let h = hardness(r.prediction, None, &reasons)
-            .max(1.0 - 2.0 * (r.prediction - 0.5).abs());
+        let h = hardness(r.prediction, None, &reasons).max(1.0 - 2.0 * (r.prediction - 0.5).abs());
         cases.push(Case {
             id,
             path,

@@ -77,7 +77,10 @@ pub fn count(summary: &mut Summary, candidates: &[Case], selected: &[Selected]) 
         for r in &c.reasons {
             summary.by_reason.entry(r.as_str().into()).or_default()[slot] += 1;
         }
-        summary.by_origin.entry(c.origin.as_str().into()).or_default()[slot] += 1;
+        summary
+            .by_origin
+            .entry(c.origin.as_str().into())
+            .or_default()[slot] += 1;
         summary
             .by_label
             .entry(label_name(c.suggested_label()).into())
@@ -165,7 +168,10 @@ pub fn contact_sheet(selected: &[Selected], max: usize) -> RgbImage {
             }
         }
         let t = &s.thumb;
-        let (dx, dy) = ((TILE - t.width().min(TILE)) / 2, (TILE - t.height().min(TILE)) / 2);
+        let (dx, dy) = (
+            (TILE - t.width().min(TILE)) / 2,
+            (TILE - t.height().min(TILE)) / 2,
+        );
         imageops::replace(
             &mut sheet,
             t,
@@ -255,7 +261,8 @@ pub fn check_out_dir(out: &Path) -> Result<()> {
         return Ok(());
     };
     let empty = entries.next().is_none();
-    if !empty && !(out.join(SUMMARY_JSON).is_file() && out.join(CSV_FILE).is_file()) {
+    let previous = out.join(SUMMARY_JSON).is_file() && out.join(CSV_FILE).is_file();
+    if !empty && !previous {
         bail!(
             "--out {}: the folder exists and is not a previous mine-hard output; \
              give a new or empty folder",
