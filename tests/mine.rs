@@ -343,6 +343,15 @@ mod selection {
         assert_eq!(manifest.len(), 3);
         assert_eq!((manifest[0].width, manifest[0].height), (300, 500));
         assert_eq!(manifest[0].generator, mine::SERVE_GENERATOR);
+        // Re-running into the same folder replaces the previous output whole.
+        let serve = ServeInput {
+            log: log.clone(),
+            read: read_prediction_log(&log, None).unwrap(),
+        };
+        let s2 = mine::mine(Some(serve), None, None, None, "--no-embed", &settings, &out).unwrap();
+        assert!(!s2.by_reason.contains_key("disagreement"));
+        let csv2 = std::fs::read_to_string(out.join("hard_cases.csv")).unwrap();
+        assert!(!csv2.contains("disagreement"), "{csv2}");
         // A folder that is not a mine-hard output is never replaced.
         let other = dir.path().join("datasets-of-someone");
         std::fs::create_dir_all(&other).unwrap();

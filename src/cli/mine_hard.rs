@@ -92,11 +92,16 @@ pub fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
 }
 
 /// `predictions.jsonl` of an eval folder, or the file itself.
-fn predictions_file(p: &Path) -> PathBuf {
+fn predictions_file(flag: &str, p: &Path) -> Result<PathBuf> {
     if p.is_dir() {
-        p.join(PREDICTIONS_FILE)
+        Ok(p.join(PREDICTIONS_FILE))
+    } else if p.exists() {
+        Ok(p.to_path_buf())
     } else {
-        p.to_path_buf()
+        bail!(
+            "{flag} {}: no such eval folder or {PREDICTIONS_FILE} (run `sv72 eval --out DIR` first)",
+            p.display()
+        )
     }
 }
 
@@ -240,7 +245,11 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         }
         None => None,
     };
-    let eval_preds = args.eval.as_deref().map(predictions_file);
+    let eval_preds = args
+        .eval
+        .as_deref()
+        .map(|p| predictions_file("--eval", p))
+        .transpose()?;
     let eval = match &eval_preds {
         Some(preds_path) => {
             let predictions = read_predictions(preds_path)?;
@@ -260,7 +269,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
             })?;
             let compare = match &args.compare {
                 Some(c) => {
-                    let p = predictions_file(c);
+                    let p = predictions_file("--compare", c)?;
                     let preds = read_predictions(&p)?;
                     Some((p, preds))
                 }

@@ -305,6 +305,13 @@ pub fn mine(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // k-centre greedy decides which cases; the labeller reads them hardest first.
+    selected.sort_by(|a, b| {
+        b.case
+            .hardness
+            .total_cmp(&a.case.hardness)
+            .then(a.case.id.cmp(&b.case.id))
+    });
     bump(&mut summary, "unreadable images", unreadable);
     write::count(&mut summary, &candidates, &selected);
     write_outputs(

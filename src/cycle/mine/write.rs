@@ -248,7 +248,7 @@ pub fn render_summary(s: &Summary, out: &Path) -> String {
          `sv72 ingest --source synthetic --generator <name>`.\n\n\
          ![contact sheet]({CONTACT_SHEET})\n\n\
          Contact sheet: hardest first; orange border = roadwork, blue = none (suggested label); \
-         red corner = misclassified, yellow corner = two models disagree.",
+         red corner = misclassified, yellow corner = two models disagree.\n",
         csv.display()
     );
     m
