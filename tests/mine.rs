@@ -72,6 +72,27 @@ mod kcenter {
         assert!((mine::distance(&p[0], &p[3], Distance::Cosine) - 2.0).abs() < 1e-12);
     }
 
+    /// Timing at a realistic size (10k candidates, ViT-S `[CLS ; patch mean]` = 768 dims,
+    /// 500 kept): `cargo test --test mine -- --ignored --nocapture kcenter_timing`.
+    #[test]
+    #[ignore]
+    fn kcenter_timing() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let pts: Vec<Vec<f32>> = (0..10_000)
+            .map(|_| (0..768).map(|_| rng.random::<f32>() - 0.5).collect())
+            .collect();
+        for metric in [Distance::Cosine, Distance::L2] {
+            let t = std::time::Instant::now();
+            let pick = k_center_greedy(&pts, 500, 0, metric);
+            assert_eq!(pick.len(), 500);
+            println!(
+                "k-centre {metric:?}: 10000 x 768 -> 500 in {:?}",
+                t.elapsed()
+            );
+        }
+    }
+
     #[test]
     fn respects_max_and_covers_clusters() {
         // Three tight clusters of 20 points; k = 3 must take one point of each.
@@ -573,6 +594,36 @@ mod cli_e2e {
             md.contains("| misclassified |") && md.contains("sv72 ingest"),
             "{md}"
         );
+
+        // A second model's eval on the same manifest: it says 0.9 on every roadwork image,
+        // where A said 0.2, so all six disagree.
+        let b: Vec<EvalPrediction> = preds
+            .iter()
+            .map(|p| EvalPrediction {
+                prob: if p.label == 1 { 0.9 } else { p.prob },
+                ..p.clone()
+            })
+            .collect();
+        std::fs::create_dir_all(d.join("eval-b")).unwrap();
+        write_predictions(&d.join("eval-b/predictions.jsonl"), &b).unwrap();
+        ok(
+            d,
+            &[
+                "mine-hard",
+                "--eval",
+                "eval",
+                "--compare",
+                "eval-b",
+                "--no-embed",
+                "--out",
+                "hard-ab",
+            ],
+        );
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("hard-ab/summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(s["by_reason"]["disagreement"], serde_json::json!([6, 6]));
+        assert_eq!(s["by_reason"]["misclassified"], serde_json::json!([7, 7]));
 
         // Same inputs, no embeddings: hardness ranking, said so; prompts are deterministic.
         let stdout = ok(

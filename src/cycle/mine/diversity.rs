@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use image::DynamicImage;
+use rayon::prelude::*;
 
 use crate::features::embed::{compute_features, NO_AUG};
 use crate::features::FeatureCache;
@@ -85,13 +86,41 @@ pub fn k_center_greedy(
     if k == 0 || start >= n {
         return Vec::new();
     }
+    // Cosine on unit vectors is 1 − dot: normalise once instead of per pair.
+    let unit: Option<Vec<Vec<f32>>> = (metric == Distance::Cosine).then(|| {
+        points
+            .iter()
+            .map(|p| {
+                let n = norm(p);
+                p.iter()
+                    .map(|x| {
+                        if n == 0.0 {
+                            0.0
+                        } else {
+                            (f64::from(*x) / n) as f32
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    let dist = |i: usize, j: usize| -> f64 {
+        match &unit {
+            Some(u) => {
+                let dot: f64 = u[i]
+                    .iter()
+                    .zip(&u[j])
+                    .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                    .sum();
+                (1.0 - dot).max(0.0)
+            }
+            None => distance(&points[i], &points[j], metric),
+        }
+    };
     let mut chosen = vec![start];
     let mut taken = vec![false; n];
     taken[start] = true;
-    let mut nearest: Vec<f64> = points
-        .iter()
-        .map(|p| distance(p, &points[start], metric))
-        .collect();
+    let mut nearest: Vec<f64> = (0..n).into_par_iter().map(|i| dist(i, start)).collect();
     while chosen.len() < k.min(n) {
         let mut best: Option<(usize, f64)> = None;
         for (i, d) in nearest.iter().enumerate() {
@@ -106,11 +135,11 @@ pub fn k_center_greedy(
         let Some((pick, _)) = best else { break };
         taken[pick] = true;
         chosen.push(pick);
-        for (i, slot) in nearest.iter_mut().enumerate() {
-            if !taken[i] {
-                *slot = slot.min(distance(&points[i], &points[pick], metric));
-            }
-        }
+        nearest
+            .par_iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !taken[*i])
+            .for_each(|(i, slot)| *slot = slot.min(dist(i, pick)));
     }
     chosen
 }
