@@ -438,6 +438,9 @@ pub struct CycleConfig {
     pub max_psi: f64,
     /// Alert when the serve log holds more new hard cases than this.
     pub max_hard_cases: usize,
+    /// Uncertain share and PSI raise alerts only with at least this many answers in the window
+    /// (a handful of answers says nothing about drift).
+    pub min_answers: usize,
     /// Serve-log window read by the check, in days.
     pub window_days: u32,
     /// Lock file that keeps two `--run`s from overlapping.
@@ -458,6 +461,7 @@ impl Default for CycleConfig {
             max_uncertain_share: 0.2,
             max_psi: 0.2,
             max_hard_cases: 500,
+            min_answers: 100,
             window_days: 7,
             lock_file: "checkpoints/.retrain.lock".into(),
             pipeline: Vec::new(),

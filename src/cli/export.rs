@@ -1,16 +1,188 @@
-//! `sv72 export` (built in issue #6).
+//! `sv72 export`: a checkpoint as a Hugging Face image-classification folder, optionally pushed.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
 
 use super::Ctx;
+use crate::export::{self, ExportRequest, Form, PushOptions, Version};
+use crate::serve::keys::{default_wallet_path, read_wallet_hotkey};
+use crate::serve::model::{CheckpointPredictor, ExportPredictor, LoadOptions};
+use crate::serve::Predictor;
 
 /// Flags of `sv72 export`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Checkpoint folder or pointer file (default: paths.checkpoints/latest).
+    pub checkpoint: Option<PathBuf>,
+    /// The miner's hotkey (SS58) written to model_card.json `submitted_by`.
+    #[arg(long, value_name = "SS58")]
+    pub hotkey: String,
+    /// Version X.Y.Z (default: the previous export's version with the patch bumped, or 1.0.0).
+    #[arg(long, value_name = "X.Y.Z")]
+    pub version: Option<String>,
+    /// Push the export to this Hugging Face model repository (token from HF_TOKEN).
+    #[arg(long, value_name = "ORG/REPO")]
+    pub push: Option<String>,
+    /// Check --hotkey against this wallet's hotkey (stops on a mismatch).
+    #[arg(long, value_name = "NAME")]
+    pub wallet: Option<String>,
+    /// Hotkey name inside --wallet (default: serve.wallet_hotkey).
+    #[arg(long, value_name = "NAME", requires = "wallet")]
+    pub wallet_hotkey: Option<String>,
+    /// Bittensor wallets folder (default: ~/.bittensor/wallets).
+    #[arg(long, value_name = "DIR")]
+    pub wallets_path: Option<PathBuf>,
+    /// After exporting, score these images through the checkpoint and through the export and
+    /// compare (repeatable).
+    #[arg(long = "selfcheck", value_name = "IMAGE")]
+    pub selfcheck: Vec<PathBuf>,
+    /// Write the self-check probabilities as JSON (for `tools/export_reference.py --check`).
+    #[arg(long, value_name = "FILE", requires = "selfcheck")]
+    pub selfcheck_out: Option<PathBuf>,
+}
 
 /// Runs `sv72 export`.
-pub fn run(_args: Args, _ctx: &Ctx) -> Result<ExitCode> {
-    super::not_yet("export", 6)
+pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
+    let cfg = &ctx.config;
+    let wallet_hotkey = match &args.wallet {
+        Some(w) => {
+            let hk = args
+                .wallet_hotkey
+                .clone()
+                .unwrap_or_else(|| cfg.serve.wallet_hotkey.clone());
+            let root = args
+                .wallets_path
+                .clone()
+                .unwrap_or_else(default_wallet_path);
+            Some(read_wallet_hotkey(&root, w, &hk)?)
+        }
+        None => None,
+    };
+    export::check_hotkey(&args.hotkey, wallet_hotkey.as_deref())?;
+    let version = args
+        .version
+        .as_deref()
+        .map(|v| v.parse::<Version>().context("--version"))
+        .transpose()?;
+    // Fail before any work when the push cannot happen.
+    let push = match &args.push {
+        Some(repo) => {
+            let ok = repo.split('/').count() == 2 && repo.split('/').all(|p| !p.is_empty());
+            if !ok {
+                bail!("--push {repo:?} must be ORG/REPO");
+            }
+            let token = std::env::var("HF_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty());
+            let Some(token) = token else {
+                bail!(
+                    "--push needs a Hugging Face write token in the HF_TOKEN environment \
+                     variable (create one at https://huggingface.co/settings/tokens); nothing \
+                     was exported"
+                );
+            };
+            Some((repo.clone(), token))
+        }
+        None => None,
+    };
+    let req = ExportRequest {
+        checkpoint: args.checkpoint.clone(),
+        checkpoints_root: cfg.paths.checkpoints.clone(),
+        exports_root: cfg.paths.exports.clone(),
+        model_name: cfg.export.model_name.clone(),
+        description: cfg.export.description.clone(),
+        license: cfg.export.license.clone(),
+        hotkey: args.hotkey.clone(),
+        version,
+        feature_cache: cfg.paths.feature_cache.clone(),
+        fail_after: None,
+    };
+    let out = export::export_checkpoint(&req)?;
+    println!(
+        "exported {} (run {}, {} {}) to {}",
+        out.version,
+        out.run_id,
+        out.family.name(),
+        out.form.class(),
+        out.dir.display()
+    );
+    if out.form == Form::Custom {
+        eprintln!(
+            "WARNING: {} uses custom code (modeling_sv72.py): transformers has no built-in class \
+             for this backbone/head. The subnet's reference miner cannot load it without \
+             trust_remote_code=True; `sv72 serve` can.",
+            out.dir.display()
+        );
+    }
+    if !args.selfcheck.is_empty() {
+        selfcheck(&args, ctx, &out.dir)?;
+    }
+    if let Some((repo, token)) = push {
+        let opts = PushOptions {
+            endpoint: cfg.export.hf_endpoint.clone(),
+            token,
+            private: cfg.export.private,
+            revision: "main".into(),
+            commit_message: format!(
+                "sv72 export {} {} (run {})",
+                cfg.export.model_name, out.version, out.run_id
+            ),
+        };
+        match export::push_folder(&out.dir, &repo, &opts) {
+            Ok(r) => println!("pushed {} files to {}", r.files.len(), r.url),
+            Err(e) => bail!(
+                "push to {repo} failed: {e:#}; the export stays at {} — push it again with a \
+                 later `sv72 export --push` of a new version or upload the folder by hand",
+                out.dir.display()
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Scores the self-check images through the checkpoint and the export, prints the largest
+/// difference and optionally writes both as JSON.
+fn selfcheck(args: &Args, ctx: &Ctx, dir: &std::path::Path) -> Result<()> {
+    let cfg = &ctx.config;
+    let opts = LoadOptions::from_config(cfg);
+    let dev = Default::default();
+    let ck_path = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| cfg.paths.checkpoints.join(crate::train::checkpoint::LATEST));
+    let mut ck = CheckpointPredictor::<crate::backend::Cpu>::load(&ck_path, &dev, &opts)?;
+    let mut ex = ExportPredictor::<crate::backend::Cpu>::load(dir, &dev, &opts)?;
+    let mut images = Vec::new();
+    for p in &args.selfcheck {
+        let img = image::open(p)
+            .with_context(|| format!("--selfcheck {}: cannot decode the image", p.display()))?;
+        images.push(crate::model::preprocess::to_rgb(&img));
+    }
+    let a = ck.predict(&images)?;
+    let b = ex.predict(&images)?;
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    println!(
+        "selfcheck: {} images, max |checkpoint - export| = {max:.2e}",
+        images.len()
+    );
+    if let Some(out) = &args.selfcheck_out {
+        let rows: Vec<_> = args
+            .selfcheck
+            .iter()
+            .zip(a.iter().zip(&b))
+            .map(|(p, (x, y))| json!({"image": p.display().to_string(), "checkpoint": x, "export": y}))
+            .collect();
+        crate::util::fsx::write_json_atomic(
+            out,
+            &json!({"export": dir.display().to_string(), "images": rows, "max_abs_diff": max}),
+        )?;
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ use crate::config::Config;
 
 pub mod ab_test;
 pub mod demo_data;
+pub mod deploy;
 pub mod embed;
 pub mod eval;
 pub mod export;
@@ -53,6 +54,8 @@ pub enum Command {
     AbTest(ab_test::Args),
     /// Export a checkpoint in the Hugging Face format the subnet expects (and push it).
     Export(export::Args),
+    /// Point exports/deployed at an export (what serve answers with and retrain-check reads).
+    Deploy(deploy::Args),
     /// Register the miner and its model with NATIX (replaces the subnet's register.sh).
     Register(register::Args),
     /// Run the miner axon that answers validators.
@@ -78,6 +81,8 @@ pub enum Command {
 pub struct Ctx {
     pub config: Config,
     pub config_path: Option<PathBuf>,
+    /// The `--set` overrides as given (passed on to child processes).
+    pub overrides: Vec<String>,
 }
 
 /// Parses the command line, runs the subcommand, and maps errors to a message and exit code 1.
@@ -111,6 +116,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let ctx = Ctx {
         config,
         config_path: cli.config,
+        overrides: cli.overrides,
     };
     match cli.command {
         Command::Ingest(a) => ingest::run(a, &ctx),
@@ -119,6 +125,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval::run(a, &ctx),
         Command::AbTest(a) => ab_test::run(a, &ctx),
         Command::Export(a) => export::run(a, &ctx),
+        Command::Deploy(a) => deploy::run(a, &ctx),
         Command::Register(a) => register::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Query(a) => query::run(a, &ctx),

@@ -1,5 +1,13 @@
 //! The 60-day cycle: knowing when to retrain, and the exit codes scripts branch on.
 
+pub mod calendar;
+pub mod check;
+pub mod deployed;
+pub mod lock;
+pub mod pipeline;
+pub mod schedule;
+pub mod signals;
+
 /// Exit statuses shared by the cycle's subcommands, so cron jobs and scripts can branch on them.
 ///
 /// 0 is success and 1 an error in every subcommand; clap uses 2 for a usage error. The rest are

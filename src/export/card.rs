@@ -114,7 +114,7 @@ impl ModelCard {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
-                "cannot read the model card {} (is a model deployed? see `sv72 export --deploy`)",
+                "cannot read the model card {} (is a model deployed? see `sv72 deploy`)",
                 path.display()
             )
         })?;

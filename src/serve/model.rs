@@ -18,9 +18,12 @@ use std::sync::Arc;
 use super::batcher::{Loader, Predictor};
 use crate::features::embed::extract_rows;
 use crate::model::preprocess::Preprocess;
+use crate::model::weights::{Weights, SINGLE_FILE as WEIGHTS_FILE};
 use crate::model::{dinov2, dinov3, hub, model_type, BackboneOutput, FeatureExtractor};
-use crate::train::checkpoint::{resolve_checkpoint, Checkpoint, HEAD_FILE};
+use crate::train::checkpoint::{resolve_checkpoint, Checkpoint, RunInfo, HEAD_FILE};
 use crate::train::data::head_input;
+use crate::train::head::{Head, NamedTensors};
+use std::collections::HashMap;
 
 /// Folder inside an export (or checkpoint) holding its own backbone snapshot; when present it
 /// is used instead of resolving `run.yaml`'s backbone name through the Hugging Face cache.
@@ -97,6 +100,45 @@ impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
     }
 }
 
+/// The backbone snapshot of a checkpoint: its bundled `backbone/` folder, else `run.yaml`'s
+/// backbone resolved through the Hugging Face cache.
+pub fn checkpoint_snapshot(dir: &Path, info: &RunInfo) -> Result<PathBuf> {
+    let bundled = dir.join(BUNDLED_BACKBONE);
+    if bundled.join("config.json").is_file() {
+        return Ok(bundled);
+    }
+    hub::resolve_backbone(&info.backbone.name, &info.config.backbone.revision).with_context(|| {
+        format!(
+            "checkpoint {} was trained on backbone {:?}, which is not available here",
+            dir.display(),
+            info.backbone.name
+        )
+    })
+}
+
+/// The preprocessing a checkpoint's features were computed with: rebuilt from the run's config
+/// and checked against the id recorded in `run.yaml`.
+pub fn training_preprocess<B: Backend>(ck: &Checkpoint<B>, snapshot: &Path) -> Result<Preprocess> {
+    let info = &ck.info;
+    let want = &info.backbone.preprocess;
+    let size = info.config.augment.target_size;
+    let mut tried = Vec::new();
+    for kind in candidate_kinds(&info.config.backbone.preprocess) {
+        let p = crate::cli::embed::preprocess_for(&kind, snapshot, size)?;
+        if &p.id() == want {
+            return Ok(p);
+        }
+        tried.push(format!("{kind} = {}", p.id()));
+    }
+    bail!(
+        "{}: run.yaml says the features were preprocessed as {want}, but backbone {} gives \
+         {} (target size {size}); serving would not match training",
+        ck.dir.display(),
+        snapshot.display(),
+        tried.join(", ")
+    )
+}
+
 /// A checkpoint served as a [`Predictor`]: preprocessing → backbone → `[CLS ; patch mean]` →
 /// head → calibrated probability, batched.
 pub struct CheckpointPredictor<B: Backend> {
@@ -128,20 +170,8 @@ impl<B: Backend> CheckpointPredictor<B> {
         let dir = resolve_checkpoint(Some(path), root)?;
         let checkpoint = Checkpoint::<B>::load(&dir, device)?;
         let info = &checkpoint.info;
-        let bundled = dir.join(BUNDLED_BACKBONE);
-        let snapshot = if bundled.join("config.json").is_file() {
-            bundled
-        } else {
-            hub::resolve_backbone(&info.backbone.name, &info.config.backbone.revision)
-                .with_context(|| {
-                    format!(
-                        "checkpoint {} was trained on backbone {:?}, which is not available here",
-                        dir.display(),
-                        info.backbone.name
-                    )
-                })?
-        };
-        let preprocess = Self::training_preprocess(&checkpoint, &snapshot)?;
+        let snapshot = checkpoint_snapshot(&dir, info)?;
+        let preprocess = training_preprocess(&checkpoint, &snapshot)?;
         if opts.verify_weights && info.backbone.weights_hash.starts_with("bb-") {
             let key = crate::features::backbone_key(&snapshot, &opts.feature_cache)?;
             if key != info.backbone.weights_hash {
@@ -180,29 +210,6 @@ impl<B: Backend> CheckpointPredictor<B> {
         })
     }
 
-    /// The preprocessing the run's features were computed with: rebuilt from the run's config
-    /// and checked against the id recorded in `run.yaml`.
-    fn training_preprocess(ck: &Checkpoint<B>, snapshot: &Path) -> Result<Preprocess> {
-        let info = &ck.info;
-        let want = &info.backbone.preprocess;
-        let size = info.config.augment.target_size;
-        let mut tried = Vec::new();
-        for kind in candidate_kinds(&info.config.backbone.preprocess) {
-            let p = crate::cli::embed::preprocess_for(&kind, snapshot, size)?;
-            if &p.id() == want {
-                return Ok(p);
-            }
-            tried.push(format!("{kind} = {}", p.id()));
-        }
-        bail!(
-            "{}: run.yaml says the features were preprocessed as {want}, but backbone {} gives \
-             {} (target size {size}); serving would not match training",
-            ck.dir.display(),
-            snapshot.display(),
-            tried.join(", ")
-        )
-    }
-
     /// The loaded checkpoint.
     pub fn checkpoint(&self) -> &Checkpoint<B> {
         &self.checkpoint
@@ -220,42 +227,60 @@ impl<B: Backend> CheckpointPredictor<B> {
 
     /// Head inputs `[CLS ; patch mean]` of `images`, row-major `[n, 2·hidden]`.
     pub fn features(&self, images: &[RgbImage]) -> Result<Vec<f32>> {
-        let d2 = 2 * self.backbone.hidden_size();
-        let mut out = vec![0f32; images.len() * d2];
-        let prepared: Vec<(Vec<f32>, (u32, u32))> = images
-            .par_iter()
-            .map(|im| {
-                (
-                    self.preprocess.pixel_values_rgb(im),
-                    self.preprocess.output_size(im.width(), im.height()),
-                )
-            })
-            .collect();
-        // Group by output size: a processor recipe without a crop keeps aspect ratios.
-        let mut order: Vec<usize> = (0..images.len()).collect();
-        order.sort_by_key(|&i| prepared[i].1);
-        for group in order.chunk_by(|&a, &b| prepared[a].1 == prepared[b].1) {
-            let (h, w) = prepared[group[0]].1;
-            for chunk in group.chunks(self.max_batch) {
-                let mut pixels = Vec::with_capacity(chunk.len() * 3 * (h * w) as usize);
-                for &i in chunk {
-                    pixels.extend_from_slice(&prepared[i].0);
-                }
-                let rows = extract_rows(
-                    &self.backbone,
-                    &self.device,
-                    pixels,
-                    chunk.len(),
-                    h as usize,
-                    w as usize,
-                )?;
-                for (&i, r) in chunk.iter().zip(&rows) {
-                    out[i * d2..(i + 1) * d2].copy_from_slice(&head_input(r));
-                }
+        head_features(
+            &self.backbone,
+            &self.preprocess,
+            &self.device,
+            self.max_batch,
+            images,
+        )
+    }
+}
+
+/// Head inputs `[CLS ; patch mean]` of `images` through `backbone`, row-major
+/// `[n, 2·hidden]`, in forward passes of at most `max_batch` images.
+pub fn head_features<B: Backend>(
+    backbone: &Backbone<B>,
+    preprocess: &Preprocess,
+    device: &B::Device,
+    max_batch: usize,
+    images: &[RgbImage],
+) -> Result<Vec<f32>> {
+    let d2 = 2 * backbone.hidden_size();
+    let mut out = vec![0f32; images.len() * d2];
+    let prepared: Vec<(Vec<f32>, (u32, u32))> = images
+        .par_iter()
+        .map(|im| {
+            (
+                preprocess.pixel_values_rgb(im),
+                preprocess.output_size(im.width(), im.height()),
+            )
+        })
+        .collect();
+    // Group by output size: a processor recipe without a crop keeps aspect ratios.
+    let mut order: Vec<usize> = (0..images.len()).collect();
+    order.sort_by_key(|&i| prepared[i].1);
+    for group in order.chunk_by(|&a, &b| prepared[a].1 == prepared[b].1) {
+        let (h, w) = prepared[group[0]].1;
+        for chunk in group.chunks(max_batch) {
+            let mut pixels = Vec::with_capacity(chunk.len() * 3 * (h * w) as usize);
+            for &i in chunk {
+                pixels.extend_from_slice(&prepared[i].0);
+            }
+            let rows = extract_rows(
+                backbone,
+                device,
+                pixels,
+                chunk.len(),
+                h as usize,
+                w as usize,
+            )?;
+            for (&i, r) in chunk.iter().zip(&rows) {
+                out[i * d2..(i + 1) * d2].copy_from_slice(&head_input(r));
             }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 impl<B: Backend> Predictor for CheckpointPredictor<B>
@@ -292,6 +317,151 @@ where
     }
 }
 
+/// An export folder (`sv72 export`) served as a [`Predictor`]: the backbone and classifier from
+/// its `model.safetensors`, preprocessing from its `preprocessor_config.json`, answering
+/// `softmax(logits)[Roadwork]` (calibration is already folded into the classifier).
+pub struct ExportPredictor<B: Backend> {
+    backbone: Backbone<B>,
+    head: Head<B>,
+    preprocess: Preprocess,
+    device: B::Device,
+    max_batch: usize,
+    version: String,
+    dir: PathBuf,
+}
+
+impl<B: Backend> ExportPredictor<B> {
+    /// Loads an export folder, a symlink to one (`exports/deployed`) or a pointer file
+    /// (`exports/latest`).
+    pub fn load(path: &Path, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
+        let dir = crate::export::resolve_export(path)?;
+        let backbone = Backbone::<B>::load(&dir, device)
+            .with_context(|| format!("loading the backbone of export {}", dir.display()))?;
+        let preprocess = Preprocess::from_snapshot(&dir)?;
+        let weights = Weights::open(&dir)?;
+        let mut tensors: NamedTensors = HashMap::new();
+        for name in [
+            "classifier.weight",
+            "classifier.bias",
+            "hidden.weight",
+            "hidden.bias",
+        ] {
+            if weights.contains(name) {
+                let (v, shape) = weights.f32_data(name)?;
+                tensors.insert(name.to_string(), (shape, v));
+            }
+        }
+        let head = Head::from_named_tensors(&tensors, &dir.join(WEIGHTS_FILE), device)?;
+        let d = backbone.hidden_size();
+        if head.input_dim() != 2 * d {
+            bail!(
+                "{}: classifier input width {} does not fit the backbone (hidden size {d}, needs {})",
+                dir.display(),
+                head.input_dim(),
+                2 * d
+            );
+        }
+        // Through `exports/deployed` the version names the export, not the link.
+        let name = std::fs::canonicalize(&dir)
+            .unwrap_or_else(|_| dir.clone())
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| dir.display().to_string());
+        let sums = dir.join(crate::export::SUMS_FILE);
+        let version = match crate::util::hash::file_hash(&sums) {
+            Ok(h) => format!("{name}-{}", &h[..8]),
+            Err(_) => name,
+        };
+        Ok(Self {
+            backbone,
+            head,
+            preprocess,
+            device: device.clone(),
+            max_batch: opts.max_batch.max(1),
+            version,
+            dir,
+        })
+    }
+
+    /// The export folder in use.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The preprocessing applied to every request image.
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+}
+
+impl<B: Backend> Predictor for ExportPredictor<B>
+where
+    ExportPredictor<B>: Send,
+{
+    fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(im) = images.iter().find(|im| im.width() == 0 || im.height() == 0) {
+            bail!(
+                "image of size {}x{} cannot be scored",
+                im.width(),
+                im.height()
+            );
+        }
+        let features = head_features(
+            &self.backbone,
+            &self.preprocess,
+            &self.device,
+            self.max_batch,
+            images,
+        )?;
+        let margins = self.head.margins(&features, &self.device)?;
+        margins
+            .into_iter()
+            .map(|z| {
+                // softmax over two logits = sigmoid of their difference.
+                let p = crate::metrics::sigmoid(z);
+                if p.is_finite() {
+                    Ok(p.clamp(0.0, 1.0) as f32)
+                } else {
+                    bail!("model {} produced a non-finite probability", self.version)
+                }
+            })
+            .collect()
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+}
+
+/// Whether `path` names an export (folder, symlink or pointer file) rather than a checkpoint.
+pub fn is_export_path(path: &Path) -> bool {
+    crate::export::resolve_export(path)
+        .map(|d| crate::export::is_export_dir(&d))
+        .unwrap_or(false)
+}
+
+/// Loads a checkpoint or an export as a boxed [`Predictor`] on `device`.
+pub fn load_predictor<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    opts: &LoadOptions,
+) -> Result<Box<dyn Predictor>>
+where
+    CheckpointPredictor<B>: Send,
+    ExportPredictor<B>: Send,
+{
+    if is_export_path(path) {
+        Ok(Box::new(ExportPredictor::<B>::load(path, device, opts)?))
+    } else {
+        Ok(Box::new(CheckpointPredictor::<B>::load(
+            path, device, opts,
+        )?))
+    }
+}
+
 /// The deployed model `sv72 serve` loads when no `--checkpoint` is given: `serve.model` when it
 /// exists, else `paths.checkpoints/latest`.
 pub fn default_model_path(cfg: &crate::config::Config) -> PathBuf {
@@ -302,15 +472,15 @@ pub fn default_model_path(cfg: &crate::config::Config) -> PathBuf {
     }
 }
 
-/// The loader (also `serve`'s hot-swap loader) for deployed models on `device` (`cpu`, or `cuda` in a CUDA build with
-/// `backbone.dtype` precision); each call loads a [`CheckpointPredictor`].
+/// The loader (also `serve`'s hot-swap loader) for deployed models on `device` (`cpu`, or `cuda`
+/// in a CUDA build with `backbone.dtype` precision); each call loads a [`CheckpointPredictor`]
+/// or, for an export folder (or `exports/deployed`, `exports/latest`), an [`ExportPredictor`].
 pub fn model_loader(cfg: &crate::config::Config, device: &str) -> Result<Arc<Loader>> {
     let opts = LoadOptions::from_config(cfg);
     match device {
         "cpu" => Ok(Arc::new(move |path: &Path| {
             let dev = Default::default();
-            let p = CheckpointPredictor::<crate::backend::Cpu>::load(path, &dev, &opts)?;
-            Ok(Box::new(p) as Box<dyn Predictor>)
+            load_predictor::<crate::backend::Cpu>(path, &dev, &opts)
         })),
         "cuda" => cuda_loader(opts, &cfg.backbone.dtype),
         other => bail!("--device {other:?}: use `cpu` or `cuda`"),
@@ -323,11 +493,11 @@ fn cuda_loader(opts: LoadOptions, dtype: &str) -> Result<Arc<Loader>> {
     fn make<B: burn::tensor::backend::Backend>(opts: LoadOptions) -> Arc<Loader>
     where
         CheckpointPredictor<B>: Send,
+        ExportPredictor<B>: Send,
     {
         Arc::new(move |path: &Path| {
             let dev = Default::default();
-            let p = CheckpointPredictor::<B>::load(path, &dev, &opts)?;
-            Ok(Box::new(p) as Box<dyn Predictor>)
+            load_predictor::<B>(path, &dev, &opts)
         })
     }
     Ok(match dtype {
