@@ -47,11 +47,11 @@ pub struct Args {
     /// A second model (checkpoint or export folder) that scores the serve-log images.
     #[arg(long, value_name = "PATH")]
     pub model_b: Option<PathBuf>,
-    /// Backbone for the diversity embeddings (default: the backbone of --checkpoint, of the
-    /// eval's checkpoint, or of `<paths.checkpoints>/latest`).
+    /// Backbone for the diversity embeddings (default: the backbone of --checkpoint, else of
+    /// the eval's checkpoint, `<paths.exports>/deployed` or `<paths.checkpoints>/latest`).
     #[arg(long, value_name = "MODEL")]
     pub backbone: Option<String>,
-    /// Checkpoint whose backbone embeds the candidates.
+    /// Checkpoint or export folder whose backbone embeds the candidates.
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
     /// No embeddings: rank by hardness only (no diversity).
@@ -152,34 +152,23 @@ fn featurizer(
         return Ok(Ok((bb.clone(), fz)));
     }
     let (dir, explicit) = match &args.checkpoint {
-        Some(c) => (
-            Some(resolve_checkpoint(Some(c), &cfg.paths.checkpoints)?),
-            true,
-        ),
+        Some(c) => (Some(c.clone()), true),
         None => {
             let from_report = eval_preds
                 .and_then(|p| report_meta(p, "checkpoint"))
                 .map(PathBuf::from)
                 .filter(|p| p.is_dir());
-            let dir = from_report.or_else(|| resolve_checkpoint(None, &cfg.paths.checkpoints).ok());
+            let deployed = cfg.paths.exports.join(crate::export::build::DEPLOYED);
+            let dir = from_report
+                .or_else(|| deployed.is_dir().then_some(deployed))
+                .or_else(|| resolve_checkpoint(None, &cfg.paths.checkpoints).ok());
             (dir, false)
         }
     };
     let Some(dir) = dir else {
         return Ok(Err("no backbone: give --backbone or --checkpoint".into()));
     };
-    let open = || -> Result<(String, Featurizer)> {
-        let ck = Checkpoint::<Cpu>::load(&dir, &Default::default())?;
-        let mut b = ck.info.config.backbone.clone();
-        b.model = ck.info.backbone.name.clone();
-        let fz = Featurizer::open(
-            &b,
-            ck.info.config.augment.target_size,
-            &cfg.paths.feature_cache,
-        )?;
-        Ok((ck.info.backbone.name.clone(), fz))
-    };
-    match open() {
+    match backbone_of(&dir, ctx) {
         Ok(x) => Ok(Ok(x)),
         Err(e) if explicit => Err(e.context(format!(
             "--checkpoint {}: cannot load its backbone",
@@ -191,6 +180,42 @@ fn featurizer(
             Ok(Err(why))
         }
     }
+}
+
+/// The backbone a checkpoint (its `run.yaml`) or an export folder (its `sv72_export.json`,
+/// through the source checkpoint when it is still there) was built on.
+fn backbone_of(dir: &Path, ctx: &Ctx) -> Result<(String, Featurizer)> {
+    let cfg = &ctx.config;
+    let provenance = dir.join(crate::export::build::PROVENANCE_FILE);
+    let ck_dir = if provenance.is_file() {
+        let text = std::fs::read_to_string(&provenance)
+            .with_context(|| format!("cannot read {}", provenance.display()))?;
+        let p: crate::export::build::Provenance =
+            serde_json::from_str(&text).with_context(|| {
+                format!("{} is not an sv72 export provenance", provenance.display())
+            })?;
+        let source = PathBuf::from(&p.checkpoint);
+        if !source.join(crate::train::checkpoint::HEAD_FILE).is_file() {
+            // The source checkpoint is gone: any embedding of the same backbone serves
+            // diversity, so take the named backbone with this config's preprocessing.
+            let mut b = cfg.backbone.clone();
+            b.model = p.backbone.name.clone();
+            let fz = Featurizer::open(&b, cfg.augment.target_size, &cfg.paths.feature_cache)?;
+            return Ok((p.backbone.name, fz));
+        }
+        source
+    } else {
+        resolve_checkpoint(Some(dir), &cfg.paths.checkpoints)?
+    };
+    let ck = Checkpoint::<Cpu>::load(&ck_dir, &Default::default())?;
+    let mut b = ck.info.config.backbone.clone();
+    b.model = ck.info.backbone.name.clone();
+    let fz = Featurizer::open(
+        &b,
+        ck.info.config.augment.target_size,
+        &cfg.paths.feature_cache,
+    )?;
+    Ok((ck.info.backbone.name.clone(), fz))
 }
 
 /// Runs `sv72 mine-hard`.

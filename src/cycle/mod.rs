@@ -4,6 +4,7 @@ pub mod calendar;
 pub mod check;
 pub mod deployed;
 pub mod lock;
+pub mod mine;
 pub mod pipeline;
 pub mod schedule;
 pub mod signals;
@@ -34,4 +35,3 @@ pub mod exit {
     /// `register`: still pending when the timeout ran out.
     pub const REGISTER_TIMEOUT: u8 = 4;
 }
-pub mod mine;
