@@ -343,6 +343,11 @@ pub struct AbTestConfig {
     pub require_ci_above_zero: bool,
     /// Also require McNemar's exact p-value below this (`null` = not required).
     pub max_mcnemar_p: Option<f64>,
+    /// Simulated 100-challenge sequences per bootstrap resample for the Δscore interval
+    /// (0 = no Δscore interval); the point estimate uses `eval.score_sequences`.
+    pub bootstrap_score_sequences: usize,
+    /// Default root of the output folders, `<out_dir>/<UTC time>-<A>-vs-<B>/`.
+    pub out_dir: PathBuf,
 }
 
 impl Default for AbTestConfig {
@@ -355,6 +360,8 @@ impl Default for AbTestConfig {
             min_gain: 0.0,
             require_ci_above_zero: true,
             max_mcnemar_p: None,
+            bootstrap_score_sequences: 100,
+            out_dir: "abtests".into(),
         }
     }
 }
@@ -399,7 +406,9 @@ pub struct RegisterConfig {
     pub uid: Option<u16>,
     /// Hugging Face repository of the submission, `org/name` (`--model-repo` overrides).
     pub model_repo: Option<String>,
+    /// Seconds between registration-status polls (at least 1).
     pub poll_interval_s: u64,
+    /// Give up polling after this many seconds (exit 4).
     pub timeout_s: u64,
     /// Environment variable holding the password of an encrypted hotkey file.
     pub password_env: String,

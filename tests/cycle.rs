@@ -52,7 +52,7 @@ impl Miner {
         std::fs::write(export.join("model_card.json"), card.to_string()).unwrap();
         std::fs::write(
             export.join("sv72_export.json"),
-            serde_json::json!({"source_run_id": RUN_ID}).to_string(),
+            serde_json::json!({"run_id": RUN_ID}).to_string(),
         )
         .unwrap();
         std::fs::write(export.join("model.safetensors"), b"weights").unwrap();

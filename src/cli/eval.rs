@@ -1,6 +1,6 @@
 //! `sv72 eval`: evaluates a checkpoint as validators score it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use std::time::Instant;
@@ -54,20 +54,24 @@ pub fn parse_on(on: &str) -> Result<(String, Split)> {
 /// Images timed one at a time (backbone + head) for the latency line.
 pub const LATENCY_SAMPLES: usize = 16;
 
-struct EvalFeatures<'a> {
-    cfg: &'a Config,
-    fz: &'a mut Featurizer,
-    rows: &'a [&'a ManifestRow],
-    views: &'a [ViewKey],
-    ck: &'a Checkpoint<Cpu>,
+/// Backbone features of validator challenges (the job `eval` and `ab-test` share): `views` of
+/// `rows` made by [`load_challenge`] with `seed`, through the feature cache. With `latency`
+/// set, also times batch-1 serving of that checkpoint.
+pub struct ChallengeFeatures<'a> {
+    pub cfg: &'a Config,
+    pub fz: &'a mut Featurizer,
+    pub rows: &'a [&'a ManifestRow],
+    pub views: &'a [ViewKey],
+    pub seed: u64,
+    pub latency: Option<&'a Checkpoint<Cpu>>,
 }
 
 /// Challenge features, the views they belong to, skipped views and batch-1 latency.
-type EvalFeaturesOut = (FeatureSet, Vec<ViewKey>, usize, Option<Latency>);
+pub type ChallengeFeaturesOut = (FeatureSet, Vec<ViewKey>, usize, Option<Latency>);
 
-impl OnBackend for EvalFeatures<'_> {
-    type Out = EvalFeaturesOut;
-    fn run<B: Backend>(self, dev: &B::Device, name: &str) -> Result<EvalFeaturesOut> {
+impl OnBackend for ChallengeFeatures<'_> {
+    type Out = ChallengeFeaturesOut;
+    fn run<B: Backend>(self, dev: &B::Device, name: &str) -> Result<ChallengeFeaturesOut> {
         let cfg = self.cfg;
         let model = load_backbone::<B>(&self.fz.snapshot, dev)?;
         let root = &cfg.paths.datasets;
@@ -76,11 +80,14 @@ impl OnBackend for EvalFeatures<'_> {
             dev,
             self.rows,
             self.views,
-            |r, v| load_challenge(r, v, root, &cfg.augment, cfg.eval.seed),
+            |r, v| load_challenge(r, v, root, &cfg.augment, self.seed),
             &self.fz.preprocess,
             cfg.backbone.batch_size,
             &mut self.fz.cache,
         )?;
+        let Some(ck) = self.latency else {
+            return Ok((set, kept, skipped, None));
+        };
         // Batch-1 latency as the miner serves: preprocess + backbone + head on a decoded image
         // (decoding excluded). The first image warms up and is not counted.
         let cpu = Default::default();
@@ -101,7 +108,7 @@ impl OnBackend for EvalFeatures<'_> {
             let (h, w) = self.fz.preprocess.output_size(img.width(), img.height());
             let f = extract_rows::<B, _>(model.as_ref(), dev, px, 1, h as usize, w as usize)?;
             let x = f.first().map(head_input).unwrap_or_default();
-            let p = self.ck.predict_proba(&x, &cpu)?;
+            let p = ck.predict_proba(&x, &cpu)?;
             let elapsed = t.elapsed().as_secs_f64() * 1e3;
             if i > 0 {
                 ms.push(elapsed);
@@ -115,6 +122,40 @@ impl OnBackend for EvalFeatures<'_> {
         }
         Ok((set, kept, skipped, Latency::from_samples(name, ms)))
     }
+}
+
+/// The featurizer a checkpoint's head needs: the backbone and preprocessing it was trained on,
+/// checked against `run.yaml` (weights hash, preprocessing id).
+pub fn featurizer_for(ck: &Checkpoint<Cpu>, cache_root: &Path) -> Result<Featurizer> {
+    let mut trained = ck.info.config.backbone.clone();
+    trained.model = ck.info.backbone.name.clone();
+    let fz = Featurizer::open(&trained, ck.info.config.augment.target_size, cache_root)
+        .with_context(|| {
+            format!(
+                "cannot load the backbone {:?} that checkpoint {} was trained on",
+                ck.info.backbone.name,
+                ck.dir.display()
+            )
+        })?;
+    if fz.backbone_key != ck.info.backbone.weights_hash {
+        bail!(
+            "backbone {:?} now resolves to weights {} but checkpoint {} was trained on {}; \
+             fetch the original weights or retrain",
+            ck.info.backbone.name,
+            fz.backbone_key,
+            ck.dir.display(),
+            ck.info.backbone.weights_hash
+        );
+    }
+    if fz.preprocess.id() != ck.info.backbone.preprocess {
+        bail!(
+            "preprocessing {} differs from the checkpoint's {} ({})",
+            fz.preprocess.id(),
+            ck.info.backbone.preprocess,
+            ck.dir.display()
+        );
+    }
+    Ok(fz)
 }
 
 /// Runs `sv72 eval`.
@@ -137,39 +178,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     if rows.is_empty() {
         bail!("{} has no {split} rows to evaluate", path.display());
     }
-    // Features must come from the backbone and preprocessing the head was trained on.
-    let mut trained = ck.info.config.backbone.clone();
-    trained.model = ck.info.backbone.name.clone();
-    let mut fz = Featurizer::open(
-        &trained,
-        ck.info.config.augment.target_size,
-        &cfg.paths.feature_cache,
-    )
-    .with_context(|| {
-        format!(
-            "cannot load the backbone {:?} that checkpoint {} was trained on",
-            ck.info.backbone.name,
-            dir.display()
-        )
-    })?;
-    if fz.backbone_key != ck.info.backbone.weights_hash {
-        bail!(
-            "backbone {:?} now resolves to weights {} but checkpoint {} was trained on {}; \
-             fetch the original weights or retrain",
-            ck.info.backbone.name,
-            fz.backbone_key,
-            dir.display(),
-            ck.info.backbone.weights_hash
-        );
-    }
-    if fz.preprocess.id() != ck.info.backbone.preprocess {
-        bail!(
-            "preprocessing {} differs from the checkpoint's {} ({})",
-            fz.preprocess.id(),
-            ck.info.backbone.preprocess,
-            dir.display()
-        );
-    }
+    let mut fz = featurizer_for(&ck, &cfg.paths.feature_cache)?;
     let draws = cfg.eval.draws_per_image.max(1);
     let views = challenge_views(rows.len(), &LEVELS, draws, cfg.eval.seed, &cfg.augment);
     eprintln!(
@@ -177,12 +186,13 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         views.len(),
         rows.len()
     );
-    let job = EvalFeatures {
+    let job = ChallengeFeatures {
         cfg: &cfg,
         fz: &mut fz,
         rows: &rows,
         views: &views,
-        ck: &ck,
+        seed: cfg.eval.seed,
+        latency: Some(&ck),
     };
     let (set, kept, skipped, latency) = on_device(&cfg.backbone.device, &cfg.backbone.dtype, job)?;
     if skipped > 0 {

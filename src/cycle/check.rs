@@ -32,7 +32,7 @@ use crate::export::card::ModelCard;
 use crate::serve::predlog::read_prediction_log;
 
 /// Provenance file of an export folder; names the checkpoint the export came from.
-pub const EXPORT_PROVENANCE_FILE: &str = "sv72_export.json";
+pub use crate::export::PROVENANCE_FILE as EXPORT_PROVENANCE_FILE;
 
 /// What the check needs besides the config.
 #[derive(Debug, Clone)]
@@ -100,33 +100,6 @@ pub fn read_deployed_card(path: &Path) -> Result<ModelCard> {
     ModelCard::read(path)
 }
 
-/// Finds the source checkpoint's run id in an export's `sv72_export.json`. Accepts the keys
-/// `source_run_id`, `run_id`, `checkpoint_run_id`, or `run_id` inside `source`, `checkpoint` or
-/// `source_checkpoint` objects; a string `source_checkpoint`/`checkpoint` is taken as a path
-/// whose last component is the run id.
-pub fn source_run_id(provenance: &serde_json::Value) -> Option<String> {
-    let s = |p: &str| provenance.pointer(p).and_then(|v| v.as_str());
-    for p in [
-        "/source_run_id",
-        "/run_id",
-        "/checkpoint_run_id",
-        "/source/run_id",
-        "/checkpoint/run_id",
-        "/source_checkpoint/run_id",
-    ] {
-        if let Some(id) = s(p).filter(|id| !id.trim().is_empty()) {
-            return Some(id.trim().to_string());
-        }
-    }
-    for p in ["/source_checkpoint", "/checkpoint"] {
-        if let Some(path) = s(p) {
-            let id = Path::new(path.trim_end_matches('/')).file_name()?;
-            return Some(id.to_string_lossy().into_owned());
-        }
-    }
-    None
-}
-
 /// Locates the deployed model's last eval predictions: `--baseline`, else via the export's
 /// provenance. `Ok(None)` with a note when there is none to find.
 fn find_baseline(
@@ -153,15 +126,18 @@ fn find_baseline(
             return Ok(None);
         }
     };
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", prov_path.display()))?;
-    let Some(run) = source_run_id(&value) else {
-        notes.push(format!(
-            "no drift baseline: {} names no source checkpoint run id (pass --baseline)",
+    /// The one field of `export::Provenance` the check needs.
+    #[derive(serde::Deserialize)]
+    struct SourceRun {
+        run_id: String,
+    }
+    let prov: SourceRun = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not an sv72 export record (re-export, or pass --baseline)",
             prov_path.display()
-        ));
-        return Ok(None);
-    };
+        )
+    })?;
+    let run = prov.run_id;
     let p = cfg.paths.checkpoints.join(&run).join(PREDICTIONS_FILE);
     if !p.is_file() {
         notes.push(format!(

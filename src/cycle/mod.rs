@@ -6,6 +6,7 @@ pub mod deployed;
 pub mod lock;
 pub mod mine;
 pub mod pipeline;
+pub mod register;
 pub mod schedule;
 pub mod signals;
 

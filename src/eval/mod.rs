@@ -4,6 +4,7 @@
 //! metrics overall and broken down by source, generator, label and level, plus the expected subnet
 //! score; [`write_report`] writes `report.json`, `report.md` and the PNG plots.
 
+pub mod ab;
 pub mod plots;
 
 use std::collections::BTreeMap;

@@ -171,3 +171,17 @@ pub fn confusion_png(path: &Path, m: &Confusion) -> Result<()> {
     }
     c.save(path)
 }
+
+/// Pairs of bars left to right (A grey, B blue), one pair per group, y spans [0, 1]; used by
+/// `ab-test` for accuracy overall and per level.
+pub fn paired_bars_png(path: &Path, pairs: &[(f64, f64)]) -> Result<()> {
+    let mut c = Canvas::new();
+    let w = 1.0 / pairs.len().max(1) as f64;
+    for (i, &(a, b)) in pairs.iter().enumerate() {
+        let x0 = i as f64 * w + w * 0.1;
+        let bar = w * 0.38;
+        c.rect(x0, 0.0, x0 + bar, a, GREY);
+        c.rect(x0 + bar, 0.0, x0 + 2.0 * bar, b, BLUE);
+    }
+    c.save(path)
+}

@@ -6,6 +6,7 @@
 pub mod calibration;
 pub mod classify;
 pub mod score;
+pub mod stats;
 
 pub use calibration::{
     brier, ece, fit_temperature, reliability_bins, sigmoid, ReliabilityBin, ECE_BINS,
