@@ -488,7 +488,12 @@ pub struct MineHardConfig {
     pub min_disagreement: f64,
     /// Cases kept after k-centre greedy selection on embeddings.
     pub max_cases: usize,
+    /// Seed of the generator prompts (scene variety is deterministic given it).
     pub seed: u64,
+    /// Distance of the k-centre greedy selection on `[CLS ; patch mean]`: `cosine` or `l2`.
+    pub distance: String,
+    /// Most tiles in the contact sheet (the hardest-first selection order is kept).
+    pub contact_sheet_max: usize,
 }
 
 impl Default for MineHardConfig {
@@ -498,6 +503,8 @@ impl Default for MineHardConfig {
             min_disagreement: 0.2,
             max_cases: 500,
             seed: 72,
+            distance: "cosine".into(),
+            contact_sheet_max: 64,
         }
     }
 }

@@ -137,8 +137,3 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::DemoData(a) => demo_data::run(a, &ctx),
     }
 }
-
-/// The answer of a stage that a later issue builds; says so plainly and fails.
-pub(crate) fn not_yet(stage: &str, issue: u32) -> Result<ExitCode> {
-    anyhow::bail!("`sv72 {stage}` is not built yet (tracked in issue #{issue}); nothing was done")
-}

@@ -4,6 +4,7 @@ pub mod calendar;
 pub mod check;
 pub mod deployed;
 pub mod lock;
+pub mod mine;
 pub mod pipeline;
 pub mod register;
 pub mod schedule;
