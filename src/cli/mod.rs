@@ -87,7 +87,8 @@ pub struct Ctx {
 
 /// Parses the command line, runs the subcommand, and maps errors to a message and exit code 1.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.overrides = all_overrides(std::env::args_os().skip(1));
     if !matches!(cli.command, Command::Serve(_)) {
         restore_default_sigpipe();
     }
@@ -98,6 +99,28 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Every `--set` on the command line, in order. clap keeps only the occurrences after the
+/// subcommand when `--set` is given on both sides of it (a global argument's value is taken from
+/// the innermost level), which would silently drop `sv72 --set a=1 train-head --set b=2`'s `a=1`.
+pub fn all_overrides<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy().into_owned();
+        if a == "--" {
+            break;
+        }
+        if a == "--set" {
+            if let Some(v) = it.next() {
+                out.push(v.to_string_lossy().into_owned());
+            }
+        } else if let Some(v) = a.strip_prefix("--set=") {
+            out.push(v.to_string());
+        }
+    }
+    out
 }
 
 /// Lets `sv72 ingest ... | head` end quietly instead of panicking on a closed stdout. Not for
@@ -135,5 +158,34 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Embed(a) => embed::run(a, &ctx),
         Command::FetchBackbone(a) => fetch_backbone::run(a, &ctx),
         Command::DemoData(a) => demo_data::run(a, &ctx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_on_both_sides_of_the_subcommand_are_all_kept() {
+        let args = [
+            "--set",
+            "a=1",
+            "train-head",
+            "--set=b=2",
+            "--set",
+            "c=3",
+            "--",
+            "--set",
+            "d",
+        ];
+        let got = all_overrides(args.iter().map(std::ffi::OsString::from));
+        assert_eq!(got, ["a=1", "b=2", "c=3"]);
+        // clap alone would keep only the inner ones; the merged list must be what parsing sees.
+        let cli = Cli::parse_from(["sv72", "--set", "a=1", "eval", "--set", "b=2"]);
+        assert_eq!(
+            cli.overrides,
+            ["b=2"],
+            "clap behaviour changed; all_overrides may be moot"
+        );
     }
 }
