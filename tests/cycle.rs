@@ -669,10 +669,22 @@ fn example_config_loads_and_expands() {
         CycleConfig::default(),
         "example schedule drifted from the defaults"
     );
-    let env = |k: &str| Some(format!("value-of-{k}"));
+    let env = |k: &str| match k {
+        "SV72_UID" => Some("72".to_string()),
+        _ => Some(format!("value-of-{k}")),
+    };
     let steps =
         sv72::cycle::pipeline::expand_steps(&cfg.cycle.pipeline, submitted(), &env).unwrap();
     assert_eq!(steps[0].args[2], "natix-20260101");
     assert_eq!(steps[5].args[3], "value-of-SV72_HOTKEY_SS58");
     assert_eq!(steps[5].template[3], "${SV72_HOTKEY_SS58}");
+    // Every step must be a command line this binary accepts, so the example cannot rot when a
+    // subcommand's flags change.
+    use clap::Parser;
+    for s in &steps {
+        let argv = std::iter::once("sv72".to_string()).chain(s.args.iter().cloned());
+        if let Err(e) = sv72::cli::Cli::try_parse_from(argv) {
+            panic!("example step {:?} does not parse: {e}", s.template);
+        }
+    }
 }

@@ -14,7 +14,7 @@ use super::Ctx;
 use crate::backend::Cpu;
 use crate::config::Config;
 use crate::cycle::exit;
-use crate::data::manifest::{manifest_path, read_manifest, ManifestRow};
+use crate::data::manifest::ManifestRow;
 use crate::eval::ab::{
     compare, decide, summary_table, write_ab_report, AbOptions, AbReport, DataRef, ModelRef,
     PairedAnswer, Rule,
@@ -22,7 +22,7 @@ use crate::eval::ab::{
 use crate::export::card::{ModelCard, MODEL_CARD_FILE};
 use crate::serve::model::{model_loader, BUNDLED_BACKBONE};
 use crate::train::checkpoint::{resolve_checkpoint, Checkpoint};
-use crate::train::data::{challenge_views, rows_of, ViewKey};
+use crate::train::data::{challenge_views, read_split, ViewKey};
 use crate::util::hash::file_hash;
 
 /// How the two models are run on the challenges.
@@ -263,13 +263,8 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     }
     let rule = Rule::from_config(&cfg.ab_test)?;
     let (name, split) = parse_on(&args.on)?;
-    let path = manifest_path(&cfg.paths.datasets, &name);
-    let all = read_manifest(&path)
-        .with_context(|| format!("cannot read the ab-test manifest {}", path.display()))?;
-    let rows = rows_of(&all, split);
-    if rows.is_empty() {
-        bail!("{} has no {split} rows to compare on", path.display());
-    }
+    let (path, owned) = read_split(&cfg.paths.datasets, &name, split, "ab-test")?;
+    let rows: Vec<&ManifestRow> = owned.iter().collect();
     let mut a = resolve(&args.a, "A")?;
     let mut b = resolve(&args.b, "B")?;
     let blocker = features_blocker(&a, &b);

@@ -12,11 +12,11 @@ use super::train_head::{load_challenge, on_device, open_image, Featurizer, OnBac
 use super::Ctx;
 use crate::backend::Cpu;
 use crate::config::Config;
-use crate::data::manifest::{manifest_path, read_manifest, ManifestRow, Split};
+use crate::data::manifest::{ManifestRow, Split};
 use crate::eval::{build_report, summary_table, write_report, EvalMeta, EvalPrediction, Latency};
 use crate::features::embed::extract_rows;
 use crate::model::load_backbone;
-use crate::train::data::{challenge_views, gather, head_input, rows_of, ViewKey};
+use crate::train::data::{challenge_views, gather, head_input, read_split, ViewKey};
 use crate::train::{resolve_checkpoint, Checkpoint, FeatureSet};
 use crate::util::hash::file_hash;
 
@@ -171,13 +171,8 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         Some(on) => parse_on(on)?,
         None => (ck.info.manifest.path.clone(), Split::Test),
     };
-    let path = manifest_path(&cfg.paths.datasets, &name);
-    let all = read_manifest(&path)
-        .with_context(|| format!("cannot read the eval manifest {}", path.display()))?;
-    let rows = rows_of(&all, split);
-    if rows.is_empty() {
-        bail!("{} has no {split} rows to evaluate", path.display());
-    }
+    let (path, owned) = read_split(&cfg.paths.datasets, &name, split, "eval")?;
+    let rows: Vec<&ManifestRow> = owned.iter().collect();
     let mut fz = featurizer_for(&ck, &cfg.paths.feature_cache)?;
     let draws = cfg.eval.draws_per_image.max(1);
     let views = challenge_views(rows.len(), &LEVELS, draws, cfg.eval.seed, &cfg.augment);

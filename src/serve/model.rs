@@ -283,20 +283,25 @@ pub fn head_features<B: Backend>(
     Ok(out)
 }
 
+/// `false` for an empty batch; an error for an image with no pixels (nothing to resize).
+fn scorable(images: &[RgbImage]) -> Result<bool> {
+    if let Some(im) = images.iter().find(|im| im.width() == 0 || im.height() == 0) {
+        bail!(
+            "image of size {}x{} cannot be scored",
+            im.width(),
+            im.height()
+        );
+    }
+    Ok(!images.is_empty())
+}
+
 impl<B: Backend> Predictor for CheckpointPredictor<B>
 where
     CheckpointPredictor<B>: Send,
 {
     fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
-        if images.is_empty() {
+        if !scorable(images)? {
             return Ok(Vec::new());
-        }
-        if let Some(im) = images.iter().find(|im| im.width() == 0 || im.height() == 0) {
-            bail!(
-                "image of size {}x{} cannot be scored",
-                im.width(),
-                im.height()
-            );
         }
         let features = self.features(images)?;
         let probs = self.checkpoint.predict_proba(&features, &self.device)?;
@@ -399,15 +404,8 @@ where
     ExportPredictor<B>: Send,
 {
     fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
-        if images.is_empty() {
+        if !scorable(images)? {
             return Ok(Vec::new());
-        }
-        if let Some(im) = images.iter().find(|im| im.width() == 0 || im.height() == 0) {
-            bail!(
-                "image of size {}x{} cannot be scored",
-                im.width(),
-                im.height()
-            );
         }
         let features = head_features(
             &self.backbone,

@@ -5,7 +5,9 @@
 //! cached features are reused across runs and a changed augmentation config never hits stale
 //! entries. Producing the view image itself is the caller's `load` closure (the augment stage).
 
-use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use image::DynamicImage;
 
@@ -40,6 +42,24 @@ pub fn augment_tag(cfg: &AugmentConfig) -> String {
 /// Rows of `split` (all rows when `None`).
 pub fn rows_of(rows: &[ManifestRow], split: Split) -> Vec<&ManifestRow> {
     rows.iter().filter(|r| r.split == split).collect()
+}
+
+/// Reads manifest `name` (a dataset name, folder or `.parquet`) and keeps the rows of `split`;
+/// `purpose` ("eval", "ab-test", …) names the stage in errors. An empty split is an error.
+pub fn read_split(
+    datasets_root: &Path,
+    name: &str,
+    split: Split,
+    purpose: &str,
+) -> Result<(PathBuf, Vec<ManifestRow>)> {
+    let path = crate::data::manifest::manifest_path(datasets_root, name);
+    let mut rows = crate::data::manifest::read_manifest(&path)
+        .with_context(|| format!("cannot read the {purpose} manifest {}", path.display()))?;
+    rows.retain(|r| r.split == split);
+    if rows.is_empty() {
+        bail!("{} has no {split} rows for {purpose}", path.display());
+    }
+    Ok((path, rows))
 }
 
 /// Training views: the clean image plus `views` augmented training views per image.
