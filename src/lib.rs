@@ -1,7 +1,9 @@
 //! sv72: a NATIX StreetVision (Bittensor subnet 72) miner toolkit.
 //!
 //! Library layout, imports flowing downwards only:
-//! `cli` → stages (`data`, `augment`, `model`, `features`) → `backend`, `config`, `util`.
+//! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (axon, predictors) →
+//! `export` (Hugging Face folder, deploy, push) → `train`, `eval` → `features` → `model`, `data`
+//! → `augment` → `metrics`, `keys`, `backend`, `config`, `util`.
 
 pub mod augment;
 pub mod backend;
@@ -12,6 +14,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod features;
+pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod serve;

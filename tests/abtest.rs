@@ -1,6 +1,8 @@
 //! `sv72 ab-test`: paired statistics against known values, the decision rule clause by clause,
 //! and the binary end to end on demo data.
 
+mod common;
+
 use sv72::config::AbTestConfig;
 use sv72::data::manifest::SourceKind;
 use sv72::eval::ab::{compare, decide, AbOptions, AbStats, Metric, PairedAnswer, Rule};
@@ -460,30 +462,23 @@ mod rule {
 /// The binary end to end: demo data → ingest → synth-mix → train-head, then ab-test of the head
 /// against a copy whose threshold answers differently.
 mod cli_e2e {
-    use std::path::{Path, PathBuf};
-    use std::process::{Command, Output};
+    use std::path::Path;
+    use std::process::Output;
 
     use sv72::eval::ab::AbReport;
     use sv72::train::RunInfo;
 
     fn backbone() -> String {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/backbones/dinov2_reg4_s36")
+        super::common::fixture("backbones/dinov2_reg4_s36")
             .display()
             .to_string()
     }
 
     fn sv72(dir: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sv72"))
-            .current_dir(dir)
-            .env("SV72_NO_PROGRESS", "1")
-            .env_remove("WANDB_API_KEY")
-            .arg("--set")
-            .arg(format!("backbone.model={}", backbone()))
-            .args(["--set", "ab_test.bootstrap=300"])
-            .args(args)
-            .output()
-            .expect("spawn sv72")
+        let bb = format!("backbone.model={}", backbone());
+        let fixed = ["--set", bb.as_str(), "--set", "ab_test.bootstrap=300"];
+        let all: Vec<&str> = fixed.into_iter().chain(args.iter().copied()).collect();
+        super::common::sv72(dir, &all)
     }
 
     fn code(dir: &Path, args: &[&str], want: i32) -> String {

@@ -27,7 +27,7 @@ fn day(n: i64) -> String {
 }
 
 fn hotkey() -> String {
-    sv72::serve::keys::ss58_encode(&[7; 32], 42)
+    sv72::keys::ss58_encode(&[7; 32], 42)
 }
 
 /// A miner folder: a hand-made deployed export (relative symlink), its source checkpoint's eval

@@ -2,6 +2,8 @@
 //! transformers layout against the committed reference, hotkey checks, versions, atomicity,
 //! deploy's symlink and checksum refusal, and `--push` without a token.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,12 +15,10 @@ use serde_json::Value;
 use sv72::backend::Cpu;
 use sv72::config::Config;
 use sv72::export::{self, ExportRequest, Form, ModelCard, Version};
+use sv72::keys::ss58_encode;
 use sv72::model::preprocess::Preprocess;
-use sv72::serve::keys::ss58_encode;
 use sv72::serve::model::{CheckpointPredictor, LoadOptions};
-use sv72::train::{
-    self, checkpoint, BackboneInfo, FeatureSet, ManifestInfo, RunInputs, RunOptions,
-};
+use sv72::train::{self, checkpoint, BackboneInfo, FeatureSet};
 
 type Ad = burn::backend::Autodiff<Cpu>;
 
@@ -87,30 +87,17 @@ fn train_checkpoint(cfg: &Config, snapshot: &Path, hidden: usize) -> PathBuf {
     };
     let weights_hash = sv72::features::backbone_key(snapshot, &cfg.paths.feature_cache).unwrap();
     let (train, val) = (blobs(120, 2 * hidden, 1), blobs(60, 2 * hidden, 2));
-    let inputs = RunInputs {
-        manifest: ManifestInfo {
-            path: "mem".into(),
-            hash: "m".into(),
-            train_images: train.len(),
-            val_images: val.len(),
-            train_rows: train.len(),
-            val_rows: val.len(),
-        },
+    let inputs = common::mem_inputs(
         train,
         val,
-        backbone: BackboneInfo {
+        BackboneInfo {
             name: snapshot.display().to_string(),
             weights_hash,
             hidden_size: hidden,
             preprocess: pre.id(),
         },
-    };
-    let opts = RunOptions {
-        checkpoints_root: cfg.paths.checkpoints.clone(),
-        wandb: None,
-        warn: Box::new(|_| {}),
-        on_epoch: None,
-    };
+    );
+    let opts = common::quiet_options(&cfg.paths.checkpoints);
     let dir = train::run_training::<Ad>(cfg, &inputs, opts, &Default::default())
         .unwrap()
         .dir;

@@ -427,10 +427,7 @@ fn cli_sync_writes_snapshot_that_serve_loads() {
     assert_eq!(uids, [0, 1, 2]);
     assert_eq!(ns[0]["hotkey"], ALICE_SS58);
     assert_eq!(ns[1]["hotkey"], BOB_SS58);
-    assert_eq!(
-        ns[2]["hotkey"],
-        sv72::serve::keys::ss58_encode(&[7u8; 32], 42)
-    );
+    assert_eq!(ns[2]["hotkey"], sv72::keys::ss58_encode(&[7u8; 32], 42));
     let stakes: Vec<f64> = ns.iter().map(|n| n["stake"].as_f64().unwrap()).collect();
     assert!(
         (stakes[0] - 1_234_567.891_234_567).abs() < 1e-6,

@@ -1,8 +1,10 @@
 //! `sv72 mine-hard`: k-centre greedy, hard-case selection, and the binary end to end on demo
 //! images with the tiny DINOv2 fixture.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use image::RgbImage;
 use sv72::config::MineHardConfig;
@@ -399,23 +401,11 @@ mod cli_e2e {
     }
 
     fn sv72(dir: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sv72"))
-            .current_dir(dir)
-            .env("SV72_NO_PROGRESS", "1")
-            .args(args)
-            .output()
-            .expect("spawn sv72")
+        super::common::sv72(dir, args)
     }
 
     fn ok(dir: &Path, args: &[&str]) -> String {
-        let out = sv72(dir, args);
-        assert!(
-            out.status.success(),
-            "sv72 {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        super::common::stdout_ok(&sv72(dir, args), args)
     }
 
     #[test]

@@ -567,7 +567,7 @@ mod hub {
 mod register {
     use super::*;
     use std::process::{Command, Output};
-    use sv72::serve::keys::{
+    use sv72::keys::{
         decrypt_nacl_keyfile, keyfile_format, load_wallet_signing_key, mini_secret_from_mnemonic,
         signing_key_from_keyfile_json, verify_sr25519, KeyfileFormat, SigningKey,
     };
@@ -782,7 +782,7 @@ mod register {
             return format!("signature {sig:?} is not btcli's 128 hex characters");
         }
         // Strict: the raw message, context "substrate" (what sp-core's sr25519 Pair::verify does).
-        let Ok((_, key)) = sv72::serve::keys::ss58_decode(pk) else {
+        let Ok((_, key)) = sv72::keys::ss58_decode(pk) else {
             return "bad public key".into();
         };
         let public = schnorrkel::PublicKey::from_bytes(&key).unwrap();

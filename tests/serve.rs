@@ -1,6 +1,8 @@
 //! `sv72 serve` end to end on 127.0.0.1: a Rust client that signs like a bittensor dendrite,
 //! every rejection path of the Python axon, limits, hot swap, logs, shutdown and a bounded load.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,7 +16,7 @@ use base64::Engine as _;
 use image::RgbImage;
 use serde_json::{json, Value};
 use sv72::config::ServeConfig;
-use sv72::serve::keys::{ss58_encode, verify_sr25519, SigningKey};
+use sv72::keys::{ss58_encode, verify_sr25519, SigningKey};
 use sv72::serve::protocol::{now_ns, signature_message, EMPTY_BODY_HASH};
 use sv72::serve::{
     Loader, Metagraph, MetagraphHandle, Metrics, ModelSlot, Neuron, Predictor, ServeOptions, Server,
@@ -942,9 +944,7 @@ mod checkpoint_model {
     use sv72::config::Config;
     use sv72::model::preprocess::Preprocess;
     use sv72::serve::model::{CheckpointPredictor, LoadOptions};
-    use sv72::train::{
-        self, checkpoint, BackboneInfo, Checkpoint, FeatureSet, ManifestInfo, RunInputs, RunOptions,
-    };
+    use sv72::train::{self, checkpoint, BackboneInfo, Checkpoint, FeatureSet};
 
     type Ad = burn::backend::Autodiff<Cpu>;
     /// Writes one kind of broken checkpoint into a folder.
@@ -995,30 +995,17 @@ mod checkpoint_model {
             blobs(200, 2 * hidden, 1, flip),
             blobs(100, 2 * hidden, 2, flip),
         );
-        let inputs = RunInputs {
-            manifest: ManifestInfo {
-                path: "mem".into(),
-                hash: "m".into(),
-                train_images: train.len(),
-                val_images: val.len(),
-                train_rows: train.len(),
-                val_rows: val.len(),
-            },
+        let inputs = common::mem_inputs(
             train,
             val,
-            backbone: BackboneInfo {
+            BackboneInfo {
                 name: snapshot.display().to_string(),
                 weights_hash,
                 hidden_size: hidden,
                 preprocess: pre.id(),
             },
-        };
-        let opts = RunOptions {
-            checkpoints_root: cfg.paths.checkpoints.clone(),
-            wandb: None,
-            warn: Box::new(|_| {}),
-            on_epoch: None,
-        };
+        );
+        let opts = common::quiet_options(&cfg.paths.checkpoints);
         train::run_training::<Ad>(cfg, &inputs, opts, &Default::default())
             .unwrap()
             .dir

@@ -1,6 +1,8 @@
 //! Tests of `sv72 train-head` / `sv72 eval` building blocks: metrics and the subnet score,
 //! calibration, threshold choice, head training, checkpoints, and tracking outputs.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -12,8 +14,8 @@ use rand_distr::{Distribution, Normal};
 use sv72::config::Config;
 use sv72::metrics::{self, MinerTracker, ScoreItem};
 use sv72::train::{
-    self, checkpoint, tensorboard, tracking, BackboneInfo, FeatureSet, ManifestInfo, RunInputs,
-    RunOptions, TrainSettings,
+    self, checkpoint, tensorboard, tracking, BackboneInfo, FeatureSet, RunInputs, RunOptions,
+    TrainSettings,
 };
 
 type Ad = burn::backend::Autodiff<sv72::backend::Cpu>;
@@ -48,24 +50,16 @@ fn test_config(root: &Path) -> Config {
 fn inputs(dim: usize) -> RunInputs {
     let train = blobs(400, dim, 4.0, 1);
     let val = blobs(200, dim, 4.0, 2);
-    RunInputs {
-        manifest: ManifestInfo {
-            path: "mem".into(),
-            hash: "m".into(),
-            train_images: train.len(),
-            val_images: val.len(),
-            train_rows: train.len(),
-            val_rows: val.len(),
-        },
+    common::mem_inputs(
         train,
         val,
-        backbone: BackboneInfo {
+        BackboneInfo {
             name: "test".into(),
             weights_hash: "w".into(),
             hidden_size: dim / 2,
             preprocess: "p".into(),
         },
-    }
+    )
 }
 
 fn quiet_opts(cfg: &Config, warnings: Arc<Mutex<Vec<String>>>) -> RunOptions {
@@ -666,41 +660,30 @@ mod eval_report {
 /// The binary end to end: demo data → ingest → synth-mix → train-head → eval, on the tiny
 /// DINOv2-with-registers fixture.
 mod cli_e2e {
-    use std::path::{Path, PathBuf};
-    use std::process::{Command, Output};
+    use std::path::Path;
+    use std::process::Output;
 
     use sv72::eval::EvalReport;
     use sv72::train::RunInfo;
 
     fn backbone() -> String {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/backbones/dinov2_reg4_s36")
+        super::common::fixture("backbones/dinov2_reg4_s36")
             .display()
             .to_string()
     }
 
     /// Runs `sv72 --set backbone.model=<fixture> ARGS` in `dir`.
     fn sv72(dir: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sv72"))
-            .current_dir(dir)
-            .env("SV72_NO_PROGRESS", "1")
-            .env_remove("WANDB_API_KEY")
-            .arg("--set")
-            .arg(format!("backbone.model={}", backbone()))
-            .args(args)
-            .output()
-            .expect("spawn sv72")
+        let bb = format!("backbone.model={}", backbone());
+        let all: Vec<&str> = ["--set", bb.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        super::common::sv72(dir, &all)
     }
 
     fn ok(dir: &Path, args: &[&str]) -> String {
-        let out = sv72(dir, args);
-        assert!(
-            out.status.success(),
-            "sv72 {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        super::common::stdout_ok(&sv72(dir, args), args)
     }
 
     fn report(path: &Path) -> EvalReport {

@@ -20,7 +20,8 @@ use crate::eval::ab::{
     PairedAnswer, Rule,
 };
 use crate::export::card::{ModelCard, MODEL_CARD_FILE};
-use crate::serve::model::{model_loader, BUNDLED_BACKBONE};
+use crate::serve::model::model_loader;
+use crate::train::checkpoint::BUNDLED_BACKBONE;
 use crate::train::checkpoint::{resolve_checkpoint, Checkpoint};
 use crate::train::data::{challenge_views, read_split, ViewKey};
 use crate::util::hash::file_hash;

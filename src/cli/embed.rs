@@ -41,15 +41,6 @@ pub struct Args {
     pub preprocess: Option<String>,
 }
 
-/// The preprocessing recipe named by `kind` for a snapshot.
-pub fn preprocess_for(kind: &str, snapshot: &Path, target_size: u32) -> Result<Preprocess> {
-    match kind {
-        "processor" => Preprocess::from_snapshot(snapshot),
-        "validator" => Preprocess::validator_for(snapshot, target_size),
-        other => bail!("--preprocess {other:?}: use `validator` or `processor`"),
-    }
-}
-
 /// Runs `sv72 embed`.
 pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     let cfg = &ctx.config;
@@ -62,7 +53,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         .preprocess
         .clone()
         .unwrap_or_else(|| cfg.backbone.preprocess.clone());
-    let preprocess = preprocess_for(&kind, &snapshot, cfg.augment.target_size)?;
+    let preprocess = Preprocess::for_kind(&kind, &snapshot, cfg.augment.target_size)?;
     let mut inputs = embed::collect_inputs(&args.inputs)?;
     if let Some(m) = &args.manifest {
         inputs.extend(embed::manifest_inputs(m, &cfg.paths.datasets)?);

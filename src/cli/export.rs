@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::export::{self, ExportRequest, Form, PushOptions, Version};
-use crate::serve::keys::{default_wallet_path, read_wallet_hotkey};
+use crate::keys::{default_wallet_path, read_wallet_hotkey};
 use crate::serve::model::{CheckpointPredictor, ExportPredictor, LoadOptions};
 use crate::serve::Predictor;
 

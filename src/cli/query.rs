@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 
 use super::Ctx;
-use crate::serve::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode, SigningKey};
+use crate::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode, SigningKey};
 use crate::serve::protocol::{messages::uuid4, now_ns, signature_message, EMPTY_BODY_HASH};
 
 /// Seed of the default query key: a fixed, public demo key, never a real validator's.

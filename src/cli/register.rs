@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use super::Ctx;
 use crate::cycle::exit;
 use crate::cycle::register::{check_card_submitter, register, Outcome, Registration};
-use crate::serve::keys::{
+use crate::keys::{
     default_wallet_path, hotkey_file_path, load_wallet_signing_key, prompt_password,
 };
 

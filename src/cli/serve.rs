@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::Ctx;
-use crate::serve::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode};
+use crate::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode};
 use crate::serve::model::{default_model_path, model_loader};
 use crate::serve::{Loader, MetagraphHandle, Metrics, ModelSlot, Predictor, ServeOptions, Server};
 

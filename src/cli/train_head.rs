@@ -10,7 +10,6 @@ use image::DynamicImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::embed::preprocess_for;
 use super::Ctx;
 use crate::config::{AugmentConfig, BackboneConfig, Config};
 use crate::data::manifest::{manifest_path, read_manifest, ManifestRow, Split};
@@ -139,7 +138,7 @@ impl Featurizer {
     /// its feature cache under `cache_root`.
     pub fn open(bb: &BackboneConfig, target_size: u32, cache_root: &Path) -> Result<Self> {
         let snapshot = hub::resolve_backbone(&bb.model, &bb.revision)?;
-        let preprocess = preprocess_for(&bb.preprocess, &snapshot, target_size)?;
+        let preprocess = Preprocess::for_kind(&bb.preprocess, &snapshot, target_size)?;
         let backbone_key = backbone_key(&snapshot, cache_root)?;
         let cache = FeatureCache::open(cache_root, &backbone_key, &preprocess.id())?;
         Ok(Featurizer {

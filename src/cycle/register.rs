@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::export::card::ModelCard;
-use crate::serve::keys::SigningKey;
+use crate::keys::SigningKey;
 
 /// What to register and where.
 #[derive(Debug, Clone)]
@@ -212,7 +212,7 @@ pub fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::keys::verify_sr25519;
+    use crate::keys::verify_sr25519;
 
     #[test]
     fn status_classes_follow_register_sh() {

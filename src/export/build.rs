@@ -91,13 +91,13 @@ pub struct Provenance {
 /// hotkey is given, that both are the same key. A wrong `submitted_by` silently costs the miner
 /// its submission, so any doubt stops the export.
 pub fn check_hotkey(hotkey: &str, wallet_hotkey: Option<&str>) -> Result<()> {
-    let (format, _) = crate::serve::keys::ss58_decode(hotkey.trim())
+    let (format, _) = crate::keys::ss58_decode(hotkey.trim())
         .with_context(|| format!("--hotkey {hotkey:?} is not a valid SS58 address"))?;
-    if format != crate::serve::keys::SS58_FORMAT {
+    if format != crate::keys::SS58_FORMAT {
         bail!(
             "--hotkey {hotkey:?} uses SS58 prefix {format}, but Bittensor hotkeys use {}: \
              copy the address from `btcli wallet list`",
-            crate::serve::keys::SS58_FORMAT
+            crate::keys::SS58_FORMAT
         );
     }
     if hotkey.trim() != hotkey {
@@ -185,7 +185,7 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         );
     }
 
-    let snapshot = crate::serve::model::checkpoint_snapshot(&ck_dir, &info)?;
+    let snapshot = crate::train::checkpoint::checkpoint_snapshot(&ck_dir, &info)?;
     if info.backbone.weights_hash.starts_with("bb-") {
         let key = crate::features::backbone_key(&snapshot, &req.feature_cache)?;
         if key != info.backbone.weights_hash {
@@ -204,7 +204,7 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         HeadKind::Mlp { hidden } => Some(hidden),
     };
     let form = Form::choose(family, mlp_hidden);
-    let pre = crate::serve::model::training_preprocess(&ck, &snapshot)?;
+    let pre = crate::train::checkpoint::training_preprocess(&ck, &snapshot)?;
 
     // Head tensors, calibration folded into the classifier.
     let mut head = ck.head.to_named_tensors()?;

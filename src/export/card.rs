@@ -131,7 +131,7 @@ impl ModelCard {
             bail!("model_name is empty");
         }
         self.parsed_version().context("field version")?;
-        crate::serve::keys::ss58_decode(&self.submitted_by)
+        crate::keys::ss58_decode(&self.submitted_by)
             .with_context(|| format!("field submitted_by {:?}", self.submitted_by))?;
         self.submitted_at()?;
         Ok(())
@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn timestamps_read_leniently() {
-        let hk = crate::serve::keys::ss58_encode(&[7; 32], 42);
+        let hk = crate::keys::ss58_encode(&[7; 32], 42);
         for (raw, want) in [
             ("1767225600", 1_767_225_600),
             ("1767225600.75", 1_767_225_600),

@@ -326,6 +326,16 @@ impl Preprocess {
         }
     }
 
+    /// The recipe named by `kind` (`backbone.preprocess`): `processor` = the snapshot's own
+    /// `preprocessor_config.json`, `validator` = the fixed `target_size` square path.
+    pub fn for_kind(kind: &str, snapshot: &Path, target_size: u32) -> Result<Self> {
+        match kind {
+            "processor" => Self::from_snapshot(snapshot),
+            "validator" => Self::validator_for(snapshot, target_size),
+            other => bail!("preprocessing {other:?}: use `validator` or `processor`"),
+        }
+    }
+
     /// The validator path with the mean/std of a snapshot's processor config.
     pub fn validator_for(dir: &Path, size: u32) -> Result<Self> {
         let p = Self::from_snapshot(dir)?;

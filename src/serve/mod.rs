@@ -1,12 +1,11 @@
 //! `sv72 serve`: a bittensor-compatible miner axon for NATIX StreetVision's `ImageSynapse`.
 //!
 //! The wire format follows `shared/specs/axon-protocol.md`: `protocol` has the header, message
-//! and nonce rules, `keys` SS58 and sr25519, `metagraph` the validator set and blacklist,
+//! and nonce rules, `metagraph` the validator set and blacklist,
 //! `batcher` the predictor, hot swap and micro-batching, `server` the HTTP side, `metrics` the
 //! Prometheus text and JSON logs, `subtensor` the chain reads behind `sv72 metagraph sync`.
 
 pub mod batcher;
-pub mod keys;
 pub mod metagraph;
 pub mod metrics;
 pub mod model;

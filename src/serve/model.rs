@@ -19,15 +19,13 @@ use super::batcher::{Loader, Predictor};
 use crate::features::embed::extract_rows;
 use crate::model::preprocess::Preprocess;
 use crate::model::weights::{Weights, SINGLE_FILE as WEIGHTS_FILE};
-use crate::model::{dinov2, dinov3, hub, model_type, BackboneOutput, FeatureExtractor};
-use crate::train::checkpoint::{resolve_checkpoint, Checkpoint, RunInfo, HEAD_FILE};
+use crate::model::{dinov2, dinov3, model_type, BackboneOutput, FeatureExtractor};
+use crate::train::checkpoint::{
+    checkpoint_snapshot, resolve_checkpoint, training_preprocess, Checkpoint, HEAD_FILE,
+};
 use crate::train::data::head_input;
 use crate::train::head::{Head, NamedTensors};
 use std::collections::HashMap;
-
-/// Folder inside an export (or checkpoint) holding its own backbone snapshot; when present it
-/// is used instead of resolving `run.yaml`'s backbone name through the Hugging Face cache.
-pub const BUNDLED_BACKBONE: &str = "backbone";
 
 /// How a checkpoint is turned into a predictor.
 #[derive(Debug, Clone)]
@@ -100,45 +98,6 @@ impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
     }
 }
 
-/// The backbone snapshot of a checkpoint: its bundled `backbone/` folder, else `run.yaml`'s
-/// backbone resolved through the Hugging Face cache.
-pub fn checkpoint_snapshot(dir: &Path, info: &RunInfo) -> Result<PathBuf> {
-    let bundled = dir.join(BUNDLED_BACKBONE);
-    if bundled.join("config.json").is_file() {
-        return Ok(bundled);
-    }
-    hub::resolve_backbone(&info.backbone.name, &info.config.backbone.revision).with_context(|| {
-        format!(
-            "checkpoint {} was trained on backbone {:?}, which is not available here",
-            dir.display(),
-            info.backbone.name
-        )
-    })
-}
-
-/// The preprocessing a checkpoint's features were computed with: rebuilt from the run's config
-/// and checked against the id recorded in `run.yaml`.
-pub fn training_preprocess<B: Backend>(ck: &Checkpoint<B>, snapshot: &Path) -> Result<Preprocess> {
-    let info = &ck.info;
-    let want = &info.backbone.preprocess;
-    let size = info.config.augment.target_size;
-    let mut tried = Vec::new();
-    for kind in candidate_kinds(&info.config.backbone.preprocess) {
-        let p = crate::cli::embed::preprocess_for(&kind, snapshot, size)?;
-        if &p.id() == want {
-            return Ok(p);
-        }
-        tried.push(format!("{kind} = {}", p.id()));
-    }
-    bail!(
-        "{}: run.yaml says the features were preprocessed as {want}, but backbone {} gives \
-         {} (target size {size}); serving would not match training",
-        ck.dir.display(),
-        snapshot.display(),
-        tried.join(", ")
-    )
-}
-
 /// A checkpoint served as a [`Predictor`]: preprocessing → backbone → `[CLS ; patch mean]` →
 /// head → calibrated probability, batched.
 pub struct CheckpointPredictor<B: Backend> {
@@ -149,17 +108,6 @@ pub struct CheckpointPredictor<B: Backend> {
     max_batch: usize,
     version: String,
     snapshot: PathBuf,
-}
-
-/// The preprocessing kinds tried, the run's configured one first.
-fn candidate_kinds(configured: &str) -> Vec<String> {
-    let mut v = vec![configured.to_string()];
-    for k in ["validator", "processor"] {
-        if k != configured {
-            v.push(k.to_string());
-        }
-    }
-    v
 }
 
 impl<B: Backend> CheckpointPredictor<B> {

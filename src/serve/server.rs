@@ -18,7 +18,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Map, Value};
 
 use super::batcher::{BatchOptions, Batcher, ModelSlot, Outcome};
-use super::keys::{ss58_decode, verify_sr25519, SignatureError};
 use super::metagraph::MetagraphHandle;
 use super::metrics::{log_event, Metrics};
 use super::protocol::{
@@ -26,6 +25,7 @@ use super::protocol::{
     EMPTY_BODY_HASH, SYNAPSE_NAME,
 };
 use crate::config::ServeConfig;
+use crate::keys::{ss58_decode, verify_sr25519, SignatureError};
 
 /// Everything the server needs to know; `from_config` fills it from `serve:` in the config.
 #[derive(Debug, Clone)]

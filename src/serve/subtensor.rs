@@ -24,8 +24,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::keys::{ss58_encode, SS58_FORMAT};
 use super::metagraph::Neuron;
+use crate::keys::{ss58_encode, SS58_FORMAT};
 
 /// Bittensor's main network entry point (`bittensor.core.settings.FINNEY_ENTRYPOINT`).
 pub const FINNEY_ENDPOINT: &str = "wss://entrypoint-finney.opentensor.ai:443";

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::head::{served_probability, Head};
 use crate::config::Config;
 use crate::metrics::{BinaryMetrics, ScoreSummary};
+use crate::model::hub;
+use crate::model::preprocess::Preprocess;
 use crate::util::fsx;
 
 /// File name of the head weights.
@@ -274,4 +276,58 @@ pub fn load_head<B: Backend>(path: &Path, device: &B::Device) -> Result<Head<B>>
         map.insert(name, (view.shape().to_vec(), v));
     }
     Head::from_named_tensors(&map, path, device)
+}
+
+/// Folder inside an export (or checkpoint) holding its own backbone snapshot; when present it
+/// is used instead of resolving `run.yaml`'s backbone name through the Hugging Face cache.
+pub const BUNDLED_BACKBONE: &str = "backbone";
+
+/// The backbone snapshot of a checkpoint: its bundled `backbone/` folder, else `run.yaml`'s
+/// backbone resolved through the Hugging Face cache.
+pub fn checkpoint_snapshot(dir: &Path, info: &RunInfo) -> Result<PathBuf> {
+    let bundled = dir.join(BUNDLED_BACKBONE);
+    if bundled.join("config.json").is_file() {
+        return Ok(bundled);
+    }
+    hub::resolve_backbone(&info.backbone.name, &info.config.backbone.revision).with_context(|| {
+        format!(
+            "checkpoint {} was trained on backbone {:?}, which is not available here",
+            dir.display(),
+            info.backbone.name
+        )
+    })
+}
+
+/// The preprocessing a checkpoint's features were computed with: rebuilt from the run's config
+/// and checked against the id recorded in `run.yaml`.
+pub fn training_preprocess<B: Backend>(ck: &Checkpoint<B>, snapshot: &Path) -> Result<Preprocess> {
+    let info = &ck.info;
+    let want = &info.backbone.preprocess;
+    let size = info.config.augment.target_size;
+    let mut tried = Vec::new();
+    for kind in candidate_kinds(&info.config.backbone.preprocess) {
+        let p = Preprocess::for_kind(&kind, snapshot, size)?;
+        if &p.id() == want {
+            return Ok(p);
+        }
+        tried.push(format!("{kind} = {}", p.id()));
+    }
+    bail!(
+        "{}: run.yaml says the features were preprocessed as {want}, but backbone {} gives \
+         {} (target size {size}); serving would not match training",
+        ck.dir.display(),
+        snapshot.display(),
+        tried.join(", ")
+    )
+}
+
+/// The preprocessing kinds tried, the run's configured one first.
+fn candidate_kinds(configured: &str) -> Vec<String> {
+    let mut v = vec![configured.to_string()];
+    for k in ["validator", "processor"] {
+        if k != configured {
+            v.push(k.to_string());
+        }
+    }
+    v
 }

@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests (`mod common;` in each test file).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sv72::train::checkpoint::{BackboneInfo, ManifestInfo};
+use sv72::train::{FeatureSet, RunInputs, RunOptions};
+
+/// A path under `tests/fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// Runs the sv72 binary in `dir` without progress bars or live tracking.
+pub fn sv72(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sv72"))
+        .current_dir(dir)
+        .env("SV72_NO_PROGRESS", "1")
+        .env_remove("WANDB_API_KEY")
+        .args(args)
+        .output()
+        .expect("spawn sv72")
+}
+
+/// stdout of a run that must succeed; the assertion shows both streams.
+pub fn stdout_ok(out: &Output, args: &[&str]) -> String {
+    assert!(
+        out.status.success(),
+        "sv72 {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Training inputs held in memory (no manifest behind them).
+pub fn mem_inputs(train: FeatureSet, val: FeatureSet, backbone: BackboneInfo) -> RunInputs {
+    RunInputs {
+        manifest: ManifestInfo {
+            path: "mem".into(),
+            hash: "m".into(),
+            train_images: train.len(),
+            val_images: val.len(),
+            train_rows: train.len(),
+            val_rows: val.len(),
+        },
+        train,
+        val,
+        backbone,
+    }
+}
+
+/// Run options that write checkpoints under `root` and drop warnings.
+pub fn quiet_options(root: &Path) -> RunOptions {
+    RunOptions {
+        checkpoints_root: root.to_path_buf(),
+        wandb: None,
+        warn: Box::new(|_| {}),
+        on_epoch: None,
+    }
+}
