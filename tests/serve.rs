@@ -1164,6 +1164,76 @@ mod checkpoint_model {
         watcher.join().unwrap();
     }
 
+    /// The deployment path miners use: export → `sv72 deploy` switches `exports/deployed` → the
+    /// watching slot swaps to the new export, whose answers equal its checkpoint's.
+    #[test]
+    fn deployed_export_hot_swaps_on_deploy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path(), SIZE);
+        cfg.paths.exports = tmp.path().join("exports");
+        let snap = fixture_backbone();
+        let export_of = |run: &Path| {
+            let req = sv72::export::ExportRequest {
+                checkpoint: Some(run.to_path_buf()),
+                checkpoints_root: cfg.paths.checkpoints.clone(),
+                exports_root: cfg.paths.exports.clone(),
+                model_name: cfg.export.model_name.clone(),
+                description: cfg.export.description.clone(),
+                license: cfg.export.license.clone(),
+                hotkey: ss58_encode(&[9; 32], 42),
+                version: None,
+                feature_cache: cfg.paths.feature_cache.clone(),
+                fail_after: None,
+            };
+            let out = sv72::export::export_checkpoint(&req).unwrap();
+            sv72::export::deploy(&cfg.paths.exports, &out.dir).unwrap();
+            out.dir
+        };
+        let run_a = train_checkpoint(&cfg, &snap, 36, false);
+        let export_a = export_of(&run_a);
+        let deployed = cfg.paths.exports.join(sv72::export::DEPLOYED);
+        let loader = sv72::serve::model::model_loader(&cfg, "cpu").unwrap();
+        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let answer = |path: &Path| {
+            loader(path)
+                .unwrap()
+                .predict(std::slice::from_ref(&img))
+                .unwrap()[0] as f64
+        };
+        let want_a = direct(&run_a, &snap, SIZE);
+        assert!((answer(&deployed) - want_a).abs() <= 1e-5);
+
+        let metrics = Arc::new(Metrics::new());
+        let slot = ModelSlot::new(loader(&deployed).unwrap(), metrics);
+        let v_a = slot.version();
+        assert!(
+            v_a.contains(export_a.file_name().unwrap().to_str().unwrap()),
+            "{v_a}"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = slot.watch(
+            deployed.clone(),
+            loader.clone(),
+            Duration::from_millis(100),
+            stop.clone(),
+        );
+
+        let run_b = train_checkpoint(&cfg, &snap, 36, true);
+        let export_b = export_of(&run_b);
+        assert_ne!(export_a, export_b);
+        wait_for("swap to the second export", &|| slot.version() != v_a);
+        assert!(slot
+            .version()
+            .contains(export_b.file_name().unwrap().to_str().unwrap()));
+        let want_b = direct(&run_b, &snap, SIZE);
+        assert!((want_a - want_b).abs() > 1e-3, "{want_a} vs {want_b}");
+        assert!((answer(&deployed) - want_b).abs() <= 1e-5);
+        // The first export is still on disk, untouched, for a rollback.
+        assert!((answer(&export_a) - want_a).abs() <= 1e-5);
+        stop.store(true, Ordering::Relaxed);
+        watcher.join().unwrap();
+    }
+
     /// Reads the child's stderr until `sv72 serve` says where it listens.
     fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
         let stderr = child.stderr.take().unwrap();
