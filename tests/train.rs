@@ -794,7 +794,7 @@ mod cli_e2e {
         assert!((0.0..=1.0).contains(&r.expected_score.mean));
         let lat = r.latency.as_ref().expect("latency measured");
         assert_eq!(lat.device, "cpu");
-        assert_eq!(lat.samples, sv72::cli::eval::LATENCY_SAMPLES);
+        assert_eq!(lat.samples, sv72::eval::challenges::LATENCY_SAMPLES);
         assert!(lat.p50_ms > 0.0 && lat.p50_ms <= lat.p99_ms);
         for png in ["roc", "reliability", "score_by_level", "confusion"] {
             let p = d.join("report").join(format!("{png}.png"));

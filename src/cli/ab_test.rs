@@ -8,22 +8,22 @@ use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use rayon::prelude::*;
 
-use super::eval::{featurizer_for, parse_on, ChallengeFeatures};
-use super::train_head::{load_challenge, on_device, LEVELS};
 use super::Ctx;
 use crate::backend::Cpu;
 use crate::config::Config;
 use crate::cycle::exit;
-use crate::data::manifest::ManifestRow;
+use crate::data::manifest::{parse_on, ManifestRow};
 use crate::eval::ab::{
     compare, decide, summary_table, write_ab_report, AbOptions, AbReport, DataRef, ModelRef,
     PairedAnswer, Rule,
 };
+use crate::eval::challenges::{featurizer_for, ChallengeFeatures};
 use crate::export::card::{ModelCard, MODEL_CARD_FILE};
+use crate::features::featurizer::on_device;
 use crate::serve::model::model_loader;
 use crate::train::checkpoint::BUNDLED_BACKBONE;
 use crate::train::checkpoint::{resolve_checkpoint, Checkpoint};
-use crate::train::data::{challenge_views, read_split, ViewKey};
+use crate::train::data::{challenge_views, load_challenge, read_split, ViewKey, LEVELS};
 use crate::util::hash::file_hash;
 
 /// How the two models are run on the challenges.

@@ -1,23 +1,18 @@
 //! `sv72 eval`: evaluates a checkpoint as validators score it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use std::time::Instant;
+use anyhow::{Context, Result};
 
-use anyhow::{bail, Context, Result};
-use burn::tensor::backend::Backend;
-
-use super::train_head::{load_challenge, on_device, open_image, Featurizer, OnBackend, LEVELS};
 use super::Ctx;
 use crate::backend::Cpu;
-use crate::config::Config;
-use crate::data::manifest::{ManifestRow, Split};
-use crate::eval::{build_report, summary_table, write_report, EvalMeta, EvalPrediction, Latency};
-use crate::features::embed::extract_rows;
-use crate::model::load_backbone;
-use crate::train::data::{challenge_views, gather, head_input, read_split, ViewKey};
-use crate::train::{resolve_checkpoint, Checkpoint, FeatureSet};
+use crate::data::manifest::{parse_on, ManifestRow, Split};
+use crate::eval::challenges::{featurizer_for, ChallengeFeatures};
+use crate::eval::{build_report, summary_table, write_report, EvalMeta, EvalPrediction};
+use crate::features::featurizer::on_device;
+use crate::train::data::{challenge_views, read_split, LEVELS};
+use crate::train::{resolve_checkpoint, Checkpoint};
 use crate::util::hash::file_hash;
 
 /// Flags of `sv72 eval`.
@@ -36,126 +31,6 @@ pub struct Args {
     /// `cpu` or `cuda` for feature extraction (default: `backbone.device`).
     #[arg(long)]
     pub device: Option<String>,
-}
-
-/// Splits `MANIFEST[:split]`; a trailing `:train|val|test` is the split.
-pub fn parse_on(on: &str) -> Result<(String, Split)> {
-    if let Some((m, s)) = on.rsplit_once(':') {
-        if let Ok(split) = s.parse::<Split>() {
-            if m.is_empty() {
-                bail!("--on {on:?}: the manifest part is empty");
-            }
-            return Ok((m.to_string(), split));
-        }
-    }
-    Ok((on.to_string(), Split::Test))
-}
-
-/// Images timed one at a time (backbone + head) for the latency line.
-pub const LATENCY_SAMPLES: usize = 16;
-
-/// Backbone features of validator challenges (the job `eval` and `ab-test` share): `views` of
-/// `rows` made by [`load_challenge`] with `seed`, through the feature cache. With `latency`
-/// set, also times batch-1 serving of that checkpoint.
-pub struct ChallengeFeatures<'a> {
-    pub cfg: &'a Config,
-    pub fz: &'a mut Featurizer,
-    pub rows: &'a [&'a ManifestRow],
-    pub views: &'a [ViewKey],
-    pub seed: u64,
-    pub latency: Option<&'a Checkpoint<Cpu>>,
-}
-
-/// Challenge features, the views they belong to, skipped views and batch-1 latency.
-pub type ChallengeFeaturesOut = (FeatureSet, Vec<ViewKey>, usize, Option<Latency>);
-
-impl OnBackend for ChallengeFeatures<'_> {
-    type Out = ChallengeFeaturesOut;
-    fn run<B: Backend>(self, dev: &B::Device, name: &str) -> Result<ChallengeFeaturesOut> {
-        let cfg = self.cfg;
-        let model = load_backbone::<B>(&self.fz.snapshot, dev)?;
-        let root = &cfg.paths.datasets;
-        let (set, kept, skipped) = gather::<B, _, _>(
-            model.as_ref(),
-            dev,
-            self.rows,
-            self.views,
-            |r, v| load_challenge(r, v, root, &cfg.augment, self.seed),
-            &self.fz.preprocess,
-            cfg.backbone.batch_size,
-            &mut self.fz.cache,
-        )?;
-        let Some(ck) = self.latency else {
-            return Ok((set, kept, skipped, None));
-        };
-        // Batch-1 latency as the miner serves: preprocess + backbone + head on a decoded image
-        // (decoding excluded). The first image warms up and is not counted.
-        let cpu = Default::default();
-        let mut ms = Vec::new();
-        // Small splits are cycled so the percentiles always rest on LATENCY_SAMPLES timings.
-        for (i, row) in self
-            .rows
-            .iter()
-            .cycle()
-            .take(LATENCY_SAMPLES + 1)
-            .enumerate()
-        {
-            let Ok(img) = open_image(row, root) else {
-                continue;
-            };
-            let t = Instant::now();
-            let px = self.fz.preprocess.pixel_values(&img)?;
-            let (h, w) = self.fz.preprocess.output_size(img.width(), img.height());
-            let f = extract_rows::<B, _>(model.as_ref(), dev, px, 1, h as usize, w as usize)?;
-            let x = f.first().map(head_input).unwrap_or_default();
-            let p = ck.predict_proba(&x, &cpu)?;
-            let elapsed = t.elapsed().as_secs_f64() * 1e3;
-            if i > 0 {
-                ms.push(elapsed);
-            }
-            if p.len() != 1 {
-                bail!(
-                    "latency probe: the head returned {} answers for one image",
-                    p.len()
-                );
-            }
-        }
-        Ok((set, kept, skipped, Latency::from_samples(name, ms)))
-    }
-}
-
-/// The featurizer a checkpoint's head needs: the backbone and preprocessing it was trained on,
-/// checked against `run.yaml` (weights hash, preprocessing id).
-pub fn featurizer_for(ck: &Checkpoint<Cpu>, cache_root: &Path) -> Result<Featurizer> {
-    let mut trained = ck.info.config.backbone.clone();
-    trained.model = ck.info.backbone.name.clone();
-    let fz = Featurizer::open(&trained, ck.info.config.augment.target_size, cache_root)
-        .with_context(|| {
-            format!(
-                "cannot load the backbone {:?} that checkpoint {} was trained on",
-                ck.info.backbone.name,
-                ck.dir.display()
-            )
-        })?;
-    if fz.backbone_key != ck.info.backbone.weights_hash {
-        bail!(
-            "backbone {:?} now resolves to weights {} but checkpoint {} was trained on {}; \
-             fetch the original weights or retrain",
-            ck.info.backbone.name,
-            fz.backbone_key,
-            ck.dir.display(),
-            ck.info.backbone.weights_hash
-        );
-    }
-    if fz.preprocess.id() != ck.info.backbone.preprocess {
-        bail!(
-            "preprocessing {} differs from the checkpoint's {} ({})",
-            fz.preprocess.id(),
-            ck.info.backbone.preprocess,
-            ck.dir.display()
-        );
-    }
-    Ok(fz)
 }
 
 /// Runs `sv72 eval`.

@@ -7,13 +7,13 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::train_head::{on_device, Featurizer, OnBackend};
 use super::Ctx;
 use crate::backend::Cpu;
 use crate::cycle::mine::{self, Criteria, Distance, Embedded, EvalInput, ServeInput, Settings};
 use crate::data::decode::DecodeLimits;
 use crate::data::manifest::{manifest_path, read_manifest};
 use crate::eval::{read_predictions, PREDICTIONS_FILE};
+use crate::features::featurizer::{on_device, Featurizer, OnBackend};
 use crate::model::load_backbone;
 use crate::serve::batcher::Predictor;
 use crate::serve::model::model_loader;

@@ -1,28 +1,22 @@
 //! `sv72 train-head`: trains a classification head on cached backbone features.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use image::DynamicImage;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use super::Ctx;
-use crate::config::{AugmentConfig, BackboneConfig, Config};
+use crate::config::Config;
 use crate::data::manifest::{manifest_path, read_manifest, ManifestRow, Split};
-use crate::features::embed::NO_AUG;
-use crate::features::{backbone_key, FeatureCache};
-use crate::model::preprocess::Preprocess;
-use crate::model::{hub, load_backbone};
-use crate::train::data::{challenge_views, gather, rows_of, training_views, view_seed, ViewKey};
+use crate::features::featurizer::{on_device, Featurizer, OnBackend};
+use crate::model::load_backbone;
+use crate::train::data::{
+    challenge_views, gather, load_challenge, load_training_view, rows_of, training_views, LEVELS,
+};
 use crate::train::{run_training, BackboneInfo, FeatureSet, ManifestInfo, RunInputs, RunOptions};
 use crate::util::hash::file_hash;
-
-/// Validator levels every challenge set covers (validation and eval).
-pub const LEVELS: [u8; 4] = [0, 1, 2, 3];
 
 /// Flags of `sv72 train-head`.
 #[derive(Debug, clap::Args)]
@@ -48,106 +42,6 @@ pub struct Args {
     /// Checkpoints root (default: `paths.checkpoints`).
     #[arg(long, value_name = "DIR")]
     pub checkpoints: Option<PathBuf>,
-}
-
-/// Decodes a manifest row's image file.
-pub fn open_image(row: &ManifestRow, datasets_root: &Path) -> Result<DynamicImage> {
-    let p = row.resolve_path(datasets_root);
-    image::ImageReader::open(&p)
-        .with_context(|| format!("cannot open image {} (row {})", p.display(), row.id))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", p.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode image {} (row {})", p.display(), row.id))
-}
-
-/// Makes a training view: the clean image for [`NO_AUG`], otherwise
-/// `augment::training_view` seeded by [`view_seed`].
-pub fn load_training_view(
-    row: &ManifestRow,
-    view: &ViewKey,
-    datasets_root: &Path,
-    aug: &AugmentConfig,
-    seed: u64,
-) -> Result<DynamicImage> {
-    let img = open_image(row, datasets_root)?;
-    if view.aug_id == NO_AUG {
-        return Ok(img);
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(view_seed(seed, &row.id, &view.aug_id));
-    let (out, _) = crate::augment::training_view(&img, aug, &mut rng)?;
-    Ok(DynamicImage::ImageRgb8(out))
-}
-
-/// Makes a validator challenge at the view's level, as the miner receives it (JPEG round trip).
-pub fn load_challenge(
-    row: &ManifestRow,
-    view: &ViewKey,
-    datasets_root: &Path,
-    aug: &AugmentConfig,
-    seed: u64,
-) -> Result<DynamicImage> {
-    let img = open_image(row, datasets_root)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(view_seed(seed, &row.id, &view.aug_id));
-    let ch = crate::augment::validator_challenge(&img, Some(view.level), aug, &mut rng)?;
-    Ok(DynamicImage::ImageRgb8(ch.image))
-}
-
-/// Work generic over the backbone's backend, so one code path serves every `--device`/dtype.
-pub trait OnBackend {
-    type Out;
-    /// Runs on backend `B`; `device_name` is for reports (e.g. `cuda-f16`).
-    fn run<B: Backend>(self, device: &B::Device, device_name: &str) -> Result<Self::Out>;
-}
-
-/// Runs `job` on `cpu` or `cuda` (with `backbone.dtype`).
-pub fn on_device<J: OnBackend>(device: &str, dtype: &str, job: J) -> Result<J::Out> {
-    match device {
-        "cpu" => job.run::<crate::backend::Cpu>(&Default::default(), "cpu"),
-        "cuda" => run_cuda(dtype, job),
-        other => bail!("--device {other:?}: use `cpu` or `cuda`"),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn run_cuda<J: OnBackend>(dtype: &str, job: J) -> Result<J::Out> {
-    use burn::backend::Cuda;
-    let dev = Default::default();
-    match dtype {
-        "f16" => job.run::<Cuda<half::f16>>(&dev, "cuda-f16"),
-        "bf16" => job.run::<Cuda<half::bf16>>(&dev, "cuda-bf16"),
-        _ => job.run::<Cuda<f32>>(&dev, "cuda-f32"),
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn run_cuda<J: OnBackend>(_dtype: &str, _job: J) -> Result<J::Out> {
-    bail!("--device cuda needs a CUDA build: rebuild with `cargo build --release --features cuda`, or use --device cpu")
-}
-
-/// The backbone, preprocessing and feature cache a run uses.
-pub struct Featurizer {
-    pub snapshot: PathBuf,
-    pub preprocess: Preprocess,
-    pub backbone_key: String,
-    pub cache: FeatureCache,
-}
-
-impl Featurizer {
-    /// Resolves `bb.model` (folder or HF cache name), builds its `bb.preprocess` recipe and opens
-    /// its feature cache under `cache_root`.
-    pub fn open(bb: &BackboneConfig, target_size: u32, cache_root: &Path) -> Result<Self> {
-        let snapshot = hub::resolve_backbone(&bb.model, &bb.revision)?;
-        let preprocess = Preprocess::for_kind(&bb.preprocess, &snapshot, target_size)?;
-        let backbone_key = backbone_key(&snapshot, cache_root)?;
-        let cache = FeatureCache::open(cache_root, &backbone_key, &preprocess.id())?;
-        Ok(Featurizer {
-            snapshot,
-            preprocess,
-            backbone_key,
-            cache,
-        })
-    }
 }
 
 struct TrainFeatures<'a> {

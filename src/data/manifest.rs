@@ -356,6 +356,19 @@ pub fn check_dataset_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Splits `MANIFEST[:split]`; a trailing `:train|val|test` is the split.
+pub fn parse_on(on: &str) -> Result<(String, Split)> {
+    if let Some((m, s)) = on.rsplit_once(':') {
+        if let Ok(split) = s.parse::<Split>() {
+            if m.is_empty() {
+                bail!("--on {on:?}: the manifest part is empty");
+            }
+            return Ok((m.to_string(), split));
+        }
+    }
+    Ok((on.to_string(), Split::Test))
+}
+
 #[cfg(test)]
 mod io_tests {
     use super::*;

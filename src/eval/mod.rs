@@ -5,6 +5,7 @@
 //! score; [`write_report`] writes `report.json`, `report.md` and the PNG plots.
 
 pub mod ab;
+pub mod challenges;
 pub mod plots;
 
 use std::collections::BTreeMap;

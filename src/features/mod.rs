@@ -3,5 +3,6 @@
 
 pub mod cache;
 pub mod embed;
+pub mod featurizer;
 
 pub use cache::{backbone_key, CacheStats, FeatureCache, FeatureRow};

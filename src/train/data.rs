@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use image::DynamicImage;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use super::trainer::FeatureSet;
 use crate::config::AugmentConfig;
@@ -181,4 +183,50 @@ where
         );
     }
     Ok((set, kept, computed.failed.len()))
+}
+
+/// Validator levels every challenge set covers (validation and eval).
+pub const LEVELS: [u8; 4] = [0, 1, 2, 3];
+
+/// Decodes a manifest row's image file.
+pub fn open_image(row: &ManifestRow, datasets_root: &Path) -> Result<DynamicImage> {
+    let p = row.resolve_path(datasets_root);
+    image::ImageReader::open(&p)
+        .with_context(|| format!("cannot open image {} (row {})", p.display(), row.id))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", p.display()))?
+        .decode()
+        .with_context(|| format!("cannot decode image {} (row {})", p.display(), row.id))
+}
+
+/// Makes a training view: the clean image for [`NO_AUG`], otherwise
+/// `augment::training_view` seeded by [`view_seed`].
+pub fn load_training_view(
+    row: &ManifestRow,
+    view: &ViewKey,
+    datasets_root: &Path,
+    aug: &AugmentConfig,
+    seed: u64,
+) -> Result<DynamicImage> {
+    let img = open_image(row, datasets_root)?;
+    if view.aug_id == NO_AUG {
+        return Ok(img);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(view_seed(seed, &row.id, &view.aug_id));
+    let (out, _) = crate::augment::training_view(&img, aug, &mut rng)?;
+    Ok(DynamicImage::ImageRgb8(out))
+}
+
+/// Makes a validator challenge at the view's level, as the miner receives it (JPEG round trip).
+pub fn load_challenge(
+    row: &ManifestRow,
+    view: &ViewKey,
+    datasets_root: &Path,
+    aug: &AugmentConfig,
+    seed: u64,
+) -> Result<DynamicImage> {
+    let img = open_image(row, datasets_root)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(view_seed(seed, &row.id, &view.aug_id));
+    let ch = crate::augment::validator_challenge(&img, Some(view.level), aug, &mut rng)?;
+    Ok(DynamicImage::ImageRgb8(ch.image))
 }
