@@ -2,6 +2,8 @@
 //! 127.0.0.1 (a Hugging Face Hub that checks the upload protocol, a NATIX registration service
 //! that verifies the sr25519 signature), plus bittensor hotkey files (plain and `$NACL`).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -501,6 +503,116 @@ mod hub {
             s.log
         );
         assert_eq!(s.commits.len(), 2);
+    }
+
+    /// What miners run: `sv72 export CKPT --hotkey … --push ORG/REPO` with HF_TOKEN set. The Hub
+    /// receives exactly the export folder, byte for byte, in one commit; the token never shows.
+    #[test]
+    fn export_cli_pushes_the_whole_export() {
+        use sv72::train::{self, checkpoint::BackboneInfo, FeatureSet};
+        type Ad = burn::backend::Autodiff<sv72::backend::Cpu>;
+
+        let (url, st) = stand_in();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let snapshot = super::common::fixture("backbones/dinov2_reg4_s36");
+        let mut cfg = sv72::config::Config::default();
+        cfg.paths.checkpoints = root.join("checkpoints");
+        cfg.paths.feature_cache = root.join("features");
+        cfg.train.epochs = 2;
+        let hidden = 36;
+        let features = |n: usize, seed: u64| {
+            let mut fs = FeatureSet::default();
+            for i in 0..n {
+                let y = (i % 2) as u8;
+                let v: Vec<f32> = (0..2 * hidden)
+                    .map(|j| ((i * 131 + j * 17 + seed as usize) % 97) as f32 / 97.0 + f32::from(y))
+                    .collect();
+                fs.push(&v, y, false, 0).unwrap();
+            }
+            fs
+        };
+        let pre = sv72::model::preprocess::Preprocess::validator_for(&snapshot, 224).unwrap();
+        let inputs = super::common::mem_inputs(
+            features(40, 1),
+            features(20, 2),
+            BackboneInfo {
+                name: snapshot.display().to_string(),
+                weights_hash: sv72::features::backbone_key(&snapshot, &cfg.paths.feature_cache)
+                    .unwrap(),
+                hidden_size: hidden,
+                preprocess: pre.id(),
+            },
+        );
+        let opts = super::common::quiet_options(&cfg.paths.checkpoints);
+        let run = train::run_training::<Ad>(&cfg, &inputs, opts, &Default::default())
+            .unwrap()
+            .dir;
+
+        let hotkey = sv72::keys::ss58_encode(&[5; 32], 42);
+        let set = |k: &str, v: &Path| format!("{k}={}", v.display());
+        let (exports, features_dir) = (root.join("exports"), root.join("features"));
+        let endpoint = format!("export.hf_endpoint={url}");
+        let args = [
+            "--set",
+            &set("paths.exports", &exports),
+            "--set",
+            &set("paths.feature_cache", &features_dir),
+            "--set",
+            &endpoint,
+            "--set",
+            "export.private=true",
+            "export",
+            run.to_str().unwrap(),
+            "--hotkey",
+            &hotkey,
+            "--push",
+            REPO,
+        ];
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sv72"))
+            .current_dir(root)
+            .env("SV72_NO_PROGRESS", "1")
+            .env("HF_TOKEN", TOKEN)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(!text.contains(TOKEN), "the token was printed:\n{text}");
+        assert!(text.contains(&format!("{url}/{REPO}")), "{text}");
+
+        let dir = exports.join("sv72-roadwork-1.0.0");
+        let local: BTreeMap<String, Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        let s = st.lock().unwrap();
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.commits.len(), 1);
+        let committed = &s.commits[0].1;
+        assert_eq!(
+            committed.keys().collect::<Vec<_>>(),
+            local.keys().collect::<Vec<_>>()
+        );
+        for (name, (kind, bytes)) in committed {
+            assert_eq!(bytes, &local[name], "{name} differs on the Hub");
+            if name == "model.safetensors" {
+                assert_eq!(kind, "lfsFile");
+            }
+        }
+        let card: Value = serde_json::from_slice(&committed["model_card.json"].1).unwrap();
+        assert_eq!(card["submitted_by"], hotkey.as_str());
+        assert_eq!(card["version"], "1.0.0");
     }
 
     #[test]
