@@ -851,21 +851,11 @@ impl<B: Backend> Dinov2Model<B> {
     ) -> Result<BackboneOutput<B>> {
         self.check_input(pixel_values.dims())?;
         let hidden = self.forward(pixel_values);
-        let [n, t, d] = hidden.dims();
-        let skip = self.num_prefix_tokens();
-        let cls = hidden.clone().narrow(1, 0, 1).reshape([n, d]);
-        let patch_mean = hidden
-            .clone()
-            .narrow(1, skip, t - skip)
-            .mean_dim(1)
-            .reshape([n, d]);
-        Ok(BackboneOutput {
-            // transformers' pooler_output is the CLS token of the normed sequence.
-            pooler: cls.clone(),
-            cls,
-            patch_mean,
-            last_hidden_state: want_hidden.then_some(hidden),
-        })
+        Ok(BackboneOutput::from_hidden(
+            hidden,
+            self.num_prefix_tokens(),
+            want_hidden,
+        ))
     }
 }
 

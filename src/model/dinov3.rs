@@ -734,20 +734,11 @@ impl<B: Backend> Dinov3Model<B> {
         want_hidden: bool,
     ) -> Result<BackboneOutput<B>> {
         let hidden = self.try_forward(pixel_values)?;
-        let [n, t, d] = hidden.dims();
-        let prefix = self.config.num_prefix_tokens();
-        let cls = hidden.clone().narrow(1, 0, 1).reshape([n, d]);
-        let patch_mean = hidden
-            .clone()
-            .narrow(1, prefix, t - prefix)
-            .mean_dim(1)
-            .reshape([n, d]);
-        Ok(BackboneOutput {
-            pooler: cls.clone(),
-            cls,
-            patch_mean,
-            last_hidden_state: want_hidden.then_some(hidden),
-        })
+        Ok(BackboneOutput::from_hidden(
+            hidden,
+            self.config.num_prefix_tokens(),
+            want_hidden,
+        ))
     }
 }
 

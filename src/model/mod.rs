@@ -27,6 +27,27 @@ pub struct BackboneOutput<B: Backend> {
     pub last_hidden_state: Option<Tensor<B, 3>>,
 }
 
+impl<B: Backend> BackboneOutput<B> {
+    /// The outputs of a final hidden state `[N, T, D]` whose first `prefix` tokens are CLS and
+    /// registers: CLS, pooler (transformers' pooler_output is the CLS token of the normed
+    /// sequence for DINOv2 and DINOv3) and the mean of the patch tokens after the prefix.
+    pub fn from_hidden(hidden: Tensor<B, 3>, prefix: usize, want_hidden: bool) -> Self {
+        let [n, t, d] = hidden.dims();
+        let cls = hidden.clone().narrow(1, 0, 1).reshape([n, d]);
+        let patch_mean = hidden
+            .clone()
+            .narrow(1, prefix, t - prefix)
+            .mean_dim(1)
+            .reshape([n, d]);
+        BackboneOutput {
+            pooler: cls.clone(),
+            cls,
+            patch_mean,
+            last_hidden_state: want_hidden.then_some(hidden),
+        }
+    }
+}
+
 /// A frozen feature extractor over `pixel_values` `[N, 3, H, W]` (already normalised).
 pub trait FeatureExtractor<B: Backend> {
     /// Runs the backbone; `want_hidden` also returns the full last hidden state.
