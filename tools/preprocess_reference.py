@@ -33,62 +33,32 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "tests" / "fixtures" / "images"
 OUT = ROOT / "tests" / "fixtures" / "preprocess"
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+# The DINOv2 recipe is the one the backbone fixtures ship (one definition for both scripts).
+from backbone_fixtures import IMAGENET_MEAN, IMAGENET_STD, processor_config  # noqa: E402
+
+
+def dinov3_config(size: int) -> dict:
+    """`preprocessor_config.json` fields of the facebook/dinov3-* snapshots at `size`."""
+    return {
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": IMAGENET_MEAN,
+        "image_processor_type": "DINOv3ViTImageProcessorFast",
+        "image_std": IMAGENET_STD,
+        "resample": 2,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"height": size, "width": size},
+    }
+
 
 # Shapes of the real facebook/dinov2-* and facebook/dinov3-* preprocessor_config.json files,
 # at the real size and a smaller one.
 CONFIGS = {
-    "dinov2_224": {
-        "crop_size": {"height": 224, "width": 224},
-        "do_center_crop": True,
-        "do_convert_rgb": True,
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "image_mean": IMAGENET_MEAN,
-        "image_processor_type": "BitImageProcessor",
-        "image_std": IMAGENET_STD,
-        "resample": 3,
-        "rescale_factor": 0.00392156862745098,
-        "size": {"shortest_edge": 256},
-    },
-    "dinov2_98": {
-        "crop_size": {"height": 98, "width": 98},
-        "do_center_crop": True,
-        "do_convert_rgb": True,
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "image_mean": IMAGENET_MEAN,
-        "image_processor_type": "BitImageProcessor",
-        "image_std": IMAGENET_STD,
-        "resample": 3,
-        "rescale_factor": 0.00392156862745098,
-        "size": {"shortest_edge": 112},
-    },
-    "dinov3_224": {
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "image_mean": IMAGENET_MEAN,
-        "image_processor_type": "DINOv3ViTImageProcessorFast",
-        "image_std": IMAGENET_STD,
-        "resample": 2,
-        "rescale_factor": 0.00392156862745098,
-        "size": {"height": 224, "width": 224},
-    },
-    "dinov3_112": {
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "image_mean": IMAGENET_MEAN,
-        "image_processor_type": "DINOv3ViTImageProcessorFast",
-        "image_std": IMAGENET_STD,
-        "resample": 2,
-        "rescale_factor": 0.00392156862745098,
-        "size": {"height": 112, "width": 112},
-    },
+    "dinov2_224": processor_config((224, 224)),
+    "dinov2_98": processor_config((98, 98)),
+    "dinov3_224": dinov3_config(224),
+    "dinov3_112": dinov3_config(112),
 }
 
 
