@@ -243,6 +243,21 @@ fn scorable(images: &[RgbImage]) -> Result<bool> {
     Ok(!images.is_empty())
 }
 
+/// Probabilities as answers: clamped into [0, 1]; a non-finite one is an error (the batcher
+/// then sends the fallback) rather than an answer that scores 0.
+fn answers(probs: impl IntoIterator<Item = f64>, version: &str) -> Result<Vec<f32>> {
+    probs
+        .into_iter()
+        .map(|p| {
+            if p.is_finite() {
+                Ok(p.clamp(0.0, 1.0) as f32)
+            } else {
+                bail!("model {version} produced a non-finite probability")
+            }
+        })
+        .collect()
+}
+
 impl<B: Backend> Predictor for CheckpointPredictor<B>
 where
     CheckpointPredictor<B>: Send,
@@ -253,16 +268,7 @@ where
         }
         let features = self.features(images)?;
         let probs = self.checkpoint.predict_proba(&features, &self.device)?;
-        probs
-            .into_iter()
-            .map(|p| {
-                if p.is_finite() {
-                    Ok(p.clamp(0.0, 1.0) as f32)
-                } else {
-                    bail!("model {} produced a non-finite probability", self.version)
-                }
-            })
-            .collect()
+        answers(probs, &self.version)
     }
 
     fn version(&self) -> String {
@@ -363,18 +369,9 @@ where
             images,
         )?;
         let margins = self.head.margins(&features, &self.device)?;
-        margins
-            .into_iter()
-            .map(|z| {
-                // softmax over two logits = sigmoid of their difference.
-                let p = crate::metrics::sigmoid(z);
-                if p.is_finite() {
-                    Ok(p.clamp(0.0, 1.0) as f32)
-                } else {
-                    bail!("model {} produced a non-finite probability", self.version)
-                }
-            })
-            .collect()
+        // softmax over two logits = sigmoid of their difference.
+        let probs = margins.into_iter().map(crate::metrics::sigmoid);
+        answers(probs, &self.version)
     }
 
     fn version(&self) -> String {
