@@ -18,9 +18,7 @@ use sv72::export::{self, ExportRequest, Form, ModelCard, Version};
 use sv72::keys::ss58_encode;
 use sv72::model::preprocess::Preprocess;
 use sv72::serve::model::{CheckpointPredictor, LoadOptions};
-use sv72::train::{self, checkpoint, BackboneInfo, FeatureSet};
-
-type Ad = burn::backend::Autodiff<Cpu>;
+use sv72::train::{checkpoint, FeatureSet};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -80,27 +78,8 @@ fn blobs(n: usize, dim: usize, seed: u64) -> FeatureSet {
 /// Trains a tiny head for `snapshot` on random features and gives it a non-trivial calibration
 /// (T = 1.7, threshold 0.35) so that folding is exercised.
 fn train_checkpoint(cfg: &Config, snapshot: &Path, hidden: usize) -> PathBuf {
-    let size = cfg.augment.target_size;
-    let pre = match cfg.backbone.preprocess.as_str() {
-        "validator" => Preprocess::validator_for(snapshot, size).unwrap(),
-        _ => Preprocess::from_snapshot(snapshot).unwrap(),
-    };
-    let weights_hash = sv72::features::backbone_key(snapshot, &cfg.paths.feature_cache).unwrap();
     let (train, val) = (blobs(120, 2 * hidden, 1), blobs(60, 2 * hidden, 2));
-    let inputs = common::mem_inputs(
-        train,
-        val,
-        BackboneInfo {
-            name: snapshot.display().to_string(),
-            weights_hash,
-            hidden_size: hidden,
-            preprocess: pre.id(),
-        },
-    );
-    let opts = common::quiet_options(&cfg.paths.checkpoints);
-    let dir = train::run_training::<Ad>(cfg, &inputs, opts, &Default::default())
-        .unwrap()
-        .dir;
+    let dir = common::train_on_features(cfg, snapshot, hidden, train, val);
     let run = dir.join(checkpoint::RUN_FILE);
     let mut info: checkpoint::RunInfo =
         serde_yaml::from_str(&std::fs::read_to_string(&run).unwrap()).unwrap();

@@ -509,8 +509,7 @@ mod hub {
     /// receives exactly the export folder, byte for byte, in one commit; the token never shows.
     #[test]
     fn export_cli_pushes_the_whole_export() {
-        use sv72::train::{self, checkpoint::BackboneInfo, FeatureSet};
-        type Ad = burn::backend::Autodiff<sv72::backend::Cpu>;
+        use sv72::train::FeatureSet;
 
         let (url, st) = stand_in();
         let tmp = tempfile::tempdir().unwrap();
@@ -532,22 +531,13 @@ mod hub {
             }
             fs
         };
-        let pre = sv72::model::preprocess::Preprocess::validator_for(&snapshot, 224).unwrap();
-        let inputs = super::common::mem_inputs(
+        let run = super::common::train_on_features(
+            &cfg,
+            &snapshot,
+            hidden,
             features(40, 1),
             features(20, 2),
-            BackboneInfo {
-                name: snapshot.display().to_string(),
-                weights_hash: sv72::features::backbone_key(&snapshot, &cfg.paths.feature_cache)
-                    .unwrap(),
-                hidden_size: hidden,
-                preprocess: pre.id(),
-            },
         );
-        let opts = super::common::quiet_options(&cfg.paths.checkpoints);
-        let run = train::run_training::<Ad>(&cfg, &inputs, opts, &Default::default())
-            .unwrap()
-            .dir;
 
         let hotkey = sv72::keys::ss58_encode(&[5; 32], 42);
         let set = |k: &str, v: &Path| format!("{k}={}", v.display());

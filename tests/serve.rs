@@ -944,9 +944,8 @@ mod checkpoint_model {
     use sv72::config::Config;
     use sv72::model::preprocess::Preprocess;
     use sv72::serve::model::{CheckpointPredictor, LoadOptions};
-    use sv72::train::{self, checkpoint, BackboneInfo, Checkpoint, FeatureSet};
+    use sv72::train::{checkpoint, Checkpoint, FeatureSet};
 
-    type Ad = burn::backend::Autodiff<Cpu>;
     /// Writes one kind of broken checkpoint into a folder.
     type MakeBad<'a> = Box<dyn Fn(&Path) + 'a>;
     const SIZE: u32 = 112;
@@ -988,27 +987,11 @@ mod checkpoint_model {
     /// Trains a head on random features of the backbone's width and writes a checkpoint for
     /// `snapshot` (moves `latest`).
     fn train_checkpoint(cfg: &Config, snapshot: &Path, hidden: usize, flip: bool) -> PathBuf {
-        let pre = Preprocess::validator_for(snapshot, cfg.augment.target_size).unwrap();
-        let weights_hash = sv72::features::backbone_key(snapshot, &cfg.paths.feature_cache)
-            .unwrap_or_else(|_| "none".into());
         let (train, val) = (
             blobs(200, 2 * hidden, 1, flip),
             blobs(100, 2 * hidden, 2, flip),
         );
-        let inputs = common::mem_inputs(
-            train,
-            val,
-            BackboneInfo {
-                name: snapshot.display().to_string(),
-                weights_hash,
-                hidden_size: hidden,
-                preprocess: pre.id(),
-            },
-        );
-        let opts = common::quiet_options(&cfg.paths.checkpoints);
-        train::run_training::<Ad>(cfg, &inputs, opts, &Default::default())
-            .unwrap()
-            .dir
+        common::train_on_features(cfg, snapshot, hidden, train, val)
     }
 
     /// Backbone + head on the decoded fixture image, without the serving code.

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sv72::config::Config;
+use sv72::model::preprocess::Preprocess;
 use sv72::train::checkpoint::{BackboneInfo, ManifestInfo};
 use sv72::train::{FeatureSet, RunInputs, RunOptions};
 
@@ -61,4 +63,30 @@ pub fn quiet_options(root: &Path) -> RunOptions {
         warn: Box::new(|_| {}),
         on_epoch: None,
     }
+}
+
+/// Trains a head for backbone `snapshot` (width `hidden`) on in-memory features and writes its
+/// checkpoint under `cfg.paths.checkpoints` (moving `latest`); the run records the snapshot's
+/// real weights hash and the `cfg.backbone.preprocess` recipe, so it loads and exports.
+pub fn train_on_features(
+    cfg: &Config,
+    snapshot: &Path,
+    hidden: usize,
+    train: FeatureSet,
+    val: FeatureSet,
+) -> PathBuf {
+    let pre =
+        Preprocess::for_kind(&cfg.backbone.preprocess, snapshot, cfg.augment.target_size).unwrap();
+    let backbone = BackboneInfo {
+        name: snapshot.display().to_string(),
+        weights_hash: sv72::features::backbone_key(snapshot, &cfg.paths.feature_cache).unwrap(),
+        hidden_size: hidden,
+        preprocess: pre.id(),
+    };
+    let inputs = mem_inputs(train, val, backbone);
+    let opts = quiet_options(&cfg.paths.checkpoints);
+    type Ad = burn::backend::Autodiff<sv72::backend::Cpu>;
+    sv72::train::run_training::<Ad>(cfg, &inputs, opts, &Default::default())
+        .unwrap()
+        .dir
 }
