@@ -1,7 +1,7 @@
 //! `sv72 ab-test`: paired statistics against known values, the decision rule clause by clause,
 //! and the binary end to end on demo data.
 
-mod common;
+use crate::common;
 
 use sv72::config::AbTestConfig;
 use sv72::data::manifest::SourceKind;
@@ -787,7 +787,7 @@ mod cli_e2e {
 }
 
 /// Cost of the bootstrap at a realistic size; run with
-/// `cargo test --test abtest -- --ignored --nocapture measure`.
+/// `cargo test --test main abtest:: -- --ignored --nocapture measure`.
 #[test]
 #[ignore]
 fn measure_bootstrap_cost() {

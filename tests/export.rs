@@ -2,7 +2,7 @@
 //! transformers layout against the committed reference, hotkey checks, versions, atomicity,
 //! deploy's symlink and checksum refusal, and `--push` without a token.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `sv72 mine-hard`: k-centre greedy, hard-case selection, and the binary end to end on demo
 //! images with the tiny DINOv2 fixture.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -75,7 +75,7 @@ mod kcenter {
     }
 
     /// Timing at a realistic size (10k candidates, ViT-S `[CLS ; patch mean]` = 768 dims,
-    /// 500 kept): `cargo test --test mine -- --ignored --nocapture kcenter_timing`.
+    /// 500 kept): `cargo test --test main mine:: -- --ignored --nocapture kcenter_timing`.
     #[test]
     #[ignore]
     fn kcenter_timing() {

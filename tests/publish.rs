@@ -2,7 +2,7 @@
 //! 127.0.0.1 (a Hugging Face Hub that checks the upload protocol, a NATIX registration service
 //! that verifies the sr25519 signature), plus bittensor hotkey files (plain and `$NACL`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};

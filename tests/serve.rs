@@ -1,7 +1,7 @@
 //! `sv72 serve` end to end on 127.0.0.1: a Rust client that signs like a bittensor dendrite,
 //! every rejection path of the Python axon, limits, hot swap, logs, shutdown and a bounded load.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -1421,7 +1421,7 @@ mod checkpoint_model {
     }
 
     /// Single-request latency through the axon with a ViT-S-sized backbone on CPU. Run with
-    /// `cargo test --release --test serve latency -- --ignored --nocapture`.
+    /// `cargo test --release --test main serve::latency -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn latency_vit_s_cpu() {

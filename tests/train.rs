@@ -1,7 +1,7 @@
 //! Tests of `sv72 train-head` / `sv72 eval` building blocks: metrics and the subnet score,
 //! calibration, threshold choice, head training, checkpoints, and tracking outputs.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

@@ -30,7 +30,7 @@ swapped RoPE y/x grid).
 `--full DIR --preset NAME` instead writes one full-size random snapshot with a published
 architecture (not committed; tens of MB) plus DIR/reference_224x224.safetensors holding the
 processor's float32 pixel_values at 224x224 and the outputs, for the opt-in Rust test
-`SV72_DINOV3_FULL=DIR cargo test --test backbones -- --ignored full_size`.
+`SV72_DINOV3_FULL=DIR cargo test --test main backbones:: -- --ignored full_size`.
 """
 
 import argparse

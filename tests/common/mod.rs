@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests (`mod common;` in each test file).
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code)] // not every helper is used by every build (e.g. under `cuda`)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
