@@ -3,7 +3,8 @@
 //! Library layout, imports flowing downwards only:
 //! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (axon, predictors) →
 //! `export` (Hugging Face folder, deploy, push) → `train`, `eval` → `features` → `model`, `data`
-//! → `augment` → `metrics`, `keys`, `backend`, `config`, `util`.
+//! → `augment` → `metrics`, `keys`, `backend`, `config`, `util`; `generate` (image-generation
+//! servers) → `config`, `util`.
 
 pub mod augment;
 pub mod backend;
@@ -14,6 +15,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod features;
+pub mod generate;
 pub mod keys;
 pub mod metrics;
 pub mod model;

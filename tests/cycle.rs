@@ -660,9 +660,26 @@ fn example_config_loads_and_expands() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/cycle-example.yaml");
     let cfg = sv72::config::Config::load(Some(&path), &[]).unwrap();
     let mut cycle = cfg.cycle.clone();
-    assert_eq!(cycle.pipeline.len(), 8);
-    assert_eq!(cycle.pipeline[4][0], "ab-test");
-    assert_eq!(cycle.pipeline[7], ["deploy", "exports/latest"]);
+    // The whole loop, in order.
+    let names: Vec<&str> = cycle.pipeline.iter().map(|s| s[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "mine-hard",
+            "generate",
+            "ingest",
+            "ingest",
+            "synth-mix",
+            "train-head",
+            "eval",
+            "ab-test",
+            "export",
+            "register",
+            "deploy"
+        ]
+    );
+    assert!(cycle.pipeline[8].iter().any(|a| a == "--push"));
+    assert_eq!(cycle.pipeline[10], ["deploy", "exports/latest"]);
     cycle.pipeline.clear();
     assert_eq!(
         cycle,
@@ -675,9 +692,17 @@ fn example_config_loads_and_expands() {
     };
     let steps =
         sv72::cycle::pipeline::expand_steps(&cfg.cycle.pipeline, submitted(), &env).unwrap();
-    assert_eq!(steps[0].args[2], "natix-20260101");
-    assert_eq!(steps[5].args[3], "value-of-SV72_HOTKEY_SS58");
-    assert_eq!(steps[5].template[3], "${SV72_HOTKEY_SS58}");
+    assert_eq!(steps[0].args.last().unwrap(), "hard/20260101");
+    assert_eq!(steps[2].args[2], "natix-20260101");
+    assert_eq!(steps[3].args[4], "generated/20260101/generated.csv");
+    assert_eq!(steps[8].args[3], "value-of-SV72_HOTKEY_SS58");
+    assert_eq!(steps[8].template[3], "${SV72_HOTKEY_SS58}");
+    // generate writes where the ingest step after it reads.
+    let out = &steps[1].args[steps[1].args.iter().position(|a| a == "--out").unwrap() + 1];
+    assert_eq!(
+        format!("{out}/{}", sv72::generate::CSV_FILE),
+        steps[3].args[4]
+    );
     // Every step must be a command line this binary accepts, so the example cannot rot when a
     // subcommand's flags change.
     use clap::Parser;
