@@ -16,6 +16,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use crate::config::{HeadConfig, HeadType};
+
 /// One tensor: `(name, shape, row-major values)`.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
@@ -34,12 +36,11 @@ pub enum HeadKind {
 
 impl HeadKind {
     /// From `head.kind` / `head.hidden` of the config.
-    pub fn from_config(cfg: &crate::config::HeadConfig) -> Result<Self> {
-        match cfg.kind.as_str() {
-            "linear" => Ok(HeadKind::Linear),
-            "mlp" if cfg.hidden > 0 => Ok(HeadKind::Mlp { hidden: cfg.hidden }),
-            "mlp" => bail!("head.hidden must be > 0 for head.kind = mlp"),
-            other => bail!("head.kind = {other:?} must be `linear` or `mlp`"),
+    pub fn from_config(cfg: &HeadConfig) -> Result<Self> {
+        match cfg.kind {
+            HeadType::Linear => Ok(HeadKind::Linear),
+            HeadType::Mlp if cfg.hidden > 0 => Ok(HeadKind::Mlp { hidden: cfg.hidden }),
+            HeadType::Mlp => bail!("head.hidden must be > 0 for head.kind = mlp"),
         }
     }
 
