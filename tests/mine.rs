@@ -15,8 +15,8 @@ use sv72::cycle::mine::{
 use sv72::data::decode::DecodeLimits;
 use sv72::data::manifest::{read_manifest, ManifestRow, SourceKind, Split};
 use sv72::eval::{read_predictions, write_predictions, EvalPrediction};
+use sv72::infer::Predictor;
 use sv72::serve::predlog::read_prediction_log;
-use sv72::serve::Predictor;
 
 fn criteria() -> Criteria {
     Criteria::from_config(&MineHardConfig::default()).unwrap()
