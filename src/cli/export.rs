@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::args::WalletArgs;
 use super::Ctx;
 use crate::export::{self, ExportRequest, Form, PushOptions, Version};
 use crate::infer::{CheckpointPredictor, ExportPredictor, LoadOptions, Predictor};
-use crate::keys::{default_wallet_path, read_wallet_hotkey};
+use crate::keys::read_wallet_hotkey;
 
 /// Flags of `sv72 export`.
 #[derive(Debug, clap::Args)]
@@ -25,15 +26,9 @@ pub struct Args {
     /// Push the export to this Hugging Face model repository (token from HF_TOKEN).
     #[arg(long, value_name = "ORG/REPO")]
     pub push: Option<String>,
-    /// Check --hotkey against this wallet's hotkey (stops on a mismatch).
-    #[arg(long, value_name = "NAME")]
-    pub wallet: Option<String>,
-    /// Hotkey name inside --wallet (default: serve.wallet_hotkey).
-    #[arg(long, value_name = "NAME", requires = "wallet")]
-    pub wallet_hotkey: Option<String>,
-    /// Bittensor wallets folder (default: ~/.bittensor/wallets).
-    #[arg(long, value_name = "DIR")]
-    pub wallets_path: Option<PathBuf>,
+    /// `--wallet NAME`: check --hotkey against this wallet's hotkey (stops on a mismatch).
+    #[command(flatten)]
+    pub wallet: WalletArgs,
     /// After exporting, score these images through the checkpoint and through the export and
     /// compare (repeatable).
     #[arg(long = "selfcheck", value_name = "IMAGE")]
@@ -46,17 +41,13 @@ pub struct Args {
 /// Runs `sv72 export`.
 pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     let cfg = &ctx.config;
-    let wallet_hotkey = match &args.wallet {
-        Some(w) => {
-            let hk = args
-                .wallet_hotkey
-                .clone()
-                .unwrap_or_else(|| cfg.serve.wallet_hotkey.clone());
-            let root = args
-                .wallets_path
-                .clone()
-                .unwrap_or_else(default_wallet_path);
-            Some(read_wallet_hotkey(&root, w, &hk)?)
+    let wallet_hotkey = match &args.wallet.wallet {
+        Some(_) => {
+            let (root, name, hotkey) = args.wallet.resolve(cfg);
+            Some(read_wallet_hotkey(&root, &name, &hotkey)?)
+        }
+        None if args.wallet.wallet_hotkey.is_some() => {
+            bail!("--wallet-hotkey needs --wallet (the wallet whose hotkey --hotkey is checked against)")
         }
         None => None,
     };

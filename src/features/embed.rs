@@ -15,7 +15,11 @@ use image::DynamicImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::backbone_key;
 use super::cache::{FeatureCache, FeatureRow};
+use crate::backend::{on_device, Device, OnBackend};
+use crate::config::{Config, PreprocessKind};
+use crate::model::hub;
 use crate::model::preprocess::Preprocess;
 use crate::model::FeatureExtractor;
 use crate::util::{fsx, hash, progress};
@@ -264,6 +268,85 @@ pub struct EmbedJob<'a> {
     /// Shown in the JSON (the BACKBONE argument or snapshot folder).
     pub backbone_name: String,
     pub backbone_key: String,
+}
+
+/// What `sv72 embed` embeds (its flags; `None` takes the `backbone.*` setting).
+#[derive(Debug, Clone)]
+pub struct EmbedRequest {
+    /// Snapshot folder or a model id in the Hugging Face cache.
+    pub backbone: String,
+    /// Image files and folders (searched recursively).
+    pub inputs: Vec<PathBuf>,
+    /// Also every image of this manifest.
+    pub manifest: Option<PathBuf>,
+    pub out: PathBuf,
+    pub dump_pixels: bool,
+    pub device: Option<Device>,
+    pub batch_size: Option<usize>,
+    pub preprocess: Option<PreprocessKind>,
+}
+
+/// What `sv72 embed` did.
+#[derive(Debug)]
+pub struct EmbedOutcome {
+    pub index: EmbedIndex,
+    pub cache_dir: PathBuf,
+    pub cache: super::cache::CacheStats,
+}
+
+/// Runs `sv72 embed`: resolves the backbone and its preprocessing, gathers the inputs and writes
+/// their features (through the feature cache) to `req.out`.
+pub fn embed_to_file(cfg: &Config, req: &EmbedRequest) -> Result<EmbedOutcome> {
+    let snapshot = hub::resolve_backbone(&req.backbone, &cfg.backbone.revision)?;
+    let kind = req.preprocess.unwrap_or(cfg.backbone.preprocess);
+    let preprocess = Preprocess::for_kind(kind, &snapshot, cfg.augment.target_size)?;
+    let mut inputs = collect_inputs(&req.inputs)?;
+    if let Some(m) = &req.manifest {
+        inputs.extend(manifest_inputs(m, &cfg.paths.datasets)?);
+    }
+    if inputs.is_empty() {
+        bail!("no inputs: give image files, folders or --manifest");
+    }
+    let bb_key = backbone_key(&snapshot, &cfg.paths.feature_cache)?;
+    let mut cache = FeatureCache::open(&cfg.paths.feature_cache, &bb_key, &preprocess.id())?;
+    let job = EmbedJob {
+        inputs,
+        preprocess: &preprocess,
+        batch_size: req.batch_size.unwrap_or(cfg.backbone.batch_size),
+        out: req.out.clone(),
+        dump_pixels: req.dump_pixels,
+        backbone_name: req.backbone.clone(),
+        backbone_key: bb_key,
+    };
+    let index = on_device(
+        req.device.unwrap_or(cfg.backbone.device),
+        cfg.backbone.dtype,
+        EmbedOn {
+            snapshot: &snapshot,
+            job: &job,
+            cache: &mut cache,
+        },
+    )?;
+    Ok(EmbedOutcome {
+        index,
+        cache_dir: cache.dir().to_path_buf(),
+        cache: cache.stats(),
+    })
+}
+
+/// [`run_embed`] on the backend `on_device` picks.
+struct EmbedOn<'a> {
+    snapshot: &'a Path,
+    job: &'a EmbedJob<'a>,
+    cache: &'a mut FeatureCache,
+}
+
+impl OnBackend for EmbedOn<'_> {
+    type Out = EmbedIndex;
+    fn run<B: Backend>(self, dev: &B::Device, _name: &str) -> Result<EmbedIndex> {
+        let model = crate::model::load_backbone::<B>(self.snapshot, dev)?;
+        run_embed::<B, _>(model.as_ref(), dev, self.job, self.cache)
+    }
 }
 
 fn decode(bytes: &[u8]) -> Result<DynamicImage> {

@@ -10,6 +10,7 @@
 pub mod diversity;
 pub mod prompts;
 pub mod select;
+pub mod stage;
 pub mod write;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use select::{
     apply_second_model, hardness, merge_cases, reasons_of, select_eval, select_serve, Case,
     Criteria, EvalSelection, Origin, Reason, ServeSelection,
 };
+pub use stage::{parse_since, run_mine_hard, MineRequest};
 pub use write::{write_outputs, Selected, Summary};
 
 use crate::data::decode::{analyze, DecodeLimits};
