@@ -648,7 +648,10 @@ mod eval_report {
             assert!(f.is_file(), "{}", f.display());
             if f.extension().unwrap() == "png" {
                 let img = image::open(f).unwrap();
-                assert_eq!((img.width(), img.height()), (400, 400));
+                assert_eq!(
+                    (img.width(), img.height()),
+                    (sv72::eval::plots::WIDTH, sv72::eval::plots::HEIGHT)
+                );
             }
         }
         let back: sv72::eval::EvalReport =
