@@ -746,7 +746,7 @@ pub fn summary_table(r: &AbReport) -> String {
 }
 
 /// A model's legend entry in the plot: `A: <id>`, shortened to fit.
-fn plot_name(side: &str, m: &ModelRef) -> String {
+fn plot_name(side: &str, m: &ModelRecord) -> String {
     const MAX: usize = 40;
     let id = if m.id.chars().count() > MAX {
         let tail: String = m.id.chars().rev().take(MAX - 1).collect();
