@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::Digest;
 
 use super::card::{ModelCard, Version, MODEL_CARD_FILE};
 use super::hf::{self, Family, Form, CONFIG_FILE, MODELING_FILE, WEIGHTS_FILE};
@@ -332,14 +331,7 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
     })
 }
 
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
-}
+pub use crate::util::hash::sha256_file;
 
 /// `sha256sum` lines (`<hex>  <name>`) for `files` in `dir`.
 pub fn sha256sums(dir: &Path, files: &[String]) -> Result<String> {

@@ -205,17 +205,17 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Image files under `dir`, recursively (symlinks followed; a link loop is an error).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p
+    for e in walkdir::WalkDir::new(dir).follow_links(true) {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        let is_image = e
+            .path()
             .extension()
             .and_then(|x| x.to_str())
-            .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
-        {
-            out.push(p);
+            .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
+        if !e.file_type().is_dir() && is_image {
+            out.push(e.into_path());
         }
     }
     Ok(())
