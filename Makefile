@@ -38,7 +38,7 @@ demo: build
 	$(SV72) eval --on demo-mix:test
 	cp checkpoints/latest $(DEMO)/deployed.run
 	$(BIN) query --print-hotkey --hotkey-seed $(DEMO_AXON_SEED) > $(DEMO)/axon.hotkey
-	$(SV72) export checkpoints/latest --hotkey "$$(cat $(DEMO)/axon.hotkey)"
+	$(SV72) export checkpoints/latest --target transformers --hotkey "$$(cat $(DEMO)/axon.hotkey)"
 	$(SV72) deploy
 	$(SV72) train-head --manifest demo-mix --set head.kind=mlp
 	$(SV72) ab-test $(DEMO_EXPORTS)/deployed checkpoints/latest --on demo-mix:test; rc=$$?; \
