@@ -308,7 +308,9 @@ fn round_trip_every_form() {
         let prov = read_json(&dir.join("sv72_export.json"));
         assert_eq!(prov["temperature"], 1.7);
         assert_eq!(prov["target"], target.name());
-        assert_eq!(prov["loads_in"][0]["loads"], subnet_ok, "{label}");
+        let miner_loads =
+            prov["loads_in"][0]["loads"] == true && prov["loads_in"][0]["remote_code"] == false;
+        assert_eq!(miner_loads, subnet_ok, "{label}");
         assert_eq!(prov["loads_in"][1]["loads"], true, "{label}");
         // 4.45.2's pipeline reads problem_type = single_label_classification as "sigmoid".
         assert!(config.get("problem_type").is_none(), "{label}");
@@ -338,6 +340,43 @@ fn round_trip_every_form() {
                 serde_json::to_vec(&serde_json::json!({ "images": rows })).unwrap(),
             )
             .unwrap();
+        }
+    }
+}
+
+/// What CI can check without Python: the default-target `config.json` and
+/// `preprocessor_config.json` sv72 writes are exactly the ones `make compat` loaded in the
+/// subnet's transformers 4.45.2 and in current transformers (`tools/export_compat.py
+/// --write-references` stores them under `tests/fixtures/export/subnet/<fixture>_<preprocess>`).
+#[test]
+fn subnet_configs_are_the_ones_make_compat_verified() {
+    let refs = fixtures().join("export/subnet");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&refs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 3, "{dirs:?}");
+    for d in dirs {
+        let name = d.file_name().unwrap().to_str().unwrap().to_string();
+        let (fixture, pre) = name.rsplit_once('_').unwrap();
+        let snap = fixtures().join("backbones").join(fixture);
+        let hidden = read_json(&snap.join("config.json"))["hidden_size"]
+            .as_u64()
+            .unwrap() as usize;
+        let tmp = tempfile::tempdir().unwrap();
+        // make compat exports with the default target size.
+        let cfg = config(tmp.path(), pre, Config::default().augment.target_size, None);
+        train_checkpoint(&cfg, &snap, hidden);
+        let out =
+            export::export_checkpoint(&request_for(&cfg, None, None, Target::Subnet)).unwrap();
+        for file in ["config.json", "preprocessor_config.json"] {
+            assert_eq!(
+                read_json(&out.dir.join(file)),
+                read_json(&d.join(file)),
+                "{name}/{file} differs from what make compat verified"
+            );
         }
     }
 }

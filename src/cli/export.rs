@@ -179,9 +179,11 @@ fn selfcheck(args: &Args, ctx: &Ctx, dir: &std::path::Path) -> Result<()> {
     let mut ex = ExportPredictor::<crate::backend::Cpu>::load(dir, &dev, &opts)?;
     let mut images = Vec::new();
     for p in &args.selfcheck {
-        let img = image::open(p)
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("--selfcheck {}: cannot read the image", p.display()))?;
+        let rgb = crate::data::decode::decode_rgb_any(&bytes)
             .with_context(|| format!("--selfcheck {}: cannot decode the image", p.display()))?;
-        images.push(crate::model::preprocess::to_rgb(&img));
+        images.push(rgb);
     }
     let a = ck.predict(&images)?;
     let b = ex.predict(&images)?;

@@ -279,7 +279,7 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         architecture: form.class().into(),
         target: req.target.name().into(),
         trust_remote_code: form == Form::Custom,
-        loads_in: form.stacks(),
+        loads_in: form.stacks(family),
         head: info.head.clone(),
         temperature: info.temperature,
         threshold: info.threshold,
@@ -481,7 +481,7 @@ fn readme(
                 "an MLP head"
             }
         )
-    } else if prov.loads_in.iter().all(|s| s.loads) {
+    } else if prov.loads_in.iter().all(|s| s.loads && !s.remote_code) {
         format!(
             "This is a standard `{}`; the subnet's reference miner loads it as is:\n\n\
              ```python\nfrom transformers import AutoImageProcessor, \

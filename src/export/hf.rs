@@ -214,8 +214,10 @@ impl Form {
         }
     }
 
-    /// Which stacks load this form (what `make compat` measured; README's compatibility table).
-    pub fn stacks(self) -> Vec<StackSupport> {
+    /// Which stacks load this form of `family` (what `make compat` measured; README's
+    /// compatibility table). The subnet's miner loads an export only where `loads` holds and
+    /// `remote_code` does not: it never passes `trust_remote_code=True`.
+    pub fn stacks(self, family: Family) -> Vec<StackSupport> {
         let row = |stack: &str, loads: bool, remote_code: bool, note: &str| StackSupport {
             stack: stack.into(),
             loads,
@@ -236,13 +238,24 @@ impl Form {
                 row(SUBNET_STACK, false, false, &format!("4.45.2 has no {c}")),
                 row(CURRENT_STACK, true, false, "built-in class"),
             ],
+            Form::Custom if family == Family::Dinov2 => vec![
+                row(
+                    SUBNET_STACK,
+                    true,
+                    true,
+                    "only with trust_remote_code=True, which the subnet miner does not pass",
+                ),
+                row(CURRENT_STACK, true, true, "trust_remote_code=True"),
+            ],
             Form::Custom => vec![
                 row(
                     SUBNET_STACK,
                     false,
                     true,
-                    "the subnet miner does not pass trust_remote_code, and modeling_sv72.py \
-                     needs transformers' newer model modules",
+                    &format!(
+                        "modeling_sv72.py imports transformers' {} module, which 4.45.2 lacks",
+                        family.name()
+                    ),
                 ),
                 row(CURRENT_STACK, true, true, "trust_remote_code=True"),
             ],
@@ -667,7 +680,10 @@ mod tests {
         let sub = Target::Subnet;
         let f = Form::choose(Family::Dinov2, None, sub).unwrap();
         assert_eq!(f.class(), "Dinov2ForImageClassification");
-        assert!(f.stacks().iter().all(|s| s.loads && !s.remote_code));
+        assert!(f
+            .stacks(Family::Dinov2)
+            .iter()
+            .all(|s| s.loads && !s.remote_code));
         for (family, mlp) in [
             (Family::Dinov2, Some(8)),
             (Family::Dinov2WithRegisters, None),
@@ -679,7 +695,11 @@ mod tests {
                 "{e}"
             );
             let alt = Form::choose(family, mlp, tr).unwrap();
-            assert!(!alt.stacks()[0].loads, "{alt:?} must not claim 4.45.2");
+            let s = &alt.stacks(family)[0];
+            assert!(
+                !s.loads || s.remote_code,
+                "{alt:?} must not claim the miner loads it"
+            );
         }
     }
 
