@@ -16,6 +16,7 @@ mod ingest;
 mod metagraph;
 mod mine;
 mod mix;
+mod plots;
 mod publish;
 mod serve;
 mod train;

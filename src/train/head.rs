@@ -5,7 +5,6 @@
 //! head exports directly as its `classifier` Linear. Weights are initialised from our own seeded
 //! RNG (not the backend's global one) so a run is reproducible bit for bit.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -16,11 +15,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-/// One tensor: `(name, shape, row-major values)`.
-pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+pub use crate::model::{NamedTensor, NamedTensors};
 
-/// Tensors by name: `(shape, row-major values)`.
-pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+use crate::config::{HeadConfig, HeadType};
 
 /// Number of output logits (transformers layout: `id2label = {0: None, 1: Roadwork}`).
 pub const NUM_LABELS: usize = 2;
@@ -34,12 +31,11 @@ pub enum HeadKind {
 
 impl HeadKind {
     /// From `head.kind` / `head.hidden` of the config.
-    pub fn from_config(cfg: &crate::config::HeadConfig) -> Result<Self> {
-        match cfg.kind.as_str() {
-            "linear" => Ok(HeadKind::Linear),
-            "mlp" if cfg.hidden > 0 => Ok(HeadKind::Mlp { hidden: cfg.hidden }),
-            "mlp" => bail!("head.hidden must be > 0 for head.kind = mlp"),
-            other => bail!("head.kind = {other:?} must be `linear` or `mlp`"),
+    pub fn from_config(cfg: &HeadConfig) -> Result<Self> {
+        match cfg.kind {
+            HeadType::Linear => Ok(HeadKind::Linear),
+            HeadType::Mlp if cfg.hidden > 0 => Ok(HeadKind::Mlp { hidden: cfg.hidden }),
+            HeadType::Mlp => bail!("head.hidden must be > 0 for head.kind = mlp"),
         }
     }
 
