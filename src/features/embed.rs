@@ -349,12 +349,11 @@ impl OnBackend for EmbedOn<'_> {
     }
 }
 
+
+/// The crate-wide rule (`data::decode`): PIL's pixels, EXIF-oriented, alpha dropped.
 fn decode(bytes: &[u8]) -> Result<DynamicImage> {
-    image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .context("cannot read image")?
-        .decode()
-        .context("not a decodable image")
+    let rgb = crate::data::decode::decode_rgb_any(bytes).context("not a decodable image")?;
+    Ok(DynamicImage::ImageRgb8(rgb))
 }
 
 /// The JSON path beside an output `FILE.safetensors`.

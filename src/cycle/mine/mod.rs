@@ -112,7 +112,7 @@ fn bump(summary: &mut Summary, key: &str, n: usize) {
 fn inspect(case: &Case, s: &Settings, now: &str) -> Result<Selected> {
     let bytes = std::fs::read(&case.path)?;
     let info = analyze(&bytes, &s.limits).map_err(|r| anyhow::anyhow!("{r:?}"))?;
-    let img = image::load_from_memory(&bytes)?.to_rgb8();
+    let img = crate::data::decode::decode_rgb_any(&bytes)?;
     let attrs = measure(&img);
     let thumb = imageops::thumbnail(&img, write::TILE, write::TILE);
     let label = case.suggested_label();
