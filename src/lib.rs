@@ -1,11 +1,11 @@
 //! sv72: a NATIX StreetVision (Bittensor subnet 72) miner toolkit.
 //!
 //! Library layout, imports flowing downwards only:
-//! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (the axon) → `export`
-//! (Hugging Face folder, deploy, push) → `eval` (reports, A/B) → `infer` (model references,
-//! predictors, hot swap, batching) → `train` → `features` → `model`, `data` → `augment` →
-//! `chain` (SCALE, JSON-RPC, metagraph), `metrics`, `keys`, `backend`, `config`, `util`;
-//! `generate` (image-generation servers) → `config`, `util`.
+//! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (the axon) → `eval` (reports,
+//! A/B) → `export` (Hugging Face folder, deploy, push) → `infer` (model references, predictors,
+//! hot swap, batching) → `train` → `features` → `model`, `data` → `augment` → `chain` (SCALE,
+//! JSON-RPC, metagraph), `metrics`, `keys`, `backend`, `config`, `exit`, `util`; `generate`
+//! (image-generation servers) → `config`, `util`.
 
 pub mod augment;
 pub mod backend;
@@ -15,6 +15,7 @@ pub mod config;
 pub mod cycle;
 pub mod data;
 pub mod eval;
+pub mod exit;
 pub mod export;
 pub mod features;
 pub mod generate;
