@@ -961,7 +961,10 @@ mod tests {
             ("mine_hard.distance=manhattan", "mine_hard.distance"),
             ("generate.backend=midjourney", "generate.backend"),
             ("generate.mode=both", "generate.mode"),
-            ("generate.openai.response_format=png", "generate.openai.response_format"),
+            (
+                "generate.openai.response_format=png",
+                "generate.openai.response_format",
+            ),
         ] {
             let err = format!("{:#}", Config::load(None, &[ov.into()]).unwrap_err());
             assert!(err.contains(key), "{ov}: {err}");
