@@ -1,13 +1,15 @@
-//! `sv72 generate`: images from an image-generation server for mine-hard's prompts or a list.
+//! `sv72 generate`: images from an image-generation server for mine-hard's prompts or a list
+//! (`generate::stage`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::Ctx;
 use crate::config::{GenBackend, GenMode};
-use crate::generate::{self, prompts::label_from_str, GenerateRequest, Secret};
+use crate::generate::stage::{parse_label, run_generate, GenOverrides};
+use crate::generate::GenerateRequest;
 
 /// Flags of `sv72 generate` (each overrides its `generate.*` config key).
 #[derive(Debug, clap::Args)]
@@ -56,67 +58,23 @@ pub struct Args {
 
 /// Runs `sv72 generate`.
 pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
-    let mut cfg = ctx.config.generate.clone();
-    if let Some(b) = args.backend {
-        if cfg.backend != b && args.endpoint.is_none() {
-            // The configured endpoint belongs to the configured backend.
-            cfg.endpoint = None;
-        }
-        cfg.backend = b;
-    }
-    if args.endpoint.is_some() {
-        cfg.endpoint = args.endpoint;
-    }
-    if args.model.is_some() {
-        cfg.model = args.model;
-    }
-    if let Some(m) = args.mode {
-        cfg.mode = m;
-    }
-    if let Some(n) = args.per_prompt {
-        cfg.images_per_prompt = n.max(1);
-    }
-    if let Some(n) = args.batch {
-        cfg.batch = n.max(1);
-    }
-    if let Some(n) = args.concurrency {
-        cfg.concurrency = n.max(1);
-    }
-    if let Some(s) = args.strength {
-        if !(0.0..=1.0).contains(&s) {
-            bail!("--strength {s} must be within [0, 1]");
-        }
-        cfg.strength = s;
-    }
-    if args.workflow.is_some() {
-        cfg.comfyui.workflow = args.workflow;
-    }
-    let label = match args.label.as_deref() {
-        None => None,
-        Some(l) => Some(
-            label_from_str(l)
-                .ok_or_else(|| anyhow::anyhow!("--label {l:?}: use roadwork or none"))?,
-        ),
+    let over = GenOverrides {
+        backend: args.backend,
+        endpoint: args.endpoint,
+        model: args.model,
+        mode: args.mode,
+        images_per_prompt: args.per_prompt,
+        batch: args.batch,
+        concurrency: args.concurrency,
+        strength: args.strength,
+        workflow: args.workflow,
     };
-    let key_env = cfg
-        .api_key_env
-        .clone()
-        .unwrap_or_else(|| cfg.backend.default_key_env().to_string());
-    let key = std::env::var(&key_env).ok().and_then(Secret::new);
     let req = GenerateRequest {
         prompts: args.prompts,
         out: args.out,
-        label,
+        label: args.label.as_deref().map(parse_label).transpose()?,
         limit: args.limit,
     };
-    let report = generate::run(&req, &cfg, key)?;
-    print!("{}", generate::format_report(&report));
-    if !report.failures.is_empty() {
-        bail!(
-            "{} image(s) failed (first: {}); re-run the same command to retry them (finished images are kept)",
-            report.failed_images(),
-            report.failures[0].error
-        );
-    }
+    run_generate(&ctx.config.generate, &over, &req, &mut |s| print!("{s}"))?;
     Ok(ExitCode::SUCCESS)
 }

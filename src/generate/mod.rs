@@ -18,6 +18,7 @@ mod comfyui;
 pub mod http;
 mod openai;
 pub mod prompts;
+pub mod stage;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{self, OpenOptions};
