@@ -23,6 +23,7 @@ pub struct Config {
     pub backbone: BackboneConfig,
     pub head: HeadConfig,
     pub train: TrainConfig,
+    pub finetune: FinetuneConfig,
     pub eval: EvalConfig,
     pub serve: ServeConfig,
     pub ab_test: AbTestConfig,
@@ -258,6 +259,184 @@ impl Default for TrainConfig {
             wandb_project: None,
             wandb_entity: None,
         }
+    }
+}
+
+/// What `sv72 finetune` trains besides the head.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FinetuneMode {
+    /// Low-rank adapters on the attention projections (and optionally the MLP).
+    Lora,
+    /// The last `partial_blocks` blocks and the final norm.
+    Partial,
+    /// Every backbone weight.
+    Full,
+}
+
+impl FinetuneMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lora => "lora",
+            Self::Partial => "partial",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// The validation metric early stopping (and the kept epoch) follows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EarlyStop {
+    /// Expected subnet score of the validation challenges.
+    Score,
+    /// Matthews correlation of the validation challenges.
+    Mcc,
+}
+
+/// Activation checkpointing of the autodiff graph (burn-autodiff's strategies).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    /// Keep every activation the backward pass needs.
+    None,
+    /// Recompute memory-bound (elementwise) activations in the backward pass instead of storing
+    /// them (`BalancedCheckpointing`).
+    Balanced,
+}
+
+/// LoRA adapter settings of `sv72 finetune`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    /// Scaling is `alpha / rank`, as PEFT's.
+    pub alpha: f64,
+    /// Dropout on the adapters' input (PEFT's `lora_dropout`).
+    pub dropout: f64,
+    /// Also adapt the MLP projections (fc1/fc2, gate/up/down).
+    pub mlp: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            mlp: false,
+        }
+    }
+}
+
+/// `sv72 finetune` settings: the backbone itself trained on augmented images (issue #14).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub mode: FinetuneMode,
+    pub epochs: usize,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Forward passes whose gradients are summed per optimiser step.
+    pub grad_accum: usize,
+    /// Optimiser steps per epoch; 0 = one pass over the train split.
+    pub steps_per_epoch: usize,
+    /// Peak learning rate of the top of the backbone (final norm, last block's adapters).
+    pub lr: f64,
+    /// Peak learning rate of the head; `null` = `lr`.
+    pub head_lr: Option<f64>,
+    /// Layer-wise decay: block `i` of `L` learns at `lr · layer_decay^(L - i)`, the embeddings
+    /// at `lr · layer_decay^(L + 1)`.
+    pub layer_decay: f64,
+    /// AdamW decoupled weight decay on matrices (not biases, norms, layer scales, tokens).
+    pub weight_decay: f64,
+    /// Linear warm-up in optimiser steps, then cosine decay to 0.
+    pub warmup_steps: usize,
+    /// Global gradient-norm clip (0 = off).
+    pub max_grad_norm: f64,
+    pub label_smoothing: f64,
+    pub lora: LoraConfig,
+    /// `partial`: how many of the last blocks train.
+    pub partial_blocks: usize,
+    pub early_stop: EarlyStop,
+    /// Epochs without a better validation metric before stopping (0 = never stop early).
+    pub patience: usize,
+    pub seed: u64,
+    pub checkpointing: Checkpointing,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            mode: FinetuneMode::Lora,
+            epochs: 10,
+            batch_size: 32,
+            grad_accum: 1,
+            steps_per_epoch: 0,
+            lr: 1e-3,
+            head_lr: None,
+            layer_decay: 0.75,
+            weight_decay: 0.05,
+            warmup_steps: 20,
+            max_grad_norm: 1.0,
+            label_smoothing: 0.0,
+            lora: LoraConfig::default(),
+            partial_blocks: 2,
+            early_stop: EarlyStop::Score,
+            patience: 3,
+            seed: 72,
+            checkpointing: Checkpointing::None,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Cross-field checks, with the key in each message.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            bail!("finetune.epochs, finetune.batch_size and finetune.grad_accum must be > 0");
+        }
+        for (k, v) in [
+            ("finetune.lr", Some(self.lr)),
+            ("finetune.head_lr", self.head_lr),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    bail!("{k} = {v} must be > 0");
+                }
+            }
+        }
+        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            bail!(
+                "finetune.layer_decay = {} must be within (0, 1]",
+                self.layer_decay
+            );
+        }
+        if !(self.weight_decay >= 0.0 && self.max_grad_norm >= 0.0) {
+            bail!("finetune.weight_decay and finetune.max_grad_norm must be >= 0");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "finetune.label_smoothing = {} must be within [0, 1)",
+                self.label_smoothing
+            );
+        }
+        if self.mode == FinetuneMode::Lora && self.lora.rank == 0 {
+            bail!("finetune.lora.rank must be > 0");
+        }
+        if !(self.lora.alpha.is_finite() && self.lora.alpha > 0.0) {
+            bail!("finetune.lora.alpha = {} must be > 0", self.lora.alpha);
+        }
+        if !(0.0..1.0).contains(&self.lora.dropout) {
+            bail!(
+                "finetune.lora.dropout = {} must be within [0, 1)",
+                self.lora.dropout
+            );
+        }
+        if self.mode == FinetuneMode::Partial && self.partial_blocks == 0 {
+            bail!("finetune.partial_blocks must be > 0 for finetune.mode = partial");
+        }
+        Ok(())
     }
 }
 
@@ -585,6 +764,7 @@ impl Config {
                 self.backbone.device
             );
         }
+        self.finetune.validate()?;
         if !matches!(self.backbone.dtype.as_str(), "f32" | "f16" | "bf16") {
             bail!(
                 "backbone.dtype = {:?} must be `f32`, `f16` or `bf16`",

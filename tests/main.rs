@@ -11,6 +11,7 @@ mod cli;
 mod cycle;
 mod export;
 mod features;
+mod finetune;
 mod ingest;
 mod metagraph;
 mod mine;

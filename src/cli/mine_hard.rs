@@ -14,7 +14,6 @@ use crate::data::decode::DecodeLimits;
 use crate::data::manifest::{manifest_path, read_manifest};
 use crate::eval::{read_predictions, PREDICTIONS_FILE};
 use crate::features::featurizer::{on_device, Featurizer, OnBackend};
-use crate::model::load_backbone;
 use crate::serve::batcher::Predictor;
 use crate::serve::model::model_loader;
 use crate::serve::predlog::read_prediction_log;
@@ -121,9 +120,9 @@ struct EmbedOn<'a> {
 impl OnBackend for EmbedOn<'_> {
     type Out = Embedded;
     fn run<B: Backend>(self, dev: &B::Device, _name: &str) -> Result<Embedded> {
-        let model = load_backbone::<B>(&self.fz.snapshot, dev)?;
+        let model = self.fz.load_backbone::<B>(dev)?;
         mine::embed_images::<B, _>(
-            model.as_ref(),
+            &model,
             dev,
             self.items,
             &self.fz.preprocess,
@@ -210,11 +209,15 @@ fn backbone_of(dir: &Path, ctx: &Ctx) -> Result<(String, Featurizer)> {
     let ck = Checkpoint::<Cpu>::load(&ck_dir, &Default::default())?;
     let mut b = ck.info.config.backbone.clone();
     b.model = ck.info.backbone.name.clone();
-    let fz = Featurizer::open(
+    let mut fz = Featurizer::open(
         &b,
         ck.info.config.augment.target_size,
         &cfg.paths.feature_cache,
     )?;
+    // A fine-tuned checkpoint embeds with its own backbone.
+    if let Some(o) = crate::train::checkpoint::finetune_overlay(&ck.dir, &ck.info)? {
+        fz = fz.with_finetuned(o, &ck.info.features_key(), &cfg.paths.feature_cache)?;
+    }
     Ok((ck.info.backbone.name.clone(), fz))
 }
 

@@ -15,6 +15,7 @@ pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod fetch_backbone;
+pub mod finetune;
 pub mod ingest;
 pub mod metagraph;
 pub mod mine_hard;
@@ -48,6 +49,8 @@ pub enum Command {
     SynthMix(synth_mix::Args),
     /// Train a classification head on cached backbone features.
     TrainHead(train_head::Args),
+    /// Fine-tune the backbone itself (LoRA, last blocks, or full) with a head on augmented images.
+    Finetune(finetune::Args),
     /// Evaluate a checkpoint as validators score it.
     Eval(eval::Args),
     /// Paired comparison of two checkpoints; decides promote or keep.
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ingest(a) => ingest::run(a, &ctx),
         Command::SynthMix(a) => synth_mix::run(a, &ctx),
         Command::TrainHead(a) => train_head::run(a, &ctx),
+        Command::Finetune(a) => finetune::run(a, &ctx),
         Command::Eval(a) => eval::run(a, &ctx),
         Command::AbTest(a) => ab_test::run(a, &ctx),
         Command::Export(a) => export::run(a, &ctx),

@@ -259,17 +259,18 @@ enum Source {
     Owned(Vec<f32>),
 }
 
-/// Writes `model.safetensors`: the snapshot's backbone tensors renamed under `family.prefix()`
+/// Writes `model.safetensors`: the backbone tensors of `snapshot` as `weights` reads them
+/// (a fine-tuned checkpoint's overlay applied, LoRA merged) renamed under `family.prefix()`
 /// (f32), then the head tensors. Tensors are converted and written one at a time, so memory
 /// peaks at one tensor rather than a copy of the model. `progress` is told after each tensor.
 pub fn write_weights(
     out: &Path,
     snapshot: &Path,
+    weights: &Weights,
     family: Family,
     head: Vec<NamedTensor>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<()> {
-    let weights = Weights::open(snapshot)?;
     let root = weights
         .detect_prefix(family.probe(), family.source_prefixes())
         .with_context(|| {

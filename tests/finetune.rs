@@ -1,0 +1,332 @@
+//! `sv72 finetune` (issue #14): LoRA identities, one optimiser step against PyTorch + PEFT
+//! (`tools/finetune_reference.py`), determinism and resume, and fine-tuned checkpoints loading
+//! and exporting like head checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sv72::backend::Cpu;
+use sv72::config::{FinetuneConfig, FinetuneMode};
+use sv72::model::weights::{Overlay, Weights};
+use sv72::model::{Backbone, LoadOptions, NamedTensors};
+use sv72::train::finetune::model::{self, FtModel};
+use sv72::train::finetune::optim::AdamW;
+use sv72::train::finetune::Trainer;
+use sv72::train::head::HeadKind;
+
+type Ad = Autodiff<Cpu>;
+
+const FAMILIES: [&str; 3] = ["dinov2_s36", "dinov2_reg4_s36", "dinov3-tiny"];
+
+fn backbone(name: &str) -> PathBuf {
+    super::common::fixture("backbones").join(name)
+}
+
+/// Every tensor of a safetensors file as `(shape, values)`.
+fn read_all(path: &Path) -> NamedTensors {
+    let w = Weights::open_files(&[path.to_path_buf()]).unwrap();
+    w.names()
+        .into_iter()
+        .map(|n| {
+            let (v, s) = w.f32_data(n).unwrap();
+            (n.to_string(), (s, v))
+        })
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+}
+
+fn values<const D: usize, B: burn::tensor::backend::Backend>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+/// Random pixels `[n, 3, side, side]`.
+fn pixels(n: usize, side: usize, seed: u64) -> Tensor<Cpu, 4> {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..n * 3 * side * side)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    Tensor::from_data(TensorData::new(v, [n, 3, side, side]), &Default::default())
+}
+
+fn lora_cfg(rank: usize, mlp: bool) -> FinetuneConfig {
+    let mut c = FinetuneConfig::default();
+    c.mode = FinetuneMode::Lora;
+    c.lora.rank = rank;
+    c.lora.alpha = 2.0 * rank as f64;
+    c.lora.mlp = mlp;
+    c
+}
+
+/// LoRA with B = 0 (PEFT's initialisation) changes nothing: the adapted model equals the base
+/// model as `embed` runs it (folded for inference).
+#[test]
+fn lora_with_zero_b_equals_the_base_model() {
+    for fam in FAMILIES {
+        let dir = backbone(fam);
+        let w = Weights::open(&dir).unwrap();
+        let base = Backbone::<Cpu>::load(&dir, &Default::default()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (m, plan) = model::build::<Cpu>(
+            &dir,
+            &w,
+            &lora_cfg(4, true),
+            HeadKind::Linear,
+            &NamedTensors::new(),
+            &mut rng,
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(!plan.lora_targets.is_empty());
+        let x = pixels(2, 64, 1);
+        let want = values(base.try_forward(x.clone()).unwrap());
+        let got = values(m.backbone.try_forward(x).unwrap());
+        let d = max_diff(&got, &want);
+        eprintln!("{fam}: zero-B LoRA vs base max |Δ| {d:e}");
+        assert!(d <= 1e-5, "{fam}: {d:e}");
+    }
+}
+
+/// Adapter tensors `(name, shape, values)` with random non-zero A and B for every target.
+fn random_adapters(m: &FtModel<Cpu>, seed: u64) -> NamedTensors {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    m.backbone
+        .bindings()
+        .iter()
+        .filter(|b| b.name.contains(".lora_"))
+        .map(|b| {
+            let n: usize = b.shape.iter().product();
+            let v = (0..n).map(|_| rng.random_range(-0.3..0.3)).collect();
+            (b.name.clone(), (b.shape.clone(), v))
+        })
+        .collect()
+}
+
+/// Merging the adapters into the weights (how serve and export read a LoRA checkpoint) gives
+/// the unmerged model's outputs.
+#[test]
+fn merged_lora_equals_unmerged() {
+    for fam in FAMILIES {
+        let dir = backbone(fam);
+        let w = Weights::open(&dir).unwrap();
+        let cfg = lora_cfg(3, true);
+        let build = |init: &NamedTensors| {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            model::build::<Cpu>(
+                &dir,
+                &w,
+                &cfg,
+                HeadKind::Linear,
+                init,
+                &mut rng,
+                &Default::default(),
+            )
+            .unwrap()
+        };
+        let (probe, _) = build(&NamedTensors::new());
+        let adapters = random_adapters(&probe, 11);
+        let (m, plan) = build(&adapters);
+        // The adapters took the given values (write-back returns them unchanged).
+        let saved: Vec<_> = plan.saved.iter().collect();
+        for (name, shape, v) in sv72::model::loader::write_back(&m, &saved).unwrap() {
+            assert_eq!(&adapters[&name], &(shape, v), "{fam}: {name}");
+        }
+        let merged_w = Weights::open(&dir)
+            .unwrap()
+            .with_overlay(
+                Overlay::from_tensors(adapters, cfg.lora.alpha / cfg.lora.rank as f64).unwrap(),
+            )
+            .unwrap();
+        let merged = Backbone::<Cpu>::from_weights(
+            &dir,
+            &merged_w,
+            &Default::default(),
+            LoadOptions::INFERENCE,
+        )
+        .unwrap();
+        let x = pixels(2, 48, 2);
+        let unmerged = values(m.backbone.try_forward(x.clone()).unwrap());
+        let base = values(
+            Backbone::<Cpu>::load(&dir, &Default::default())
+                .unwrap()
+                .try_forward(x.clone())
+                .unwrap(),
+        );
+        let got = values(merged.try_forward(x).unwrap());
+        let d = max_diff(&got, &unmerged);
+        eprintln!("{fam}: merged vs unmerged max |Δ| {d:e}");
+        assert!(d <= 1e-5, "{fam}: {d:e}");
+        assert!(
+            max_diff(&base, &unmerged) > 1e-3,
+            "{fam}: the adapters changed nothing"
+        );
+    }
+}
+
+/// The hyper-parameters `tools/finetune_reference.py` used.
+fn reference_config(mode: FinetuneMode) -> FinetuneConfig {
+    let mut c = FinetuneConfig::default();
+    c.mode = mode;
+    c.lr = 1e-3;
+    c.head_lr = Some(2e-3);
+    c.layer_decay = 0.7;
+    c.weight_decay = 0.05;
+    c.max_grad_norm = 1.0;
+    c.label_smoothing = 0.1;
+    c.lora.rank = 4;
+    c.lora.alpha = 8.0;
+    c.lora.dropout = 0.0;
+    c.lora.mlp = false;
+    c.partial_blocks = 1;
+    c
+}
+
+/// One optimiser step from the reference's initial state; returns the loss and every trained
+/// tensor after the step, by snapshot name (head as `classifier.*`).
+fn step_like_reference(
+    fam: &str,
+    mode: FinetuneMode,
+    fixture: &NamedTensors,
+    micro_batches: usize,
+) -> (f64, NamedTensors) {
+    let dir = backbone(fam);
+    let w = Weights::open(&dir).unwrap();
+    let tag = match mode {
+        FinetuneMode::Lora => "lora",
+        FinetuneMode::Partial => "partial",
+        FinetuneMode::Full => "full",
+    };
+    let init: NamedTensors = fixture
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&format!("{tag}/init/"))
+                .map(|n| (n.to_string(), v.clone()))
+        })
+        .collect();
+    let cfg = reference_config(mode);
+    let device = Default::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (model, plan) =
+        model::build::<Ad>(&dir, &w, &cfg, HeadKind::Linear, &init, &mut rng, &device).unwrap();
+    let cw = &fixture["class_weights"].1;
+    let mut trainer = Trainer {
+        model,
+        plan,
+        // The reference's ε (see tools/finetune_reference.py: why not PyTorch's 1e-8 here).
+        opt: AdamW {
+            eps: 1e-4,
+            ..AdamW::new(cfg.weight_decay)
+        },
+        class_weights: [cw[0], cw[1]],
+        label_smoothing: cfg.label_smoothing,
+        max_grad_norm: cfg.max_grad_norm,
+        head_dropout: 0.0,
+        device,
+    };
+    let (ps, pv) = &fixture["pixel_values"];
+    let labels: Vec<u8> = fixture["labels"].1.iter().map(|&y| y as u8).collect();
+    let n = labels.len();
+    let per = n / micro_batches;
+    let plane = pv.len() / n;
+    let micro = (0..micro_batches)
+        .map(|j| {
+            let x = Tensor::<Ad, 4>::from_data(
+                TensorData::new(
+                    pv[j * per * plane..(j + 1) * per * plane].to_vec(),
+                    [per, ps[1], ps[2], ps[3]],
+                ),
+                &Default::default(),
+            );
+            (x, labels[j * per..(j + 1) * per].to_vec())
+        })
+        .collect();
+    let stats = trainer.step(micro, cfg.lr, 0).unwrap();
+    let valid = trainer.model.valid();
+    let saved: Vec<_> = trainer.plan.saved.iter().collect();
+    let mut after: NamedTensors = sv72::model::loader::write_back(&valid, &saved)
+        .unwrap()
+        .into_iter()
+        .map(|(n, s, v)| (n, (s, v)))
+        .collect();
+    for (n, s, v) in valid.head.to_named_tensors().unwrap() {
+        after.insert(n, (s, v));
+    }
+    (stats.loss, after)
+}
+
+/// One optimiser step on each tiny backbone in each mode equals PyTorch + PEFT's (loss, and
+/// every trained tensor within 1e-5), with the batch in one forward pass or accumulated over
+/// two.
+#[test]
+fn one_step_matches_pytorch_and_peft() {
+    for fam in FAMILIES {
+        let fixture =
+            read_all(&super::common::fixture("finetune").join(format!("{fam}.safetensors")));
+        for (mode, tag) in [
+            (FinetuneMode::Lora, "lora"),
+            (FinetuneMode::Partial, "partial"),
+            (FinetuneMode::Full, "full"),
+        ] {
+            let want_loss = fixture[&format!("{tag}/loss")].1[0] as f64;
+            let want: NamedTensors = fixture
+                .iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(&format!("{tag}/after/"))
+                        .map(|n| (n.to_string(), v.clone()))
+                })
+                .collect();
+            for micro in [1, 2] {
+                let (loss, got) = step_like_reference(fam, mode, &fixture, micro);
+                assert!(
+                    (loss - want_loss).abs() <= 1e-5,
+                    "{fam} {tag}: loss {loss} vs {want_loss}"
+                );
+                let mut names: Vec<&String> = want.keys().collect();
+                names.sort();
+                let got_names: std::collections::BTreeSet<&String> = got.keys().collect();
+                assert_eq!(
+                    got_names,
+                    names.iter().copied().collect(),
+                    "{fam} {tag}: trained tensors differ"
+                );
+                let mut worst = (0.0f32, String::new());
+                for n in names {
+                    let (ws, wv) = &want[n];
+                    let (gs, gv) = &got[n];
+                    assert_eq!(gs, ws, "{fam} {tag}: {n} shape");
+                    let d = max_diff(gv, wv);
+                    if d > worst.0 {
+                        worst = (d, n.clone());
+                    }
+                }
+                eprintln!(
+                    "{fam} {tag} ({micro} micro-batch): loss Δ {:.1e}, worst tensor {} Δ {:.1e}",
+                    (loss - want_loss).abs(),
+                    worst.1,
+                    worst.0
+                );
+                assert!(
+                    worst.0 <= 1e-5,
+                    "{fam} {tag}: {} max |Δ| {:e}",
+                    worst.1,
+                    worst.0
+                );
+            }
+        }
+    }
+}
