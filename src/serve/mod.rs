@@ -1,20 +1,19 @@
 //! `sv72 serve`: a bittensor-compatible miner axon for NATIX StreetVision's `ImageSynapse`.
 //!
 //! The wire format follows `shared/specs/axon-protocol.md`: `protocol` has the header, message
-//! and nonce rules, `metagraph` the validator set and blacklist,
-//! `batcher` the predictor, hot swap and micro-batching, `server` the HTTP side, `metrics` the
-//! Prometheus text and JSON logs, `subtensor` the chain reads behind `sv72 metagraph sync`.
+//! and nonce rules, `blacklist` who may query, `server` the HTTP side, `metrics` the Prometheus
+//! text and JSON logs, `telemetry` how inference (`crate::infer`) reports into them, `predlog`
+//! the prediction log, `dendrite` the validator side (`sv72 query`). The validator set comes from
+//! `crate::chain`.
 
-pub mod batcher;
-pub mod metagraph;
+pub mod blacklist;
+pub mod dendrite;
 pub mod metrics;
-pub mod model;
 pub mod predlog;
 pub mod protocol;
 pub mod server;
-pub mod subtensor;
+pub mod telemetry;
 
-pub use batcher::{Loader, ModelSlot, Predictor};
-pub use metagraph::{Metagraph, MetagraphHandle, Neuron};
 pub use metrics::Metrics;
 pub use server::{ServeOptions, Server};
+pub use telemetry::{Batcher, ModelSlot};

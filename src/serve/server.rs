@@ -17,14 +17,16 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Map, Value};
 
-use super::batcher::{BatchOptions, Batcher, ModelSlot, Outcome};
-use super::metagraph::MetagraphHandle;
+use super::blacklist::Blacklist;
 use super::metrics::{log_event, Metrics};
 use super::protocol::{
     messages, now_ns, signature_message, NonceError, NonceTracker, RequestHeaders, AXON_VERSION,
     EMPTY_BODY_HASH, SYNAPSE_NAME,
 };
+use super::telemetry::{Batcher, ModelSlot};
+use crate::chain::MetagraphHandle;
 use crate::config::ServeConfig;
+use crate::infer::{BatchOptions, Outcome};
 use crate::keys::{ss58_decode, verify_sr25519, SignatureError};
 
 /// Everything the server needs to know; `from_config` fills it from `serve:` in the config.
@@ -152,7 +154,7 @@ impl Server {
             Some(p) => Some(PredictionLog::open(p, opts.low_confidence_cap_bytes)?),
             None => None,
         };
-        let metrics = slot.metrics();
+        let metrics = slot.telemetry();
         let threads = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 8);
@@ -226,7 +228,7 @@ async fn serve_loop(
     plog: Option<PredictionLog>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let metrics = slot.metrics();
+    let metrics = slot.telemetry();
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let (batcher, inference) = Batcher::start(
         slot.clone(),
