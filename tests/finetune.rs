@@ -330,3 +330,275 @@ fn one_step_matches_pytorch_and_peft() {
         }
     }
 }
+
+/// `sv72 finetune` end to end on a tiny demo mix: determinism, resume, and the checkpoint in
+/// serve, eval and export.
+mod e2e {
+    use std::path::{Path, PathBuf};
+
+    use sv72::config::Config;
+    use sv72::infer::{CheckpointPredictor, ExportPredictor, LoadOptions, Predictor};
+    use sv72::train::checkpoint::FINETUNE_FILE;
+    use sv72::train::finetune::{self, FinetuneRequest};
+    use sv72::train::RunOutcome;
+
+    use super::*;
+
+    fn config(root: &Path, mode: &str) -> Config {
+        let bb = format!("backbone.model={}", backbone("dinov2_reg4_s36").display());
+        let sets: Vec<String> = [
+            bb.as_str(),
+            "augment.target_size=64",
+            "eval.score_sequences=40",
+            "finetune.epochs=3",
+            "finetune.batch_size=3",
+            "finetune.grad_accum=2",
+            "finetune.steps_per_epoch=2",
+            "finetune.warmup_steps=2",
+            "finetune.lr=0.01",
+            "finetune.lora.dropout=0.1",
+            "finetune.lora.mlp=true",
+            "finetune.patience=0",
+            "head.kind=mlp",
+            "head.hidden=8",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("finetune.mode={mode}")])
+        .collect();
+        let mut cfg = Config::load(None, &sets).unwrap();
+        cfg.paths.datasets = root.join("datasets");
+        cfg.paths.checkpoints = root.join("checkpoints");
+        cfg.paths.feature_cache = root.join("features");
+        cfg.paths.exports = root.join("exports");
+        cfg
+    }
+
+    fn request(resume: Option<PathBuf>, hook: Option<finetune::FtEpochHook>) -> FinetuneRequest {
+        FinetuneRequest {
+            manifest: "mix".into(),
+            resume,
+            device: "cpu".into(),
+            wandb: None,
+            warn: Box::new(|_| {}),
+            on_epoch: hook,
+        }
+    }
+
+    /// Everything a run learned: its backbone tensors and head, by name.
+    fn learned(out: &RunOutcome) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut all: Vec<_> = ["head.safetensors", FINETUNE_FILE]
+            .iter()
+            .flat_map(|f| {
+                let t = read_all(&out.dir.join(f));
+                t.into_iter().map(|(n, (s, v))| (format!("{f}:{n}"), s, v))
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    #[test]
+    fn same_seed_same_result_and_resume_equals_uninterrupted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        crate::common::demo_mix(root, 12);
+        let cfg = config(root, "lora");
+        let a = finetune::run(&cfg, request(None, None)).unwrap();
+        let info = &a.info;
+        let ft = info.finetune.as_ref().expect("a fine-tuning record");
+        assert_eq!(ft.mode, "lora");
+        assert!(ft.trainable_params > 0 && ft.trainable_params < ft.backbone_params);
+        assert_eq!(ft.images_seen, 3 * 2 * 3 * 2);
+        assert!(!ft.lora.as_ref().unwrap().targets.is_empty());
+        assert_eq!(info.metrics.epochs_run, 3);
+        assert!(info.features_key().starts_with(&info.backbone.weights_hash));
+        assert!(
+            !a.dir.join(finetune::STATE_DIR).exists(),
+            "state is removed when done"
+        );
+        for f in [
+            "metrics.jsonl",
+            "run.yaml",
+            "head.safetensors",
+            FINETUNE_FILE,
+        ] {
+            assert!(a.dir.join(f).is_file(), "{f}");
+        }
+
+        // Same seed, same result.
+        let c = finetune::run(&cfg, request(None, None)).unwrap();
+        assert_ne!(a.run_id, c.run_id);
+        assert_eq!(
+            learned(&a),
+            learned(&c),
+            "a second run with the same seed differs"
+        );
+
+        // Interrupted after epoch 2, then resumed: the same weights as the uninterrupted run.
+        let hook: finetune::FtEpochHook = Box::new(|rec| {
+            if rec.epoch == 2 {
+                anyhow::bail!("stop requested")
+            }
+            Ok(())
+        });
+        let err = finetune::run(&cfg, request(None, Some(hook))).unwrap_err();
+        assert!(format!("{err:#}").contains("--resume"), "{err:#}");
+        let run = finetune::newest_unfinished(&cfg.paths.checkpoints).unwrap();
+        assert!(!run.join("head.safetensors").exists());
+        // `latest` still names the last finished run.
+        let latest = std::fs::read_to_string(cfg.paths.checkpoints.join("latest")).unwrap();
+        assert_eq!(latest.trim(), c.run_id);
+        let b = finetune::run(&cfg, request(Some(run.clone()), None)).unwrap();
+        assert_eq!(b.dir, run);
+        assert_eq!(
+            learned(&a),
+            learned(&b),
+            "resumed run differs from the uninterrupted one"
+        );
+        assert_eq!(a.info.temperature, b.info.temperature);
+        assert_eq!(a.info.threshold, b.info.threshold);
+        assert_eq!(a.info.metrics.val, b.info.metrics.val);
+    }
+
+    #[test]
+    fn finetuned_checkpoint_serves_evaluates_and_exports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        crate::common::demo_mix(root, 12);
+        let imgs: Vec<image::RgbImage> = ["tests/fixtures/images"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(d)).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "png" || x == "jpg"))
+            .map(|p| image::open(p).unwrap().to_rgb8())
+            .collect();
+        assert!(imgs.len() >= 2);
+        for mode in ["lora", "partial", "full"] {
+            let mut cfg = config(root, mode);
+            cfg.head.kind = "linear".into();
+            cfg.finetune.epochs = 1;
+            let out = finetune::run(&cfg, request(None, None)).unwrap();
+
+            // serve's loader applies the trained tensors: answers differ from the same head on
+            // the base backbone, and a tampered file is refused.
+            let opts = LoadOptions::from_config(&cfg);
+            let mut ck =
+                CheckpointPredictor::<Cpu>::load(&out.dir, &Default::default(), &opts).unwrap();
+            let served = ck.predict(&imgs).unwrap();
+            assert!(served.iter().all(|p| (0.0..=1.0).contains(p)));
+
+            // Export merges the adapters into a plain transformers model; serve answers the same.
+            let req = sv72::export::ExportRequest {
+                checkpoint: Some(out.dir.clone()),
+                checkpoints_root: cfg.paths.checkpoints.clone(),
+                exports_root: cfg.paths.exports.clone(),
+                model_name: format!("ft-{mode}"),
+                description: cfg.export.description.clone(),
+                license: cfg.export.license.clone(),
+                hotkey: sv72::keys::ss58_encode(&[9; 32], 42),
+                version: None,
+                feature_cache: cfg.paths.feature_cache.clone(),
+                target: sv72::export::hf::Target::Subnet,
+                fail_after: None,
+            };
+            let ex = sv72::export::export_checkpoint(&req).unwrap();
+            assert!(
+                matches!(ex.form, sv72::export::hf::Form::Builtin(_)),
+                "{mode}: {:?}",
+                ex.form
+            );
+            let names = Weights::open(&ex.dir).unwrap();
+            assert!(
+                names.names().iter().all(|n| !n.contains("lora_")),
+                "{mode}: adapters leaked into the export"
+            );
+            // Exactly the tensors transformers' built-in class saves (tools/export_reference.py):
+            // the export loads there with no remote code, as a frozen one does.
+            let reference: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(crate::common::fixture(
+                    "export/reference_dinov2_with_registers.json",
+                ))
+                .unwrap(),
+            )
+            .unwrap();
+            let want: std::collections::BTreeMap<String, Vec<usize>> =
+                serde_json::from_value(reference["saved_tensors"].clone()).unwrap();
+            let got: std::collections::BTreeMap<String, Vec<usize>> =
+                names.shapes().unwrap().into_iter().collect();
+            assert_eq!(
+                got, want,
+                "{mode}: tensor names/shapes differ from transformers"
+            );
+            let mut exp =
+                ExportPredictor::<Cpu>::load(&ex.dir, &Default::default(), &opts).unwrap();
+            let exported = exp.predict(&imgs).unwrap();
+            let d = served
+                .iter()
+                .zip(&exported)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            eprintln!("{mode}: export vs checkpoint max |Δ| {d:e}");
+            assert!(
+                d <= 1e-4,
+                "{mode}: export {exported:?} vs checkpoint {served:?}"
+            );
+
+            // The export's backbone is the trained one, not the base snapshot.
+            let base = Weights::open(&backbone("dinov2_reg4_s36")).unwrap();
+            let changed = out.info.finetune.as_ref().unwrap().tensors;
+            assert!(changed > 0);
+            let probe = "dinov2_with_registers.encoder.layer.1.attention.attention.query.weight";
+            let (e, _) = names.f32_data(probe).unwrap();
+            let (b0, _) = base
+                .f32_data("encoder.layer.1.attention.attention.query.weight")
+                .unwrap();
+            assert!(
+                max_diff(&e, &b0) > 0.0,
+                "{mode}: the exported block 1 query is the base one"
+            );
+
+            // A damaged fine-tuned file is refused, not silently replaced by the base backbone.
+            let f = out.dir.join(FINETUNE_FILE);
+            let mut bytes = std::fs::read(&f).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x55;
+            std::fs::write(&f, bytes).unwrap();
+            let err = CheckpointPredictor::<Cpu>::load(&out.dir, &Default::default(), &opts)
+                .err()
+                .unwrap();
+            assert!(format!("{err:#}").contains("changed or damaged"), "{err:#}");
+        }
+
+        // eval reads a fine-tuned checkpoint through its own feature-cache key.
+        let cfg = config(root, "lora");
+        let out = finetune::run(&cfg, request(None, None)).unwrap();
+        let bb = format!("backbone.model={}", backbone("dinov2_reg4_s36").display());
+        let args = [
+            "--set",
+            &bb,
+            "--set",
+            "augment.target_size=64",
+            "eval",
+            "--checkpoint",
+        ];
+        let dir = out.dir.display().to_string();
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain([dir.as_str(), "--on", "mix:test", "--out", "report"])
+            .collect();
+        let table = crate::common::stdout_ok(&crate::common::sv72(root, &all), &all);
+        assert!(table.contains("level 3"), "{table}");
+        let keys: Vec<String> = std::fs::read_dir(root.join("datasets/.features"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            keys.iter().any(|k| k == &out.info.features_key()),
+            "{keys:?}"
+        );
+    }
+}

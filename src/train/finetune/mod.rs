@@ -85,6 +85,9 @@ pub struct FtEpoch {
     /// Expected subnet score of the validation challenges (uncalibrated answers).
     pub val_score: f64,
     pub images_per_second: f64,
+    /// Of the epoch's training time: making the augmented views, and forward + backward + step.
+    pub data_seconds: f64,
+    pub step_seconds: f64,
     pub seconds: f64,
 }
 
@@ -100,6 +103,8 @@ impl FtEpoch {
             ("val/expected_score", self.val_score),
             ("train/epoch_loss", self.train_loss),
             ("train/images_per_s", self.images_per_second),
+            ("train/data_seconds", self.data_seconds),
+            ("train/step_seconds", self.step_seconds),
             ("epoch_seconds", self.seconds),
         ]
     }
@@ -483,6 +488,7 @@ fn run_on<B: AutodiffBackend>(
             let mut loss_sum = 0.0;
             let mut lr = 0.0;
             let mut train_time = 0.0;
+            let (mut data_time, mut step_time) = (0.0, 0.0);
             for s in 0..steps_per_epoch {
                 let ts = Instant::now();
                 let mut micro = Vec::with_capacity(ft.grad_accum);
@@ -499,9 +505,12 @@ fn run_on<B: AutodiffBackend>(
                         Tensor::<B, 4>::from_data(TensorData::new(px, [y.len(), 3, h, w]), device);
                     micro.push((x, y));
                 }
+                data_time += ts.elapsed().as_secs_f64();
+                let tc = Instant::now();
                 lr = lr_at(st.step, total_steps, ft.warmup_steps, ft.lr);
                 let seed = crate::util::hash::stable_u64(&format!("{}|step|{}", ft.seed, st.step));
                 let stats = trainer.step(micro, lr, seed)?;
+                step_time += tc.elapsed().as_secs_f64();
                 st.step += 1;
                 st.images_seen += per_step;
                 loss_sum += stats.loss;
@@ -543,9 +552,18 @@ fn run_on<B: AutodiffBackend>(
                 val_auc: ev.metrics.roc_auc.unwrap_or(0.0),
                 val_score: ev.score,
                 images_per_second: (steps_per_epoch * per_step) as f64 / train_time.max(1e-9),
+                data_seconds: data_time,
+                step_seconds: step_time,
                 seconds: t0.elapsed().as_secs_f64(),
             };
             tracker.log(st.step as u64, &rec.scalars())?;
+            pb.suspend(|| {
+                eprintln!(
+                    "finetune: epoch {epoch}/{}: loss {:.4}, val loss {:.4}, MCC {:.3}, accuracy {:.3}, expected score {:.3} ({:.1} images/s; views {:.1} s, steps {:.1} s)",
+                    ft.epochs, rec.train_loss, rec.val_loss, rec.val_mcc, rec.val_accuracy, rec.val_score,
+                    rec.images_per_second, rec.data_seconds, rec.step_seconds
+                )
+            });
             let metric = rec.metric(ft.early_stop);
             if st.best_epoch == 0 || metric > st.best_metric + 1e-12 {
                 st.best_epoch = epoch;
