@@ -13,6 +13,9 @@ DEMO_BACKBONE ?= tests/fixtures/backbones/dinov2_reg4_s36
 # Demo exports, A/B reports and cycle state stay under $(DEMO) so `make clean-demo` never touches
 # a miner's own exports/.
 DEMO_EXPORTS := $(DEMO)/exports
+# The demo fine-tune: the whole tiny backbone with a linear head (it is random, so LoRA on it has
+# little to adapt).
+DEMO_FINETUNE ?= --mode full --set finetune.lr=0.002 --set finetune.batch_size=16
 SV72    := $(BIN) --set backbone.model=$(DEMO_BACKBONE) --set paths.exports=$(DEMO_EXPORTS) \
 	--set cycle.model_card=$(DEMO_EXPORTS)/deployed/model_card.json --set ab_test.out_dir=$(DEMO)/abtests \
 	--set serve.prediction_log=$(DEMO)/predictions.jsonl
@@ -43,6 +46,10 @@ demo: build
 	$(SV72) train-head --manifest demo-mix --set head.kind=mlp
 	$(SV72) ab-test $(DEMO_EXPORTS)/deployed checkpoints/latest --on demo-mix:test; rc=$$?; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; echo "ab-test exit $$rc (0 = promote, 3 = keep)"
+	$(SV72) finetune --manifest demo-mix $(DEMO_FINETUNE)
+	$(SV72) eval --on demo-mix:test
+	$(SV72) ab-test $(DEMO_EXPORTS)/deployed checkpoints/latest --on demo-mix:test; rc=$$?; \
+	  [ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; echo "finetune ab-test exit $$rc (0 = promote, 3 = keep)"
 	$(MAKE) --no-print-directory demo-serve
 	$(SV72) retrain-check --calendar $(DEMO)/cycle.ics
 	$(SV72) mine-hard --eval checkpoints/$$(cat $(DEMO)/deployed.run) --max-cases 16 --out $(DEMO)/hard
