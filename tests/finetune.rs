@@ -374,11 +374,13 @@ mod e2e {
         cfg
     }
 
+    static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn request(resume: Option<PathBuf>, hook: Option<finetune::FtEpochHook>) -> FinetuneRequest {
         FinetuneRequest {
             manifest: "mix".into(),
             resume,
-            device: "cpu".into(),
+            device: sv72::config::Device::Cpu,
             wandb: None,
             warn: Box::new(|_| {}),
             on_epoch: hook,
@@ -391,7 +393,8 @@ mod e2e {
             .iter()
             .flat_map(|f| {
                 let t = read_all(&out.dir.join(f));
-                t.into_iter().map(|(n, (s, v))| (format!("{f}:{n}"), s, v))
+                t.into_iter()
+                    .map(move |(n, (s, v))| (format!("{f}:{n}"), s, v))
             })
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -400,6 +403,9 @@ mod e2e {
 
     #[test]
     fn same_seed_same_result_and_resume_equals_uninterrupted() {
+        // The CPU backend's RNG (`B::seed`) is process-wide: two runs in parallel threads
+        // would draw from each other's stream.
+        let _serial = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         crate::common::demo_mix(root, 12);
@@ -463,6 +469,9 @@ mod e2e {
 
     #[test]
     fn finetuned_checkpoint_serves_evaluates_and_exports() {
+        // The CPU backend's RNG (`B::seed`) is process-wide: two runs in parallel threads
+        // would draw from each other's stream.
+        let _serial = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         crate::common::demo_mix(root, 12);
@@ -476,7 +485,7 @@ mod e2e {
         assert!(imgs.len() >= 2);
         for mode in ["lora", "partial", "full"] {
             let mut cfg = config(root, mode);
-            cfg.head.kind = "linear".into();
+            cfg.head.kind = sv72::config::HeadType::Linear;
             cfg.finetune.epochs = 1;
             let out = finetune::run(&cfg, request(None, None)).unwrap();
 
@@ -499,7 +508,7 @@ mod e2e {
                 hotkey: sv72::keys::ss58_encode(&[9; 32], 42),
                 version: None,
                 feature_cache: cfg.paths.feature_cache.clone(),
-                target: sv72::export::hf::Target::Subnet,
+                target: sv72::export::hf::Target::Transformers,
                 fail_after: None,
             };
             let ex = sv72::export::export_checkpoint(&req).unwrap();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
+use super::args::DeviceArg;
 use super::Ctx;
 use crate::config::FinetuneMode;
 use crate::train::finetune::{self, FinetuneRequest};
@@ -28,9 +29,8 @@ pub struct Args {
     /// Epochs (default: `finetune.epochs`).
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
-    /// `cpu` or `cuda` (default: `backbone.device`; on CUDA `backbone.dtype` sets the precision).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Checkpoints root (default: `paths.checkpoints`).
     #[arg(long, value_name = "DIR")]
     pub checkpoints: Option<PathBuf>,
@@ -67,9 +67,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         }
         cfg.finetune.epochs = e;
     }
-    if let Some(d) = args.device {
-        cfg.backbone.device = d;
-    }
+    cfg.backbone.device = args.device.or_config(&cfg);
     if let Some(c) = args.checkpoints {
         cfg.paths.checkpoints = c;
     }
@@ -86,7 +84,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     let req = FinetuneRequest {
         manifest,
         resume,
-        device: cfg.backbone.device.clone(),
+        device: cfg.backbone.device,
         wandb: WandbSettings::from_env(&cfg.train),
         warn: tracking::stderr_warn(),
         on_epoch: None,

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use burn::prelude::Backend;
 
 use super::{backbone_key, FeatureCache};
 use crate::config::BackboneConfig;

@@ -64,8 +64,8 @@ pub struct FinetuneRequest {
     pub manifest: String,
     /// A run folder to continue (its `state/`), instead of starting a new run.
     pub resume: Option<PathBuf>,
-    /// `cpu` or `cuda`.
-    pub device: String,
+    /// CPU or CUDA (on CUDA `backbone.dtype` sets the precision).
+    pub device: crate::config::Device,
     pub wandb: Option<WandbSettings>,
     pub warn: WarnSink,
     pub on_epoch: Option<FtEpochHook>,
@@ -234,8 +234,8 @@ impl<B: AutodiffBackend> Trainer<B> {
 
 /// Runs `sv72 finetune` on the device the request names.
 pub fn run(cfg: &Config, req: FinetuneRequest) -> Result<RunOutcome> {
-    match req.device.as_str() {
-        "cpu" => {
+    match req.device {
+        crate::config::Device::Cpu => {
             let dev = Default::default();
             match cfg.finetune.checkpointing {
                 Checkpointing::None => {
@@ -249,8 +249,7 @@ pub fn run(cfg: &Config, req: FinetuneRequest) -> Result<RunOutcome> {
                 >(cfg, req, &dev, "cpu"),
             }
         }
-        "cuda" => run_cuda(cfg, req),
-        other => bail!("--device {other:?}: use `cpu` or `cuda`"),
+        crate::config::Device::Cuda => run_cuda(cfg, req),
     }
 }
 
@@ -260,11 +259,14 @@ fn run_cuda(cfg: &Config, req: FinetuneRequest) -> Result<RunOutcome> {
     use burn::backend::{Autodiff, Cuda};
     let dev = Default::default();
     let bal = cfg.finetune.checkpointing == Checkpointing::Balanced;
-    match (cfg.backbone.dtype.as_str(), bal) {
-        ("f16", false) => run_on::<Autodiff<Cuda<half::f16>>>(cfg, req, &dev, "cuda-f16"),
-        ("f16", true) => run_on::<Autodiff<Cuda<half::f16>, Bal>>(cfg, req, &dev, "cuda-f16"),
-        ("bf16", false) => run_on::<Autodiff<Cuda<half::bf16>>>(cfg, req, &dev, "cuda-bf16"),
-        ("bf16", true) => run_on::<Autodiff<Cuda<half::bf16>, Bal>>(cfg, req, &dev, "cuda-bf16"),
+    use crate::config::Dtype;
+    match (cfg.backbone.dtype, bal) {
+        (Dtype::F16, false) => run_on::<Autodiff<Cuda<half::f16>>>(cfg, req, &dev, "cuda-f16"),
+        (Dtype::F16, true) => run_on::<Autodiff<Cuda<half::f16>, Bal>>(cfg, req, &dev, "cuda-f16"),
+        (Dtype::Bf16, false) => run_on::<Autodiff<Cuda<half::bf16>>>(cfg, req, &dev, "cuda-bf16"),
+        (Dtype::Bf16, true) => {
+            run_on::<Autodiff<Cuda<half::bf16>, Bal>>(cfg, req, &dev, "cuda-bf16")
+        }
         (_, false) => run_on::<Autodiff<Cuda<f32>>>(cfg, req, &dev, "cuda-f32"),
         (_, true) => run_on::<Autodiff<Cuda<f32>, Bal>>(cfg, req, &dev, "cuda-f32"),
     }
@@ -337,7 +339,7 @@ fn run_on<B: AutodiffBackend>(
     }
     let snapshot = hub::resolve_backbone(&cfg.backbone.model, &cfg.backbone.revision)?;
     let preprocess =
-        Preprocess::for_kind(&cfg.backbone.preprocess, &snapshot, cfg.augment.target_size)?;
+        Preprocess::for_kind(cfg.backbone.preprocess, &snapshot, cfg.augment.target_size)?;
     let base_key = crate::features::backbone_key(&snapshot, &cfg.paths.feature_cache)?;
     let root = &cfg.paths.datasets;
 
@@ -596,8 +598,8 @@ fn run_on<B: AutodiffBackend>(
     let model = model::load_values(trainer.model, &best);
     let valid = model.valid();
     let ev = evaluate(&valid, &val, &preprocess, ft.batch_size, cfg, device)?;
-    let mut settings = TrainSettings::from_config(cfg);
-    settings.seed = ft.seed;
+    let mut settings = TrainSettings::from_config(cfg)?;
+    settings.train.seed = ft.seed;
     let inner_dev = valid.head.classifier.weight.device();
     let (temperature, threshold, val_metrics, val_score) =
         calibrate(&valid.head, &ev.features, &settings, &inner_dev)?;
