@@ -64,8 +64,10 @@ fn pixels(n: usize, side: usize, seed: u64) -> Tensor<Cpu, 4> {
 }
 
 fn lora_cfg(rank: usize, mlp: bool) -> FinetuneConfig {
-    let mut c = FinetuneConfig::default();
-    c.mode = FinetuneMode::Lora;
+    let mut c = FinetuneConfig {
+        mode: FinetuneMode::Lora,
+        ..Default::default()
+    };
     c.lora.rank = rank;
     c.lora.alpha = 2.0 * rank as f64;
     c.lora.mlp = mlp;
@@ -180,14 +182,16 @@ fn merged_lora_equals_unmerged() {
 
 /// The hyper-parameters `tools/finetune_reference.py` used.
 fn reference_config(mode: FinetuneMode) -> FinetuneConfig {
-    let mut c = FinetuneConfig::default();
-    c.mode = mode;
-    c.lr = 1e-3;
-    c.head_lr = Some(2e-3);
-    c.layer_decay = 0.7;
-    c.weight_decay = 0.05;
-    c.max_grad_norm = 1.0;
-    c.label_smoothing = 0.1;
+    let mut c = FinetuneConfig {
+        mode,
+        lr: 1e-3,
+        head_lr: Some(2e-3),
+        layer_decay: 0.7,
+        weight_decay: 0.05,
+        max_grad_norm: 1.0,
+        label_smoothing: 0.1,
+        ..Default::default()
+    };
     c.lora.rank = 4;
     c.lora.alpha = 8.0;
     c.lora.dropout = 0.0;

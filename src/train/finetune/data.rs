@@ -105,8 +105,8 @@ impl TrainImages {
         seed: u64,
         aug: &AugmentConfig,
         preprocess: &Preprocess,
-    ) -> Result<(Vec<f32>, (usize, usize), Vec<u8>)> {
-        let views: Vec<Result<(Vec<f32>, (u32, u32))>> = picks
+    ) -> Result<LabelledBatch> {
+        let views: Vec<Result<View>> = picks
             .par_iter()
             .map(|&(i, pos)| {
                 let row = &self.rows[i];
@@ -129,8 +129,14 @@ impl TrainImages {
     }
 }
 
+/// One preprocessed image: pixel values and their `(h, w)`.
+type View = (Vec<f32>, (u32, u32));
+
+/// Stacked pixel values `[n, 3, h, w]`, `(h, w)` and the labels.
+type LabelledBatch = (Vec<f32>, (usize, usize), Vec<u8>);
+
 /// Concatenates preprocessed images that must all have one size.
-fn stack(views: Vec<Result<(Vec<f32>, (u32, u32))>>) -> Result<(Vec<f32>, (usize, usize))> {
+fn stack(views: Vec<Result<View>>) -> Result<(Vec<f32>, (usize, usize))> {
     let mut out = Vec::new();
     let mut size = None;
     for v in views {
@@ -219,7 +225,7 @@ impl ValSet {
         range: std::ops::Range<usize>,
         preprocess: &Preprocess,
     ) -> Result<(Vec<f32>, (usize, usize))> {
-        let views: Vec<Result<(Vec<f32>, (u32, u32))>> = self.images[range]
+        let views: Vec<Result<View>> = self.images[range]
             .par_iter()
             .map(|im| {
                 Ok((

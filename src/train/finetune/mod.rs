@@ -471,7 +471,7 @@ fn run_on<B: AutodiffBackend>(
         val.len()
     );
 
-    let mut best: HashMap<ParamId, (Vec<usize>, Vec<f32>)> = if st.best_epoch > 0 {
+    let mut best: model::ParamValues = if st.best_epoch > 0 {
         read_values(&dir.join(STATE_DIR).join("best.safetensors"), &order, "b")?
     } else {
         HashMap::new()
@@ -791,7 +791,7 @@ fn save_state<B: AutodiffBackend>(
     dir: &Path,
     trainer: &Trainer<B>,
     order: &[(ParamId, usize)],
-    best: &HashMap<ParamId, (Vec<usize>, Vec<f32>)>,
+    best: &model::ParamValues,
     st: &mut RunState,
 ) -> Result<()> {
     let ids = trainer.plan.ids();
@@ -859,7 +859,7 @@ fn read_values(
     path: &Path,
     order: &[(ParamId, usize)],
     prefix: &str,
-) -> Result<HashMap<ParamId, (Vec<usize>, Vec<f32>)>> {
+) -> Result<model::ParamValues> {
     let w = Weights::open_files(&[path.to_path_buf()])?;
     let mut out = HashMap::new();
     for (i, (id, n)) in order.iter().enumerate() {

@@ -15,6 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{FinetuneConfig, FinetuneMode};
 use crate::model::linear::LoraSpec;
 use crate::model::weights::Weights;
+
+/// Trained values by parameter: shape and row-major data.
+pub type ParamValues = HashMap<ParamId, (Vec<usize>, Vec<f32>)>;
 use crate::model::{
     Backbone, BackboneOutput, Binding, FeatureExtractor, LoadOptions, NamedTensors, ProjRole,
 };
@@ -229,11 +232,8 @@ pub fn set_trainable<B: Backend, M: Module<B>>(m: M, ids: &HashSet<ParamId>) -> 
 }
 
 /// Replaces the values of the parameters in `values` (by id; e.g. a kept best epoch).
-pub fn load_values<B: Backend, M: Module<B>>(
-    m: M,
-    values: &HashMap<ParamId, (Vec<usize>, Vec<f32>)>,
-) -> M {
-    struct Put<'a>(&'a HashMap<ParamId, (Vec<usize>, Vec<f32>)>);
+pub fn load_values<B: Backend, M: Module<B>>(m: M, values: &ParamValues) -> M {
+    struct Put<'a>(&'a ParamValues);
     impl<B: Backend> ModuleMapper<B> for Put<'_> {
         fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             let Some((dims, v)) = self.0.get(&p.id) else {
