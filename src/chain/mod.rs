@@ -11,5 +11,5 @@ pub mod sync;
 
 pub use metagraph::{Metagraph, MetagraphHandle, Neuron};
 pub use rpc::RpcClient;
-pub use subnet::{read_subnet, ReadOptions, SubnetRead};
+pub use subnet::{fetch_raw, read_subnet, RawSubnetRead, ReadOptions, SubnetRead};
 pub use sync::{fetch_snapshot, write_snapshot, Snapshot, StakeSource, SyncOptions};

@@ -213,9 +213,9 @@ impl RpcClient {
     ) -> Result<Result<Vec<u8>, Refusal>> {
         let arg = format!("0x{}", hex::encode(args));
         match self.try_call("state_call", json!([runtime_fn, arg, block_hash])) {
-            Ok(v) => bytes_of(&v)
-                .map(Ok)
-                .with_context(|| format!("the answer of {} to state_call {runtime_fn}", self.shown())),
+            Ok(v) => bytes_of(&v).map(Ok).with_context(|| {
+                format!("the answer of {} to state_call {runtime_fn}", self.shown())
+            }),
             Err(CallError::Transport(e)) => Err(e),
             Err(CallError::Rpc { code, message }) => Ok(Err(Refusal { code, message })),
         }

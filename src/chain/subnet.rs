@@ -27,6 +27,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::rpc::RpcClient;
 use super::scale::{
@@ -44,6 +46,29 @@ pub struct ReadOptions {
     pub timeout: Duration,
 }
 
+/// The node's answers as read, SCALE bytes in `0x` hex: what `sv72 econ --snapshot` keeps so a
+/// report can be re-made offline and re-decoded by a later sv72.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubnetRead {
+    pub netuid: u16,
+    pub block: u64,
+    pub block_hash: String,
+    /// The endpoint as given.
+    pub endpoint: String,
+    pub read_at: DateTime<Utc>,
+    /// `SubnetInfoRuntimeApi_get_dynamic_info`.
+    pub dynamic_info: String,
+    /// `SubnetInfoRuntimeApi_get_subnet_info_v2`.
+    pub subnet_info: String,
+    /// `SwapRuntimeApi_current_alpha_price`; `null` when the runtime has none.
+    pub alpha_price: Option<String>,
+    /// Why there is no swap price (the node's refusal).
+    pub no_swap_price: Option<String>,
+    /// `NeuronInfoRuntimeApi_get_neurons_lite`.
+    pub neurons_lite: String,
+}
+
 /// One subnet's economics as the chain held them at `block`.
 #[derive(Debug, Clone)]
 pub struct SubnetRead {
@@ -52,6 +77,7 @@ pub struct SubnetRead {
     pub block_hash: String,
     /// The endpoint as given.
     pub endpoint: String,
+    pub read_at: DateTime<Utc>,
     pub dynamic: DynamicInfo,
     pub info: SubnetInfo,
     /// `SwapRuntimeApi_current_alpha_price` in rao of TAO per alpha; `None` when the runtime has
@@ -68,92 +94,151 @@ fn not_exported(message: &str) -> bool {
     m.contains("not found") || m.contains("does not exist") || m.contains("not exported")
 }
 
+fn hex0x(bytes: &[u8]) -> String {
+    format!("0x{}", hex::encode(bytes))
+}
+
 /// Reads the subnet's pool, emission, registration cost, price and neurons at the node's best
-/// block. `step` is told what is being fetched (for a spinner).
-pub fn read_subnet(opts: &ReadOptions, mut step: impl FnMut(&str)) -> Result<SubnetRead> {
+/// block, all pinned to its hash, and decodes them. `step` is told what is being fetched (for a
+/// spinner).
+pub fn read_subnet(
+    opts: &ReadOptions,
+    step: impl FnMut(&str),
+) -> Result<(RawSubnetRead, SubnetRead)> {
+    let raw = fetch_raw(opts, step)?;
+    let read = raw.decode(&raw.endpoint)?;
+    Ok((raw, read))
+}
+
+/// The node's answers, undecoded.
+pub fn fetch_raw(opts: &ReadOptions, mut step: impl FnMut(&str)) -> Result<RawSubnetRead> {
     let client = RpcClient::new(&opts.endpoint, opts.timeout)?;
     let shown = client.shown();
     let netuid = opts.netuid;
 
     step("best block");
     let (block, block_hash) = client.best_block()?;
-    let missing = |what: &str| {
-        format!(
-            "{shown} has no {what} for netuid {netuid} at block {block}; does the subnet exist \
-             on this network?"
-        )
-    };
+    let read_at = Utc::now();
 
     step("pool and emission");
-    let bytes = client.runtime_bytes(
+    let dynamic_info = client.runtime_bytes(
         "SubnetInfoRuntimeApi_get_dynamic_info",
         "subnetInfo_getDynamicInfo",
         netuid,
         &block_hash,
     )?;
-    let dynamic = decode_dynamic_info(&bytes)
-        .with_context(|| format!("cannot decode the dynamic info (DynamicInfo) from {shown}"))?
-        .with_context(|| missing("dynamic info"))?;
 
     step("registration cost");
-    let bytes = client.runtime_bytes(
+    let subnet_info = client.runtime_bytes(
         "SubnetInfoRuntimeApi_get_subnet_info_v2",
         "subnetInfo_getSubnetInfo_v2",
         netuid,
         &block_hash,
     )?;
-    let info = decode_subnet_info(&bytes)
-        .with_context(|| format!("cannot decode the subnet info (SubnetInfov2) from {shown}"))?
-        .with_context(|| missing("subnet info"))?;
 
     step("alpha price");
     let price_fn = "SwapRuntimeApi_current_alpha_price";
-    let (swap_price_rao, no_swap_price) =
+    let (alpha_price, no_swap_price) =
         match client.state_call(price_fn, &netuid.to_le_bytes(), &block_hash)? {
-            Ok(bytes) => {
-                let p = decode_u64(&bytes, "the alpha price (u64)")
-                    .with_context(|| format!("the answer of {shown} to state_call {price_fn}"))?;
-                (Some(p), None)
-            }
+            Ok(bytes) => (Some(hex0x(&bytes)), None),
             Err(refusal) if not_exported(&refusal.message) => (
                 None,
                 Some(format!("the node's runtime has no {price_fn} ({refusal})")),
             ),
-            Err(refusal) => bail!("subtensor node {shown} refused state_call {price_fn}: {refusal}"),
+            Err(refusal) => {
+                bail!("subtensor node {shown} refused state_call {price_fn}: {refusal}")
+            }
         };
 
     step("neurons");
-    let bytes = client.runtime_bytes(
+    let neurons_lite = client.runtime_bytes(
         "NeuronInfoRuntimeApi_get_neurons_lite",
         "neuronInfo_getNeuronsLite",
         netuid,
         &block_hash,
     )?;
-    let neurons = decode_neurons_lite(&bytes).with_context(|| {
-        format!("cannot decode the neuron list (NeuronInfoLite) from {shown} for netuid {netuid}")
-    })?;
-    if neurons.is_empty() {
-        bail!("{}", missing("neurons"));
-    }
-    for (what, got) in [("dynamic info", dynamic.netuid), ("subnet info", info.netuid)]
-        .into_iter()
-        .chain(neurons.iter().map(|n| ("neuron list", n.netuid)))
-    {
-        if got != netuid {
-            bail!("{shown} answered for netuid {netuid} with the {what} of netuid {got}");
-        }
-    }
-    Ok(SubnetRead {
+    Ok(RawSubnetRead {
         netuid,
         block,
         block_hash,
         endpoint: client.endpoint().to_string(),
-        dynamic,
-        info,
-        swap_price_rao,
+        read_at,
+        dynamic_info: hex0x(&dynamic_info),
+        subnet_info: hex0x(&subnet_info),
+        alpha_price,
         no_swap_price,
-        neurons,
+        neurons_lite: hex0x(&neurons_lite),
     })
+}
+
+fn unhex(field: &str, text: &str, source: &str) -> Result<Vec<u8>> {
+    hex::decode(text.trim().trim_start_matches("0x"))
+        .with_context(|| format!("{source}: `{field}` is not 0x-prefixed hex"))
+}
+
+impl RawSubnetRead {
+    /// Decodes the answers; `source` (the node or the snapshot file) is named in errors.
+    pub fn decode(&self, source: &str) -> Result<SubnetRead> {
+        let netuid = self.netuid;
+        let block = self.block;
+        let missing = |what: &str| {
+            format!(
+                "{source} has no {what} for netuid {netuid} at block {block}; does the subnet \
+                 exist on this network?"
+            )
+        };
+        let dynamic = decode_dynamic_info(&unhex("dynamic_info", &self.dynamic_info, source)?)
+            .with_context(|| format!("cannot decode the dynamic info (DynamicInfo) from {source}"))?
+            .with_context(|| missing("dynamic info"))?;
+        let info = decode_subnet_info(&unhex("subnet_info", &self.subnet_info, source)?)
+            .with_context(|| format!("cannot decode the subnet info (SubnetInfov2) from {source}"))?
+            .with_context(|| missing("subnet info"))?;
+        let swap_price_rao = match &self.alpha_price {
+            Some(h) => Some(
+                decode_u64(&unhex("alpha_price", h, source)?, "the alpha price (u64)")
+                    .with_context(|| {
+                        format!("the answer of {source} to SwapRuntimeApi_current_alpha_price")
+                    })?,
+            ),
+            None => None,
+        };
+        if swap_price_rao.is_none() && self.no_swap_price.is_none() {
+            bail!("{source}: `alpha_price` is null and `no_swap_price` does not say why");
+        }
+        let neurons = decode_neurons_lite(&unhex("neurons_lite", &self.neurons_lite, source)?)
+            .with_context(|| {
+                format!(
+                    "cannot decode the neuron list (NeuronInfoLite) from {source} for netuid \
+                     {netuid}"
+                )
+            })?;
+        if neurons.is_empty() {
+            bail!("{}", missing("neurons"));
+        }
+        for (what, got) in [
+            ("dynamic info", dynamic.netuid),
+            ("subnet info", info.netuid),
+        ]
+        .into_iter()
+        .chain(neurons.iter().map(|n| ("neuron list", n.netuid)))
+        {
+            if got != netuid {
+                bail!("{source} answered for netuid {netuid} with the {what} of netuid {got}");
+            }
+        }
+        Ok(SubnetRead {
+            netuid,
+            block,
+            block_hash: self.block_hash.clone(),
+            endpoint: self.endpoint.clone(),
+            read_at: self.read_at,
+            dynamic,
+            info,
+            swap_price_rao,
+            no_swap_price: self.no_swap_price.clone(),
+            neurons,
+        })
+    }
 }
 
 #[cfg(test)]
