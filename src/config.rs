@@ -133,6 +133,7 @@ pub struct Config {
     pub register: RegisterConfig,
     pub cycle: CycleConfig,
     pub mine_hard: MineHardConfig,
+    pub econ: EconConfig,
 }
 
 /// Where artifacts live on disk.
@@ -790,6 +791,61 @@ impl Default for MineHardConfig {
     }
 }
 
+/// `sv72 econ`: what mining earns and costs. Chain figures are read live; these are the
+/// miner's own prices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EconConfig {
+    /// Subtensor node (URL or network name), as for `metagraph sync`.
+    pub endpoint: String,
+    pub netuid: u16,
+    /// TAO in USD (not on chain). `null`: read `price_url`, or pass `--tao-usd`.
+    pub tao_usd: Option<f64>,
+    /// JSON endpoint giving TAO/USD, e.g. CoinGecko's simple price API (`null` = none).
+    pub price_url: Option<String>,
+    /// JSON pointer (RFC 6901) to the number in the `price_url` answer.
+    pub price_pointer: String,
+    /// Length of one retraining cycle: per-cycle costs are spread over it.
+    pub cycle_days: f64,
+    /// Serving box (the axon), running around the clock.
+    pub serving_usd_per_hour: f64,
+    /// Training (embed, train-head, finetune, eval) per cycle …
+    pub training_hours_per_cycle: f64,
+    /// … on a box at this price.
+    pub training_usd_per_hour: f64,
+    /// Synthetic images generated per cycle …
+    pub images_per_cycle: f64,
+    /// … at this price each.
+    pub generation_usd_per_image: f64,
+    /// Storage (datasets, features, checkpoints, HF).
+    pub storage_usd_per_month: f64,
+    /// The registration burn is spread over this many days of mining.
+    pub registration_days: f64,
+    /// Default output folder of report.md, report.json and the plot.
+    pub out_dir: PathBuf,
+}
+
+impl Default for EconConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "finney".into(),
+            netuid: 72,
+            tao_usd: None,
+            price_url: None,
+            price_pointer: "/bittensor/usd".into(),
+            cycle_days: 60.0,
+            serving_usd_per_hour: 0.25,
+            training_hours_per_cycle: 8.0,
+            training_usd_per_hour: 2.0,
+            images_per_cycle: 5000.0,
+            generation_usd_per_image: 0.002,
+            storage_usd_per_month: 5.0,
+            registration_days: 60.0,
+            out_dir: "econ".into(),
+        }
+    }
+}
+
 impl Config {
     /// Loads `path` (or the embedded default when `None`) and applies `key.path=value` overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
@@ -852,6 +908,32 @@ impl Config {
                 "mix.synthetic_fraction = {} must be within [0, 1]",
                 self.mix.synthetic_fraction
             );
+        }
+        let e = &self.econ;
+        for (k, v) in [
+            ("econ.cycle_days", e.cycle_days),
+            ("econ.registration_days", e.registration_days),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{k} = {v} must be a positive number of days");
+            }
+        }
+        for (k, v) in [
+            ("econ.serving_usd_per_hour", e.serving_usd_per_hour),
+            ("econ.training_hours_per_cycle", e.training_hours_per_cycle),
+            ("econ.training_usd_per_hour", e.training_usd_per_hour),
+            ("econ.images_per_cycle", e.images_per_cycle),
+            ("econ.generation_usd_per_image", e.generation_usd_per_image),
+            ("econ.storage_usd_per_month", e.storage_usd_per_month),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{k} = {v} must be a number >= 0");
+            }
+        }
+        if let Some(p) = e.tao_usd {
+            if !(p.is_finite() && p > 0.0) {
+                bail!("econ.tao_usd = {p} must be a positive price in USD (or null)");
+            }
         }
         let p: f64 = self.augment.level_probs.iter().sum();
         if (p - 1.0).abs() > 1e-6 || self.augment.level_probs.iter().any(|x| *x < 0.0) {

@@ -10,6 +10,7 @@ mod backbones;
 mod cli;
 mod cycle;
 mod decode;
+mod econ;
 mod export;
 mod features;
 mod finetune;

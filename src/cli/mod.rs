@@ -12,6 +12,7 @@ pub mod ab_test;
 pub mod args;
 pub mod demo_data;
 pub mod deploy;
+pub mod econ;
 pub mod embed;
 pub mod eval;
 pub mod export;
@@ -70,6 +71,8 @@ pub enum Command {
     Metagraph(metagraph::Args),
     /// Check the deployed model's age and drift (for cron); optionally run the retraining pipeline.
     RetrainCheck(retrain_check::Args),
+    /// What mining earns by rank (chain figures) against your costs, and whether it pays.
+    Econ(econ::Args),
     /// Pick hard cases from serve logs and eval outputs for labelling and generation.
     MineHard(mine_hard::Args),
     /// Compute backbone features for images, folders or a manifest into a safetensors file.
@@ -159,6 +162,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Query(a) => query::run(a, &ctx),
         Command::Metagraph(a) => metagraph::run(a, &ctx),
         Command::RetrainCheck(a) => retrain_check::run(a, &ctx),
+        Command::Econ(a) => econ::run(a, &ctx),
         Command::MineHard(a) => mine_hard::run(a, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),
         Command::FetchBackbone(a) => fetch_backbone::run(a, &ctx),
