@@ -126,7 +126,7 @@ fn options(axon: &SigningKey, log: Option<PathBuf>) -> ServeOptions {
     };
     let mut o = ServeOptions::from_config(&cfg, axon.ss58()).unwrap();
     o.prediction_log = log;
-    o.header_read_timeout = Duration::from_millis(1500);
+    o.connections.header_timeout = Duration::from_millis(1500);
     o.body_read_timeout = Duration::from_millis(500);
     o.metagraph_poll = Duration::from_millis(100);
     o.shutdown_grace = Duration::from_secs(5);
@@ -655,7 +655,10 @@ fn bodies_limits_and_routes() {
     let r = send(addr, &bare("GET", "/metrics"));
     let text = String::from_utf8(r.body).unwrap();
     for needle in [
-        "sv72_requests_total{status=\"200\"}",
+        "sv72_requests_total{route=\"ImageSynapse\",status=\"200\",outcome=\"scored\"}",
+        "sv72_requests_total{route=\"ImageSynapse\",status=\"200\",outcome=\"fallback\"}",
+        "sv72_fallbacks_total{reason=\"decode_failed\"}",
+        "sv72_connections_total{outcome=\"accepted\"}",
         "sv72_rejections_total{reason=\"bad_json\"}",
         "sv72_request_latency_seconds_bucket{le=\"+Inf\"}",
         "sv72_batch_size_count",
@@ -679,7 +682,7 @@ fn bodies_limits_and_routes() {
         "{first}"
     );
 
-    // Slow client: a head that never ends is cut after header_read_timeout (1.5 s here).
+    // Slow client: a head that never ends is cut after header_timeout (1.5 s here).
     let t = Instant::now();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
