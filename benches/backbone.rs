@@ -15,7 +15,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use rand::{Rng, SeedableRng};
 use safetensors::Dtype;
-use sv72::model::dinov2::{gelu_erf, Dinov2Model};
+use sv72::model::activation::gelu_erf;
+use sv72::model::dinov2::Dinov2Model;
 use sv72::model::FeatureExtractor;
 
 const CONFIG: &str = r#"{

@@ -1,4 +1,4 @@
-//! DINOv3 ViT (`DINOv3ViTModel` of `transformers` 5.x), inference path only.
+//! DINOv3 ViT (`DINOv3ViTModel` of `transformers` 5.x).
 //!
 //! Patch-16 embedding, CLS + register tokens, 2D rotary position embeddings on the patch tokens
 //! (never on CLS/registers), per-projection bias flags, layer scale, plain or gated (SwiGLU)
@@ -7,66 +7,35 @@
 //!
 //! The training-only RoPE augmentations (`pos_embed_shift`, `pos_embed_jitter`,
 //! `pos_embed_rescale`) and stochastic depth are deliberately absent: `transformers` applies them
-//! only in training mode.
+//! only in training mode, and the published configs disable them (sv72's fine-tuning trains
+//! without them, as PEFT on those configs does).
+//!
+//! Loaded for inference ([`LoadOptions::INFERENCE`]), the layer-scale vectors are folded into
+//! the output projections; for training they stay parameters of their own.
 
+use std::cell::RefCell;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation;
+use burn::nn::LayerNorm;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
+pub use super::activation::Activation;
+use super::dinov2::scaled;
+use super::linear::Proj;
+use super::loader::{Bindings, LoadOptions, Loader, PartSpec};
+use super::ops;
 use super::weights::Weights;
-use super::{BackboneOutput, FeatureExtractor};
+use super::{parse_config, BackboneOutput, FeatureExtractor, IntOrPair, ProjRole};
 
 /// `model_type` of a DINOv3 ViT snapshot's `config.json`.
 pub const MODEL_TYPE: &str = "dinov3_vit";
 
 /// Prefixes under which the model's tensors may live (bare export, task wrappers, timm-style).
 const PREFIXES: &[&str] = &["", "model.", "dinov3.", "backbone.", "dinov3_vit.", "vit."];
-
-/// MLP activation (`hidden_act`), as `transformers`' `ACT2FN` defines each name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu`: exact, erf based.
-    Gelu,
-    /// `gelu_new` / `gelu_pytorch_tanh` / `gelu_fast`: tanh approximation.
-    GeluTanh,
-    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
-    QuickGelu,
-    /// `silu` / `swish`.
-    Silu,
-    /// `relu`.
-    Relu,
-}
-
-impl Activation {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "gelu" => Self::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
-            "quick_gelu" => Self::QuickGelu,
-            "silu" | "swish" => Self::Silu,
-            "relu" => Self::Relu,
-            _ => return None,
-        })
-    }
-
-    fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            Self::Gelu => super::dinov2::gelu_erf(x),
-            Self::GeluTanh => activation::gelu_approximate(x),
-            Self::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
-            Self::Silu => activation::silu(x),
-            Self::Relu => activation::relu(x),
-        }
-    }
-}
 
 /// The inference-relevant fields of a DINOv3 ViT `config.json`, with `transformers`' defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,24 +74,12 @@ pub struct Dinov3Config {
     pub num_register_tokens: usize,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IntOrPair {
-    Int(usize),
-    Pair(Vec<usize>),
-}
-
-fn default_patch() -> IntOrPair {
-    IntOrPair::Int(16)
-}
-
 /// `config.json` as written by `transformers`; defaults are `DINOv3ViTConfig`'s.
 #[derive(Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
     architectures: Option<Vec<String>>,
-    #[serde(default = "default_patch")]
-    patch_size: IntOrPair,
+    patch_size: Option<IntOrPair>,
     #[serde(default = "d_hidden")]
     hidden_size: usize,
     #[serde(default = "d_intermediate")]
@@ -193,8 +150,7 @@ impl Dinov3Config {
     /// Parses `config.json` text; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: &Path) -> Result<Self> {
         let o = origin.display();
-        let raw: RawConfig = serde_json::from_str(text)
-            .with_context(|| format!("{o} is not a valid DINOv3 ViT config.json"))?;
+        let raw: RawConfig = parse_config(text, origin)?;
         match (&raw.model_type, &raw.architectures) {
             (Some(mt), _) if mt == MODEL_TYPE => {}
             (Some(mt), _) => bail!(
@@ -207,20 +163,12 @@ impl Dinov3Config {
                  `model_type: \"{MODEL_TYPE}\"` (a DINOv3ViTModel snapshot)"
             ),
         }
-        let patch_size = match raw.patch_size {
-            IntOrPair::Int(p) => p,
-            IntOrPair::Pair(v) if v.len() == 2 && v[0] == v[1] => v[0],
-            IntOrPair::Pair(v) => {
-                bail!("{o}: patch_size {v:?} is not square; only square patches are supported")
-            }
-        };
-        let hidden_act = Activation::parse(&raw.hidden_act).ok_or_else(|| {
-            anyhow!(
-                "{o}: hidden_act `{}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, \
-                 gelu_fast, quick_gelu, silu, swish, relu)",
-                raw.hidden_act
-            )
-        })?;
+        let patch = IntOrPair::pair(raw.patch_size, 16, "patch_size", origin)?;
+        if patch[0] != patch[1] {
+            bail!("{o}: patch_size {patch:?} is not square; only square patches are supported");
+        }
+        let patch_size = patch[0];
+        let hidden_act = Activation::from_config(&raw.hidden_act, origin)?;
         let cfg = Self {
             patch_size,
             hidden_size: raw.hidden_size,
@@ -319,33 +267,119 @@ impl Dinov3Config {
 
 /// Plain (`up → act → down`) or gated (`down(act(gate) * up)`) MLP.
 #[derive(Module, Debug)]
-pub struct Dinov3Mlp<B: Backend> {
-    gate: Option<Linear<B>>,
-    up: Linear<B>,
-    down: Linear<B>,
+pub struct Mlp<B: Backend> {
+    pub gate: Option<Proj<B>>,
+    pub up: Proj<B>,
+    /// With `layer_scale2` folded in, when folded.
+    pub down: Proj<B>,
+    #[module(skip)]
+    pub act: Activation,
 }
 
-impl<B: Backend> Dinov3Mlp<B> {
-    fn forward(&self, x: Tensor<B, 2>, act: Activation) -> Tensor<B, 2> {
+impl<B: Backend> Mlp<B> {
+    fn load(l: &Loader<'_, B>, cfg: &Dinov3Config, ls2: Option<&[f32]>) -> Result<Self> {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let proj = |rel: &str, d_in, d_out, scale| {
+            let (w, b) = (format!("mlp.{rel}.weight"), format!("mlp.{rel}.bias"));
+            let bias = [b.as_str()];
+            l.proj(
+                &[PartSpec::new(
+                    &[w.as_str()],
+                    cfg.mlp_bias.then_some(&bias[..]),
+                    d_out,
+                )],
+                d_in,
+                scale,
+            )
+        };
+        Ok(Self {
+            gate: if cfg.use_gated_mlp {
+                Some(proj("gate_proj", d, f, None)?)
+            } else {
+                None
+            },
+            up: proj("up_proj", d, f, None)?,
+            down: proj("down_proj", f, d, ls2)?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = match &self.gate {
-            Some(gate) => act.apply(gate.forward(x.clone())) * self.up.forward(x),
-            None => act.apply(self.up.forward(x)),
+            Some(gate) => self.act.apply(gate.forward(x.clone())) * self.up.forward(x),
+            None => self.act.apply(self.up.forward(x)),
         };
         self.down.forward(h)
     }
 }
 
+/// Self-attention: q | k | v fused into one `[D, 3D]` projection (each with the bias the config
+/// gives it), RoPE on the patch tokens, output projection.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub qkv: Proj<B>,
+    /// With `layer_scale1` folded in, when folded.
+    pub o_proj: Proj<B>,
+}
+
+impl<B: Backend> Attention<B> {
+    fn load(l: &Loader<'_, B>, cfg: &Dinov3Config, ls1: Option<&[f32]>) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let names: Vec<[String; 2]> = ["q_proj", "k_proj", "v_proj", "o_proj"]
+            .iter()
+            .map(|p| {
+                [
+                    format!("attention.{p}.weight"),
+                    format!("attention.{p}.bias"),
+                ]
+            })
+            .collect();
+        let w: Vec<[&str; 1]> = names.iter().map(|n| [n[0].as_str()]).collect();
+        let b: Vec<[&str; 1]> = names.iter().map(|n| [n[1].as_str()]).collect();
+        // A bias the config disables is ignored, as `transformers` ignores it (an unexpected key).
+        let flags = [cfg.query_bias, cfg.key_bias, cfg.value_bias, cfg.proj_bias];
+        let part = |j: usize| PartSpec::new(&w[j], flags[j].then_some(&b[j][..]), d);
+        Ok(Self {
+            qkv: l.proj(&[part(0), part(1), part(2)], d, None)?,
+            o_proj: l.proj(&[part(3)], d, ls1)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        [n, t]: [usize; 2],
+        cfg: &Dinov3Config,
+        rope: &Rope<B>,
+    ) -> Tensor<B, 2> {
+        let d = cfg.hidden_size;
+        let (heads, hd) = (cfg.num_attention_heads, cfg.head_dim());
+        let qkv = self.qkv.forward(x);
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(1, i * d, d)
+                .reshape([n, t, heads, hd])
+                .swap_dims(1, 2)
+        };
+        let prefix = cfg.num_prefix_tokens();
+        let q = apply_rope(split(0), rope, prefix);
+        let k = apply_rope(split(1), rope, prefix);
+        let ctx = ops::attention(q, k, split(2), 1.0 / (hd as f64).sqrt());
+        self.o_proj.forward(ctx.swap_dims(1, 2).reshape([n * t, d]))
+    }
+}
+
 /// One pre-norm transformer block with layer scale.
 #[derive(Module, Debug)]
-pub struct Dinov3Layer<B: Backend> {
-    norm1: LayerNorm<B>,
-    /// q, k and v fused into one `[D, 3D]` projection (absent biases are zeros, which is exact).
-    qkv: Linear<B>,
-    o_proj: Linear<B>,
-    layer_scale1: Param<Tensor<B, 1>>,
-    norm2: LayerNorm<B>,
-    mlp: Dinov3Mlp<B>,
-    layer_scale2: Param<Tensor<B, 1>>,
+pub struct Layer<B: Backend> {
+    pub norm1: LayerNorm<B>,
+    pub attn: Attention<B>,
+    /// `layer_scale1` (unfolded only).
+    pub ls1: Option<Param<Tensor<B, 1>>>,
+    pub norm2: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+    /// `layer_scale2` (unfolded only).
+    pub ls2: Option<Param<Tensor<B, 1>>>,
 }
 
 /// RoPE tables of one input size, flattened to `[1, patches * head_dim]`: every elementwise
@@ -376,189 +410,103 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &Rope<B>, prefix: usize) -> Ten
     Tensor::cat(vec![head, rotated.reshape([n, h, hw, hd])], 2)
 }
 
-impl<B: Backend> Dinov3Layer<B> {
+impl<B: Backend> Layer<B> {
+    /// Block `i`, under `layers` (`layer` or `model.layer`, as the checkpoint spells it).
+    pub fn load(l: &Loader<'_, B>, layers: &str, i: usize, cfg: &Dinov3Config) -> Result<Self> {
+        let l = l.pp(&format!("{layers}.{i}")).at_depth(i + 1);
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let ls1 = l.layer_scale("layer_scale1.lambda1", d)?;
+        let ls2 = l.layer_scale("layer_scale2.lambda1", d)?;
+        Ok(Self {
+            norm1: l.layer_norm("norm1", d, eps)?,
+            attn: Attention::load(&l, cfg, ls1.folded())?,
+            norm2: l.layer_norm("norm2", d, eps)?,
+            mlp: Mlp::load(&l, cfg, ls2.folded())?,
+            ls1: ls1.into_param(),
+            ls2: ls2.into_param(),
+        })
+    }
+
     /// One block over tokens flattened to `[N * T, D]` (2D keeps bias and layer-scale
     /// broadcasts on burn-flex's fast path).
     fn forward(
         &self,
         x: Tensor<B, 2>,
-        [n, t]: [usize; 2],
+        nt: [usize; 2],
         cfg: &Dinov3Config,
         rope: &Rope<B>,
     ) -> Tensor<B, 2> {
-        let d = cfg.hidden_size;
-        let (heads, hd) = (cfg.num_attention_heads, cfg.head_dim());
-        let qkv = self.qkv.forward(self.norm1.forward(x.clone()));
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(1, i * d, d)
-                .reshape([n, t, heads, hd])
-                .swap_dims(1, 2)
-        };
-        let prefix = cfg.num_prefix_tokens();
-        let q = apply_rope(split(0), rope, prefix);
-        let k = apply_rope(split(1), rope, prefix);
-        let v = split(2);
-        let ctx = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        let ctx = ctx.swap_dims(1, 2).reshape([n * t, d]);
-        let attn = self.o_proj.forward(ctx);
-        let x = x + attn * self.layer_scale1.val().unsqueeze::<2>();
-        let m = self
-            .mlp
-            .forward(self.norm2.forward(x.clone()), cfg.hidden_act);
-        x + m * self.layer_scale2.val().unsqueeze::<2>()
+        let a = self
+            .attn
+            .forward(ops::layer_norm(&self.norm1, x.clone()), nt, cfg, rope);
+        let x = x + scaled(a, &self.ls1);
+        let m = self.mlp.forward(ops::layer_norm(&self.norm2, x.clone()));
+        x + scaled(m, &self.ls2)
+    }
+}
+
+/// Patch projection, CLS and register tokens (`DINOv3ViTEmbeddings`; the mask token is
+/// pre-training only).
+#[derive(Module, Debug)]
+pub struct Embeddings<B: Backend> {
+    /// The patch convolution as a `[C·P·P, D]` linear map over unfolded patches
+    /// (kernel = stride, so the two are the same operation).
+    pub patch: Proj<B>,
+    pub cls_token: Param<Tensor<B, 3>>,
+    pub register_tokens: Option<Param<Tensor<B, 3>>>,
+}
+
+impl<B: Backend> Embeddings<B> {
+    pub fn load(l: &Loader<'_, B>, cfg: &Dinov3Config) -> Result<Self> {
+        let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
+        let e = l.pp("embeddings");
+        let conv = [d, c, p, p];
+        let patch = e.proj(
+            &[PartSpec {
+                weight: &["patch_embeddings.weight"],
+                bias: Some(&["patch_embeddings.bias"]),
+                d_out: d,
+                shape: Some(&conv),
+            }],
+            c * p * p,
+            None,
+        )?;
+        let r = cfg.num_register_tokens;
+        Ok(Self {
+            patch,
+            cls_token: e.param(&["cls_token"], &[1, 1, d], [1, 1, d], false)?,
+            register_tokens: if r > 0 {
+                Some(e.param(&["register_tokens"], &[1, r, d], [1, r, d], false)?)
+            } else {
+                None
+            },
+        })
     }
 }
 
 /// A DINOv3 ViT backbone with its weights, generic over the Burn backend.
 #[derive(Module, Debug)]
 pub struct Dinov3Model<B: Backend> {
-    /// The patch convolution as a `[C·P·P, D]` linear map over unfolded patches
-    /// (kernel = stride, so the two are the same operation).
-    patch_embed: Linear<B>,
-    cls_token: Param<Tensor<B, 3>>,
-    register_tokens: Option<Param<Tensor<B, 3>>>,
-    layers: Vec<Dinov3Layer<B>>,
-    norm: LayerNorm<B>,
+    pub embeddings: Embeddings<B>,
+    pub layers: Vec<Layer<B>>,
+    pub norm: LayerNorm<B>,
     #[module(skip)]
     config: Dinov3Config,
+    #[module(skip)]
+    bindings: Bindings,
 }
 
 /// Loads a DINOv3 ViT from a Hugging Face snapshot folder (`config.json` + safetensors).
 pub fn load<B: Backend>(snapshot_dir: &Path, device: &B::Device) -> Result<Dinov3Model<B>> {
     let config = Dinov3Config::from_file(&snapshot_dir.join("config.json"))?;
     let weights = Weights::open(snapshot_dir)?;
-    Dinov3Model::from_weights(config, &weights, snapshot_dir, device)
-}
-
-/// Reads the tensors of one snapshot, turning `transformers`' `[out, in]` linear weights into
-/// Burn's `[in, out]` on the host so the model holds contiguous weights.
-struct Loader<'a, B: Backend> {
-    w: &'a Weights,
-    dir: &'a Path,
-    root: &'static str,
-    layers: String,
-    device: &'a B::Device,
-}
-
-impl<B: Backend> Loader<'_, B> {
-    fn name(&self, rel: &str) -> String {
-        format!("{}{rel}", self.root)
-    }
-
-    fn layer(&self, i: usize, rel: &str) -> String {
-        format!("{}{i}.{rel}", self.layers)
-    }
-
-    fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        self.w.tensor(name, shape, self.device)
-    }
-
-    /// `[out, in]` weight of `name.weight`, transposed to `[in, out]` row-major values.
-    fn weight_t(&self, name: &str, d_in: usize, d_out: usize) -> Result<Vec<f32>> {
-        let v = self.host(&format!("{name}.weight"), &[d_out, d_in])?;
-        Ok(transpose(&v, d_out, d_in))
-    }
-
-    /// Host values of `name`, which must have exactly `shape`.
-    fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (v, found) = self.w.f32_data(name)?;
-        if found != shape {
-            let file = self.w.file_of(name).unwrap_or(self.dir);
-            bail!(
-                "tensor `{name}` in {} has shape {found:?}, but config.json implies {shape:?} (config.json and weights disagree)",
-                file.display()
-            );
-        }
-        Ok(v)
-    }
-
-    /// `name.bias` when the config says the projection has one. A bias the config disables is
-    /// ignored, as `transformers` ignores it (an unexpected key).
-    fn bias(&self, name: &str, d_out: usize, present: bool) -> Result<Option<Vec<f32>>> {
-        if !present {
-            return Ok(None);
-        }
-        self.host(&format!("{name}.bias"), &[d_out]).map(Some)
-    }
-
-    fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        let w = self.weight_t(name, d_in, d_out)?;
-        let b = self.bias(name, d_out, bias)?;
-        Ok(self.make_linear(w, b, d_in, d_out))
-    }
-
-    fn make_linear(
-        &self,
-        w: Vec<f32>,
-        b: Option<Vec<f32>>,
-        d_in: usize,
-        d_out: usize,
-    ) -> Linear<B> {
-        Linear {
-            weight: Param::from_tensor(Tensor::from_data(
-                TensorData::new(w, [d_in, d_out]),
-                self.device,
-            )),
-            bias: b.map(|b| {
-                Param::from_tensor(Tensor::from_data(TensorData::new(b, [d_out]), self.device))
-            }),
-        }
-    }
-
-    fn layer_norm(&self, name: &str, d: usize, eps: f64) -> Result<LayerNorm<B>> {
-        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(self.device);
-        ln.gamma = Param::from_tensor(self.tensor(&format!("{name}.weight"), [d])?);
-        ln.beta = Some(Param::from_tensor(
-            self.tensor(&format!("{name}.bias"), [d])?,
-        ));
-        Ok(ln)
-    }
-
-    /// q, k, v fused column-wise into `[D, 3D]`.
-    fn qkv(&self, i: usize, cfg: &Dinov3Config) -> Result<Linear<B>> {
-        let d = cfg.hidden_size;
-        let mut w = vec![0f32; d * 3 * d];
-        let mut b = vec![0f32; 3 * d];
-        let mut any_bias = false;
-        for (j, (proj, has_bias)) in [
-            ("q_proj", cfg.query_bias),
-            ("k_proj", cfg.key_bias),
-            ("v_proj", cfg.value_bias),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let name = self.layer(i, &format!("attention.{proj}"));
-            let wt = self.weight_t(&name, d, d)?;
-            for r in 0..d {
-                w[r * 3 * d + j * d..r * 3 * d + (j + 1) * d]
-                    .copy_from_slice(&wt[r * d..(r + 1) * d]);
-            }
-            if let Some(bv) = self.bias(&name, d, has_bias)? {
-                b[j * d..(j + 1) * d].copy_from_slice(&bv);
-                any_bias = true;
-            }
-        }
-        Ok(self.make_linear(w, any_bias.then_some(b), d, 3 * d))
-    }
-}
-
-/// `[rows, cols]` row-major values as `[cols, rows]`, in cache-sized tiles (7B matrices are
-/// 4096 x 8192).
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut t = vec![0f32; v.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    t[c * rows + r] = v[r * cols + c];
-                }
-            }
-        }
-    }
-    t
+    Dinov3Model::from_weights(
+        config,
+        &weights,
+        snapshot_dir,
+        device,
+        LoadOptions::INFERENCE,
+    )
 }
 
 impl<B: Backend> Dinov3Model<B> {
@@ -568,6 +516,7 @@ impl<B: Backend> Dinov3Model<B> {
         weights: &Weights,
         dir: &Path,
         device: &B::Device,
+        opts: LoadOptions,
     ) -> Result<Self> {
         let probe = "embeddings.patch_embeddings.weight";
         let root = weights.detect_prefix(probe, PREFIXES).ok_or_else(|| {
@@ -579,96 +528,71 @@ impl<B: Backend> Dinov3Model<B> {
                 &PREFIXES[1..]
             )
         })?;
+        let bindings = RefCell::new(Vec::new());
+        let l = Loader::new(weights, dir, root, device, opts, &bindings);
         // Published checkpoints say `layer.N`, transformers 5 in memory says `model.layer.N`.
-        let layers = ["layer.", "model.layer."]
-            .iter()
-            .map(|l| format!("{root}{l}"))
-            .find(|l| weights.contains(&format!("{l}0.norm1.weight")))
-            .unwrap_or_else(|| format!("{root}layer."));
-        let ld = Loader::<B> {
-            w: weights,
-            dir,
-            root,
-            layers,
-            device,
-        };
+        let layers = ["layer", "model.layer"]
+            .into_iter()
+            .find(|p| l.has(&format!("{p}.0.norm1.weight")))
+            .unwrap_or("layer");
         let cfg = &config;
-        let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
-
-        let k = c * p * p;
-        let pe = ld.host(
-            &ld.name("embeddings.patch_embeddings.weight"),
-            &[d, c, p, p],
-        )?;
-        let pe_t = transpose(&pe, d, k);
-        drop(pe);
-        let pe_bias = ld.bias(&ld.name("embeddings.patch_embeddings"), d, true)?;
-        let patch_embed = ld.make_linear(pe_t, pe_bias, k, d);
-
-        let cls_token = Param::from_tensor(ld.tensor(&ld.name("embeddings.cls_token"), [1, 1, d])?);
-        let r = cfg.num_register_tokens;
-        let register_tokens = if r > 0 {
-            Some(Param::from_tensor(
-                ld.tensor(&ld.name("embeddings.register_tokens"), [1, r, d])?,
-            ))
-        } else {
-            None
-        };
-
-        let (f, bias) = (cfg.intermediate_size, cfg.mlp_bias);
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let embeddings = Embeddings::load(&l, cfg)?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         let bar = crate::util::progress::bar(cfg.num_hidden_layers as u64, "DINOv3 blocks");
         for i in 0..cfg.num_hidden_layers {
-            let mlp = |rel: &str, din, dout| {
-                ld.linear(&ld.layer(i, &format!("mlp.{rel}")), din, dout, bias)
-            };
-            layers.push(Dinov3Layer {
-                norm1: ld.layer_norm(&ld.layer(i, "norm1"), d, cfg.layer_norm_eps)?,
-                qkv: ld.qkv(i, cfg)?,
-                o_proj: ld.linear(&ld.layer(i, "attention.o_proj"), d, d, cfg.proj_bias)?,
-                layer_scale1: Param::from_tensor(
-                    ld.tensor(&ld.layer(i, "layer_scale1.lambda1"), [d])?,
-                ),
-                norm2: ld.layer_norm(&ld.layer(i, "norm2"), d, cfg.layer_norm_eps)?,
-                mlp: Dinov3Mlp {
-                    gate: if cfg.use_gated_mlp {
-                        Some(mlp("gate_proj", d, f)?)
-                    } else {
-                        None
-                    },
-                    up: mlp("up_proj", d, f)?,
-                    down: mlp("down_proj", f, d)?,
-                },
-                layer_scale2: Param::from_tensor(
-                    ld.tensor(&ld.layer(i, "layer_scale2.lambda1"), [d])?,
-                ),
-            });
+            blocks.push(Layer::load(&l, layers, i, cfg)?);
             bar.inc(1);
         }
         bar.finish_and_clear();
         // A checkpoint with more blocks than config.json declares is the wrong config.
-        let extra = ld.layer(cfg.num_hidden_layers, "norm1.weight");
-        if weights.contains(&extra) {
+        let extra = format!("{layers}.{}.norm1.weight", cfg.num_hidden_layers);
+        if l.has(&extra) {
             bail!(
-                "the weights of {} contain `{extra}` but config.json declares num_hidden_layers={} (config.json and weights disagree)",
+                "the weights of {} contain `{}` but config.json declares num_hidden_layers={} (config.json and weights disagree)",
                 dir.display(),
+                l.name(&extra),
                 cfg.num_hidden_layers
             );
         }
-        let norm = ld.layer_norm(&ld.name("norm"), d, cfg.layer_norm_eps)?;
+        let ln = l.at_depth(cfg.num_hidden_layers + 1);
+        let norm = ln.layer_norm("norm", cfg.hidden_size, cfg.layer_norm_eps)?;
         Ok(Self {
-            patch_embed,
-            cls_token,
-            register_tokens,
-            layers,
+            embeddings,
+            layers: blocks,
             norm,
             config,
+            bindings: bindings.into_inner(),
         })
     }
 
     /// The parsed `config.json`.
     pub fn config(&self) -> &Dinov3Config {
         &self.config
+    }
+
+    /// Where each parameter came from (empty when loaded folded, for inference).
+    pub fn bindings(&self) -> &Bindings {
+        &self.bindings
+    }
+
+    /// Mutable bindings, for adapters attached after loading.
+    pub fn bindings_mut(&mut self) -> &mut Bindings {
+        &mut self.bindings
+    }
+
+    /// Every projection, for attaching adapters.
+    pub fn projections_mut(&mut self) -> Vec<(ProjRole, &mut Proj<B>)> {
+        let mut out = Vec::new();
+        for l in &mut self.layers {
+            out.push((ProjRole::AttnQkv, &mut l.attn.qkv));
+            out.push((ProjRole::AttnOut, &mut l.attn.o_proj));
+            if let Some(g) = &mut l.mlp.gate {
+                out.push((ProjRole::MlpIn, g));
+            }
+            out.push((ProjRole::MlpIn, &mut l.mlp.up));
+            out.push((ProjRole::MlpOut, &mut l.mlp.down));
+        }
+        out
     }
 
     /// Final layer-normed hidden state `[N, 1 + registers + patches, D]`.
@@ -700,9 +624,10 @@ impl<B: Backend> Dinov3Model<B> {
             .reshape([n, c, hp, p, wp, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([n * hw, c * p * p]);
-        let patches = self.patch_embed.forward(patches).reshape([n, hw, d]);
-        let mut tokens = vec![self.cls_token.val().expand([n, 1, d])];
-        if let Some(reg) = &self.register_tokens {
+        let e = &self.embeddings;
+        let patches = e.patch.forward(patches).reshape([n, hw, d]);
+        let mut tokens = vec![e.cls_token.val().expand([n, 1, d])];
+        if let Some(reg) = &e.register_tokens {
             tokens.push(reg.val().expand([n, cfg.num_register_tokens, d]));
         }
         tokens.push(patches);
@@ -723,7 +648,7 @@ impl<B: Backend> Dinov3Model<B> {
         for layer in &self.layers {
             x = layer.forward(x, [n, t], cfg, &rope);
         }
-        Ok(self.norm.forward(x).reshape([n, t, d]))
+        Ok(ops::layer_norm(&self.norm, x).reshape([n, t, d]))
     }
 
     /// All outputs for a batch (see [`BackboneOutput`]); `pooler` is the CLS token, as

@@ -24,7 +24,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, RgbImage};
-use serde_json::Value;
+use serde::Deserialize;
+
+use super::resample::{coeffs, Coeffs, Filter};
 
 /// Name of the processor config in a snapshot.
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
@@ -52,34 +54,12 @@ impl Resample {
         }
     }
 
-    /// Half-width of the filter at scale 1.
-    fn support(self) -> f64 {
+    /// The antialiasing filter (bicubic = Keys a = -0.5, as torch's antialiased kernel and
+    /// Pillow use).
+    pub fn filter(self) -> Filter {
         match self {
-            Self::Bilinear => 1.0,
-            Self::Bicubic => 2.0,
-        }
-    }
-
-    fn weight(self, x: f64) -> f64 {
-        let x = x.abs();
-        match self {
-            Self::Bilinear => {
-                if x < 1.0 {
-                    1.0 - x
-                } else {
-                    0.0
-                }
-            }
-            Self::Bicubic => {
-                const A: f64 = -0.5;
-                if x < 1.0 {
-                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
-                } else {
-                    0.0
-                }
-            }
+            Self::Bilinear => Filter::Triangle,
+            Self::Bicubic => Filter::Cubic(-0.5),
         }
     }
 
@@ -123,65 +103,89 @@ pub struct Preprocess {
     pub kind: &'static str,
 }
 
-fn get_bool(v: &Value, key: &str, default: bool, origin: &str) -> Result<bool> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => bail!("{origin}: `{key}` must be true or false, got {other}"),
-    }
+/// A `size` / `crop_size` entry: an integer (square) or a dict.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeSpec {
+    Square(u64),
+    Dict {
+        shortest_edge: Option<u64>,
+        longest_edge: Option<u64>,
+        height: Option<u64>,
+        width: Option<u64>,
+    },
 }
 
-fn get_triple(v: &Value, key: &str, default: [f32; 3], origin: &str) -> Result<[f32; 3]> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => {
-            let x = n.as_f64().unwrap_or(f64::NAN) as f32;
-            Ok([x; 3])
-        }
-        Some(Value::Array(a)) if a.len() == 3 => {
-            let mut out = [0f32; 3];
-            for (o, x) in out.iter_mut().zip(a) {
-                *o = x
-                    .as_f64()
-                    .with_context(|| format!("{origin}: `{key}` must hold numbers"))?
-                    as f32;
+/// `image_mean` / `image_std`: one number for every channel or three.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Triple {
+    One(f64),
+    Three(Vec<f64>),
+}
+
+impl Triple {
+    fn get(v: Option<Self>, key: &str, default: [f32; 3], origin: &str) -> Result<[f32; 3]> {
+        match v {
+            None => Ok(default),
+            Some(Self::One(x)) => Ok([x as f32; 3]),
+            Some(Self::Three(a)) if a.len() == 3 => Ok([a[0] as f32, a[1] as f32, a[2] as f32]),
+            Some(Self::Three(a)) => {
+                bail!("{origin}: `{key}` must be a list of 3 numbers, got {a:?}")
             }
-            Ok(out)
-        }
-        Some(other) => bail!("{origin}: `{key}` must be a list of 3 numbers, got {other}"),
-    }
-}
-
-fn get_u32(v: &Value, key: &str, origin: &str) -> Result<Option<u32>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => {
-            let n = x
-                .as_u64()
-                .filter(|n| *n > 0 && *n <= 65_536)
-                .with_context(|| format!("{origin}: `{key}` must be a positive integer"))?;
-            Ok(Some(n as u32))
         }
     }
 }
 
-fn parse_size(v: &Value, origin: &str, what: &str) -> Result<ResizeTo> {
-    if let Some(n) = v.as_u64() {
-        return Ok(ResizeTo::Exact {
-            height: n as u32,
-            width: n as u32,
-        });
+/// `preprocessor_config.json` as `transformers` writes it (absent or `null` = class default).
+#[derive(Deserialize)]
+struct RawProcessor {
+    image_processor_type: Option<String>,
+    resample: Option<i64>,
+    do_resize: Option<bool>,
+    size: Option<SizeSpec>,
+    do_center_crop: Option<bool>,
+    crop_size: Option<SizeSpec>,
+    do_rescale: Option<bool>,
+    rescale_factor: Option<f64>,
+    do_normalize: Option<bool>,
+    image_mean: Option<Triple>,
+    image_std: Option<Triple>,
+}
+
+fn side(v: Option<u64>, key: &str, origin: &str) -> Result<Option<u32>> {
+    match v {
+        None => Ok(None),
+        Some(n) if n > 0 && n <= 65_536 => Ok(Some(n as u32)),
+        Some(_) => bail!("{origin}: `{key}` must be a positive integer"),
     }
+}
+
+fn parse_size(v: SizeSpec, origin: &str, what: &str) -> Result<ResizeTo> {
+    let (shortest, longest, height, width) = match v {
+        SizeSpec::Square(n) => {
+            return Ok(ResizeTo::Exact {
+                height: n as u32,
+                width: n as u32,
+            })
+        }
+        SizeSpec::Dict {
+            shortest_edge,
+            longest_edge,
+            height,
+            width,
+        } => (shortest_edge, longest_edge, height, width),
+    };
     let o = format!("{origin} `{what}`");
-    if let Some(se) = get_u32(v, "shortest_edge", &o)? {
-        if v.get("longest_edge").is_some_and(|x| !x.is_null()) {
+    if let Some(se) = side(shortest, "shortest_edge", &o)? {
+        if longest.is_some() {
             bail!("{o}: `longest_edge` is not supported");
         }
         return Ok(ResizeTo::ShortestEdge(se));
     }
-    match (get_u32(v, "height", &o)?, get_u32(v, "width", &o)?) {
+    match (side(height, "height", &o)?, side(width, "width", &o)?) {
         (Some(height), Some(width)) => Ok(ResizeTo::Exact { height, width }),
-        _ => bail!("{o} must have `shortest_edge` or `height` and `width`, got {v}"),
+        _ => bail!("{o} must have `shortest_edge` or `height` and `width`"),
     }
 }
 
@@ -200,11 +204,10 @@ impl Preprocess {
 
     /// Parses a processor config; `origin` names it in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Self> {
-        let v: Value =
-            serde_json::from_str(text).with_context(|| format!("{origin} is not valid JSON"))?;
+        let v: RawProcessor = super::parse_config(text, Path::new(origin))?;
         let ty = v
-            .get("image_processor_type")
-            .and_then(Value::as_str)
+            .image_processor_type
+            .as_deref()
             .unwrap_or("BitImageProcessor");
         let base = ty.strip_suffix("Fast").unwrap_or(ty);
         // Class defaults of the processors transformers would instantiate.
@@ -243,26 +246,19 @@ impl Preprocess {
                 "{origin}: image_processor_type {other:?} is not supported (sv72 knows BitImageProcessor, ViTImageProcessor, DINOv3ViTImageProcessor)"
             ),
         };
-        let resample = match v.get("resample") {
-            None | Some(Value::Null) => Resample::from_pil(d_resample, origin)?,
-            Some(x) => Resample::from_pil(
-                x.as_i64()
-                    .with_context(|| format!("{origin}: `resample` must be an integer"))?,
-                origin,
-            )?,
-        };
-        let resize = if get_bool(&v, "do_resize", true, origin)? {
-            let size = match v.get("size") {
-                None | Some(Value::Null) => d_size,
+        let resample = Resample::from_pil(v.resample.unwrap_or(d_resample), origin)?;
+        let resize = if v.do_resize.unwrap_or(true) {
+            let size = match v.size {
+                None => d_size,
                 Some(s) => Some(parse_size(s, origin, "size")?),
             };
             size.map(|s| (s, resample))
         } else {
             None
         };
-        let crop = if get_bool(&v, "do_center_crop", d_crop.is_some(), origin)? {
-            match v.get("crop_size") {
-                None | Some(Value::Null) => d_crop,
+        let crop = if v.do_center_crop.unwrap_or(d_crop.is_some()) {
+            match v.crop_size {
+                None => d_crop,
                 Some(s) => match parse_size(s, origin, "crop_size")? {
                     ResizeTo::Exact { height, width } => Some((height, width)),
                     ResizeTo::ShortestEdge(_) => {
@@ -273,21 +269,15 @@ impl Preprocess {
         } else {
             None
         };
-        let rescale = if get_bool(&v, "do_rescale", true, origin)? {
-            let f = match v.get("rescale_factor") {
-                None | Some(Value::Null) => 1.0 / 255.0,
-                Some(x) => x
-                    .as_f64()
-                    .with_context(|| format!("{origin}: `rescale_factor` must be a number"))?,
-            };
-            Some(f as f32)
+        let rescale = if v.do_rescale.unwrap_or(true) {
+            Some(v.rescale_factor.unwrap_or(1.0 / 255.0) as f32)
         } else {
             None
         };
-        let normalize = if get_bool(&v, "do_normalize", true, origin)? {
+        let normalize = if v.do_normalize.unwrap_or(true) {
             Some((
-                get_triple(&v, "image_mean", d_mean, origin)?,
-                get_triple(&v, "image_std", d_std, origin)?,
+                Triple::get(v.image_mean, "image_mean", d_mean, origin)?,
+                Triple::get(v.image_std, "image_std", d_std, origin)?,
             ))
         } else {
             None
@@ -518,52 +508,6 @@ fn planar_u8(rgb: &RgbImage) -> Vec<u8> {
     out
 }
 
-/// Antialiased resampling coefficients for one axis (torch `_compute_index_ranges_weights`,
-/// the same bounds as Pillow's `precompute_coeffs`).
-struct Coeffs {
-    start: Vec<usize>,
-    len: Vec<usize>,
-    /// `out_size × stride`, normalised to sum 1 per output.
-    w: Vec<f64>,
-    stride: usize,
-}
-
-fn coeffs(in_size: usize, out_size: usize, f: Resample) -> Coeffs {
-    let scale = in_size as f64 / out_size as f64;
-    let (support, inv) = if scale >= 1.0 {
-        (f.support() * scale, 1.0 / scale)
-    } else {
-        (f.support(), 1.0)
-    };
-    let stride = support.ceil() as usize * 2 + 1;
-    let mut c = Coeffs {
-        start: Vec::with_capacity(out_size),
-        len: Vec::with_capacity(out_size),
-        w: vec![0.0; out_size * stride],
-        stride,
-    };
-    for i in 0..out_size {
-        let center = scale * (i as f64 + 0.5);
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let len = xmax.saturating_sub(xmin).min(stride);
-        let row = &mut c.w[i * stride..i * stride + len];
-        let mut total = 0.0;
-        for (j, w) in row.iter_mut().enumerate() {
-            *w = f.weight((j as f64 + xmin as f64 - center + 0.5) * inv);
-            total += *w;
-        }
-        if total != 0.0 {
-            for w in row.iter_mut() {
-                *w /= total;
-            }
-        }
-        c.start.push(xmin);
-        c.len.push(len);
-    }
-    c
-}
-
 /// Converts weights to int16 fixed point with torch's dynamic precision (largest that keeps the
 /// largest weight below 2^15).
 fn int16_weights(c: &Coeffs) -> (Vec<i32>, u32) {
@@ -592,7 +536,7 @@ fn resize_u8(src: &[u8], h: usize, w: usize, oh: usize, ow: usize, f: Resample) 
     let mut cur = src.to_vec();
     let mut cw = w;
     if ow != w {
-        let c = coeffs(w, ow, f);
+        let c = coeffs(w, ow, f.filter());
         let (k, prec) = int16_weights(&c);
         let half = if prec > 0 { 1i32 << (prec - 1) } else { 0 };
         let mut out = vec![0u8; 3 * h * ow];
@@ -615,7 +559,7 @@ fn resize_u8(src: &[u8], h: usize, w: usize, oh: usize, ow: usize, f: Resample) 
         cw = ow;
     }
     if oh != h {
-        let c = coeffs(h, oh, f);
+        let c = coeffs(h, oh, f.filter());
         let (k, prec) = int16_weights(&c);
         let half = if prec > 0 { 1i32 << (prec - 1) } else { 0 };
         let mut out = vec![0u8; 3 * oh * cw];
@@ -648,7 +592,7 @@ fn resize_f32(src: &[f32], h: usize, w: usize, oh: usize, ow: usize, f: Resample
     let mut cur = src.to_vec();
     let mut cw = w;
     if ow != w {
-        let c = coeffs(w, ow, f);
+        let c = coeffs(w, ow, f.filter());
         let k: Vec<f32> = c.w.iter().map(|&x| x as f32).collect();
         let mut out = vec![0f32; 3 * h * ow];
         for ch in 0..3 {
@@ -666,7 +610,7 @@ fn resize_f32(src: &[f32], h: usize, w: usize, oh: usize, ow: usize, f: Resample
         cw = ow;
     }
     if oh != h {
-        let c = coeffs(h, oh, f);
+        let c = coeffs(h, oh, f.filter());
         let k: Vec<f32> = c.w.iter().map(|&x| x as f32).collect();
         let mut out = vec![0f32; 3 * oh * cw];
         for ch in 0..3 {
@@ -747,7 +691,7 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_and_ids_differ() {
-        let c = coeffs(640, 224, Resample::Bicubic);
+        let c = coeffs(640, 224, Resample::Bicubic.filter());
         for i in 0..224 {
             let s: f64 = c.w[i * c.stride..i * c.stride + c.len[i]].iter().sum();
             assert!((s - 1.0).abs() < 1e-9);
@@ -766,5 +710,27 @@ mod tests {
             e.contains("x/preprocessor_config.json") && e.contains("resample"),
             "{e}"
         );
+        for (json, field) in [
+            (r#"{"do_resize": "yes"}"#, "do_resize"),
+            (r#"{"image_mean": [0.5, 0.5]}"#, "image_mean"),
+            (r#"{"size": {"shortest_edge": 0}}"#, "shortest_edge"),
+            (r#"{"crop_size": {"shortest_edge": 224}}"#, "crop_size"),
+        ] {
+            let e = Preprocess::from_json(json, "x/preprocessor_config.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("x/preprocessor_config.json") && e.contains(field),
+                "{json}: {e}"
+            );
+        }
+        // Numbers for every channel and integer sizes are accepted, as transformers reads them.
+        let p = Preprocess::from_json(
+            r#"{"image_mean": 0.5, "image_std": 0.25, "size": 64, "do_center_crop": false}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(p.normalize, Some(([0.5; 3], [0.25; 3])));
+        assert_eq!(p.output_size(100, 80), (64, 64));
     }
 }

@@ -19,7 +19,7 @@ use super::batcher::{Loader, Predictor};
 use crate::features::embed::extract_rows;
 use crate::model::preprocess::Preprocess;
 use crate::model::weights::{Weights, SINGLE_FILE as WEIGHTS_FILE};
-use crate::model::{dinov2, dinov3, model_type, BackboneOutput, FeatureExtractor};
+use crate::model::FeatureExtractor;
 use crate::train::checkpoint::{
     checkpoint_snapshot, resolve_checkpoint, training_preprocess, Checkpoint, HEAD_FILE,
 };
@@ -49,54 +49,7 @@ impl LoadOptions {
     }
 }
 
-/// A backbone of either supported family, as a concrete (and therefore `Send`) type.
-pub enum Backbone<B: Backend> {
-    Dinov2(dinov2::Dinov2Model<B>),
-    Dinov3(dinov3::Dinov3Model<B>),
-}
-
-impl<B: Backend> Backbone<B> {
-    /// Loads a snapshot folder, dispatching on its `model_type`.
-    pub fn load(snapshot: &Path, device: &B::Device) -> Result<Self> {
-        let kind = model_type(snapshot)?;
-        match kind.as_str() {
-            "dinov2" | "dinov2_with_registers" => {
-                Ok(Backbone::Dinov2(dinov2::load(snapshot, device)?))
-            }
-            dinov3::MODEL_TYPE => Ok(Backbone::Dinov3(dinov3::load(snapshot, device)?)),
-            other => bail!(
-                "{}: unsupported model_type {other:?}; sv72 serves dinov2, \
-                 dinov2_with_registers and dinov3_vit backbones",
-                snapshot.join("config.json").display()
-            ),
-        }
-    }
-}
-
-impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
-    fn extract(
-        &self,
-        pixel_values: burn::tensor::Tensor<B, 4>,
-        want_hidden: bool,
-    ) -> BackboneOutput<B> {
-        match self {
-            Backbone::Dinov2(m) => m.extract(pixel_values, want_hidden),
-            Backbone::Dinov3(m) => m.extract(pixel_values, want_hidden),
-        }
-    }
-    fn hidden_size(&self) -> usize {
-        match self {
-            Backbone::Dinov2(m) => m.hidden_size(),
-            Backbone::Dinov3(m) => m.hidden_size(),
-        }
-    }
-    fn patch_size(&self) -> usize {
-        match self {
-            Backbone::Dinov2(m) => m.patch_size(),
-            Backbone::Dinov3(m) => m.patch_size(),
-        }
-    }
-}
+pub use crate::model::Backbone;
 
 /// A checkpoint served as a [`Predictor`]: preprocessing → backbone → `[CLS ; patch mean]` →
 /// head → calibrated probability, batched.

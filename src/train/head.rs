@@ -5,7 +5,6 @@
 //! head exports directly as its `classifier` Linear. Weights are initialised from our own seeded
 //! RNG (not the backend's global one) so a run is reproducible bit for bit.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -16,11 +15,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-/// One tensor: `(name, shape, row-major values)`.
-pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
-
-/// Tensors by name: `(shape, row-major values)`.
-pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+pub use crate::model::{NamedTensor, NamedTensors};
 
 /// Number of output logits (transformers layout: `id2label = {0: None, 1: Roadwork}`).
 pub const NUM_LABELS: usize = 2;
