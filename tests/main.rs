@@ -17,4 +17,5 @@ mod mine;
 mod mix;
 mod publish;
 mod serve;
+mod serve_load;
 mod train;

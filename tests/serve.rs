@@ -24,7 +24,7 @@ use sv72::serve::{
 
 // ---------- predictors built in the test ----------
 
-struct Const(f32);
+pub(crate) struct Const(pub(crate) f32);
 impl Predictor for Const {
     fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
         Ok(vec![self.0; images.len()])
@@ -35,7 +35,7 @@ impl Predictor for Const {
 }
 
 /// Mean red channel / 255: depends on the image, so a mixed-up batch would show.
-struct MeanRed;
+pub(crate) struct MeanRed;
 impl Predictor for MeanRed {
     fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
         Ok(images
@@ -79,15 +79,15 @@ impl Predictor for Slow {
 
 // ---------- keys and the validator set ----------
 
-struct Keys {
-    axon: SigningKey,
-    validator: SigningKey,
-    low_stake: SigningKey,
-    no_permit: SigningKey,
-    unknown: SigningKey,
+pub(crate) struct Keys {
+    pub(crate) axon: SigningKey,
+    pub(crate) validator: SigningKey,
+    pub(crate) low_stake: SigningKey,
+    pub(crate) no_permit: SigningKey,
+    pub(crate) unknown: SigningKey,
 }
 
-fn keys() -> Keys {
+pub(crate) fn keys() -> Keys {
     let k = |b: u8| SigningKey::from_seed(&[b; 32]).unwrap();
     Keys {
         axon: k(1),
@@ -98,7 +98,7 @@ fn keys() -> Keys {
     }
 }
 
-fn neurons(k: &Keys) -> Vec<Neuron> {
+pub(crate) fn neurons(k: &Keys) -> Vec<Neuron> {
     let n = |key: &SigningKey, uid, stake, permit| Neuron {
         hotkey: key.ss58(),
         uid,
@@ -113,7 +113,7 @@ fn neurons(k: &Keys) -> Vec<Neuron> {
     ]
 }
 
-fn options(axon: &SigningKey, log: Option<PathBuf>) -> ServeOptions {
+pub(crate) fn options(axon: &SigningKey, log: Option<PathBuf>) -> ServeOptions {
     let cfg = ServeConfig {
         host: "127.0.0.1".into(),
         port: 0,
@@ -133,11 +133,19 @@ fn options(axon: &SigningKey, log: Option<PathBuf>) -> ServeOptions {
     o
 }
 
-fn start(k: &Keys, p: Box<dyn Predictor>, log: Option<PathBuf>) -> (Server, Arc<ModelSlot>) {
+pub(crate) fn start(
+    k: &Keys,
+    p: Box<dyn Predictor>,
+    log: Option<PathBuf>,
+) -> (Server, Arc<ModelSlot>) {
     start_with(k, p, options(&k.axon, log))
 }
 
-fn start_with(k: &Keys, p: Box<dyn Predictor>, o: ServeOptions) -> (Server, Arc<ModelSlot>) {
+pub(crate) fn start_with(
+    k: &Keys,
+    p: Box<dyn Predictor>,
+    o: ServeOptions,
+) -> (Server, Arc<ModelSlot>) {
     let slot = ModelSlot::new(p, Arc::new(Metrics::new()));
     let mg = Arc::new(MetagraphHandle::fixed(Metagraph::from_neurons(neurons(k))));
     let s = Server::start(o, mg, slot.clone()).unwrap();
@@ -168,22 +176,22 @@ fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
 
 // ---------- a dendrite-like client ----------
 
-struct Req {
-    method: &'static str,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Req {
+    pub(crate) method: &'static str,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 #[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Resp {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "body is not JSON ({e}): {:?}",
@@ -205,7 +213,7 @@ impl Resp {
     }
 }
 
-fn image_b64() -> String {
+pub(crate) fn image_b64() -> String {
     let bytes = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_224x224.jpg"),
     )
@@ -214,7 +222,13 @@ fn image_b64() -> String {
 }
 
 /// The body the real dendrite sends (Python's JSON spacing, all fields).
-fn synapse_body(d: &SigningKey, axon: &SigningKey, nonce: u64, uuid: &str, image: &str) -> Vec<u8> {
+pub(crate) fn synapse_body(
+    d: &SigningKey,
+    axon: &SigningKey,
+    nonce: u64,
+    uuid: &str,
+    image: &str,
+) -> Vec<u8> {
     let v = json!({"name": "ImageSynapse", "timeout": 9.0, "total_size": 3178, "header_size": 0,
         "dendrite": {"status_code": null, "status_message": null, "process_time": null,
                      "ip": "203.0.113.7", "port": null, "version": 9012002, "nonce": nonce,
@@ -226,21 +240,21 @@ fn synapse_body(d: &SigningKey, axon: &SigningKey, nonce: u64, uuid: &str, image
     v.to_string().into_bytes()
 }
 
-struct Signed<'a> {
-    dendrite: &'a SigningKey,
+pub(crate) struct Signed<'a> {
+    pub(crate) dendrite: &'a SigningKey,
     /// The axon hotkey put into the signed message.
-    sign_for: String,
+    pub(crate) sign_for: String,
     /// The `bt_header_axon_hotkey` header value.
-    axon_header: String,
-    nonce: u64,
-    uuid: String,
-    body_hash: String,
-    signature: Option<String>,
-    timeout: &'static str,
+    pub(crate) axon_header: String,
+    pub(crate) nonce: u64,
+    pub(crate) uuid: String,
+    pub(crate) body_hash: String,
+    pub(crate) signature: Option<String>,
+    pub(crate) timeout: &'static str,
 }
 
 impl<'a> Signed<'a> {
-    fn new(dendrite: &'a SigningKey, axon: &SigningKey) -> Self {
+    pub(crate) fn new(dendrite: &'a SigningKey, axon: &SigningKey) -> Self {
         Self {
             dendrite,
             sign_for: axon.ss58(),
@@ -253,7 +267,7 @@ impl<'a> Signed<'a> {
         }
     }
 
-    fn build(&self, body: Vec<u8>) -> Req {
+    pub(crate) fn build(&self, body: Vec<u8>) -> Req {
         let msg = signature_message(
             self.nonce as i128,
             &self.dendrite.ss58(),
@@ -293,7 +307,7 @@ impl<'a> Signed<'a> {
     }
 }
 
-fn write_req(s: &mut TcpStream, r: &Req, keep_alive: bool) {
+pub(crate) fn write_req(s: &mut TcpStream, r: &Req, keep_alive: bool) {
     let mut head = format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n", r.method, r.path);
     for (k, v) in &r.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -307,7 +321,7 @@ fn write_req(s: &mut TcpStream, r: &Req, keep_alive: bool) {
     s.write_all(&r.body).unwrap();
 }
 
-fn read_resp(reader: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
+pub(crate) fn read_resp(reader: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status: u16 = line
@@ -340,14 +354,14 @@ fn read_resp(reader: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     })
 }
 
-fn send(addr: SocketAddr, r: &Req) -> Resp {
+pub(crate) fn send(addr: SocketAddr, r: &Req) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write_req(&mut s, r, false);
     read_resp(&mut BufReader::new(s)).unwrap()
 }
 
-fn accepted(resp: &Resp) -> f64 {
+pub(crate) fn accepted(resp: &Resp) -> f64 {
     assert_eq!(
         resp.status,
         200,
@@ -1506,7 +1520,7 @@ mod checkpoint_model {
 
     /// Reads the child's stderr until `sv72 serve` says where it listens; every line read is
     /// kept in `lines`.
-    pub(crate) fn listening_addr(
+    fn listening_addr(
         child: &mut std::process::Child,
         lines: Arc<std::sync::Mutex<Vec<String>>>,
     ) -> SocketAddr {
