@@ -1053,11 +1053,38 @@ fn concurrent_reordered_nonces_pass_and_replays_fail() {
         })
         .collect();
     let got: Vec<Vec<u16>> = pairs.into_iter().map(|h| h.join().unwrap()).collect();
-    for i in 0..16 {
-        let mut pair = [got[0][i], got[1][i]];
+    for (i, (a, b)) in got[0].iter().zip(&got[1]).enumerate() {
+        let mut pair = [*a, *b];
         pair.sort();
         assert_eq!(pair, [200, 401], "request {i}");
     }
+    server.shutdown().unwrap();
+}
+
+/// A full inference queue answers the fallback with 200 (an error would score 0).
+#[test]
+fn full_queue_answers_the_fallback() {
+    let k = keys();
+    let mut o = options(&k.axon, None);
+    o.queue_capacity = 1;
+    o.max_batch = 1;
+    let (server, _slot) = start_with(&k, Box::new(Slow(Duration::from_millis(300), 0.8)), o);
+    let addr = server.addr();
+    let img = Arc::new(image_b64());
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let img = img.clone();
+            std::thread::spawn(move || {
+                let k = keys();
+                let s = Signed::new(&k.validator, &k.axon);
+                let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img);
+                accepted(&send(addr, &s.build(b)))
+            })
+        })
+        .collect();
+    let got: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(got.contains(&0.5) && got.contains(&0.8), "{got:?}");
+    assert!(server.metrics().fallbacks.get(&["queue_full"]) >= 1);
     server.shutdown().unwrap();
 }
 

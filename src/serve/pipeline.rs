@@ -618,13 +618,18 @@ async fn forward(
             bytes,
         }),
         Ok(Some(Outcome::Fallback(_))) => Ok(fall("predictor_failed", hash, partial, bytes)),
-        Ok(Some(Outcome::Shed)) => Err(reject(
-            h,
-            "shed",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable: the miner is saturated and served higher-stake requests first"
-                .into(),
-        )),
+        // Dropped from a full queue for higher-stake work: the fallback still scores better
+        // than an error, which validators score 0.
+        Ok(Some(Outcome::Shed)) => {
+            state.events.log(
+                "warn",
+                "inference_queue_full",
+                "queue_full",
+                json!({"hotkey": h.dendrite_hotkey, "image_hash": hash, "prediction": fallback,
+                       "note": "dropped for higher-stake queries (serve.queue_capacity)"}),
+            );
+            Ok(fall("queue_full", hash, partial, bytes))
+        }
         Ok(None) | Err(_) => {
             state.events.log(
                 "warn",
