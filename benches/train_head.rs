@@ -48,11 +48,11 @@ fn main() {
     let mut cfg = Config::default();
     cfg.train.epochs = epochs;
     cfg.train.patience = 0;
-    let s = TrainSettings::from_config(&cfg);
+    let s = TrainSettings::from_config(&cfg).expect("settings");
     println!(
         "train_head: {rows} x {dim} train rows, {} val rows, linear head, {epochs} epochs, batch {}, {} threads",
         val.len(),
-        s.batch_size,
+        s.train.batch_size,
         rayon::current_num_threads()
     );
     let t0 = Instant::now();

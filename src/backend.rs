@@ -1,5 +1,8 @@
 //! Backend choice. The CPU default is burn-flex (measured with `cargo bench --bench backbone`:
-//! after the GELU and 2D-block changes it is level with or ahead of ndarray and candle).
+//! after the GELU and 2D-block changes it is level with or ahead of ndarray and candle), and the
+//! one dispatch from `--device`/`backbone.dtype` to a backend type.
+
+pub use crate::config::{Device, Dtype};
 
 /// The CPU backend used by default and in every test.
 pub type Cpu = burn::backend::Flex;
@@ -10,6 +13,44 @@ pub fn is_host_cpu<B: burn::tensor::backend::Backend>() -> bool {
     use std::any::TypeId;
     // ndarray is left out: measured, its host round trip made GELU slower, not faster.
     TypeId::of::<B>() == TypeId::of::<burn::backend::Flex>()
+}
+
+/// Work generic over the backend, so one code path serves every `--device` and dtype.
+pub trait OnBackend {
+    type Out;
+    /// Runs on backend `B`; `device_name` is for reports (e.g. `cuda-f16`).
+    fn run<B: burn::tensor::backend::Backend>(
+        self,
+        device: &B::Device,
+        device_name: &str,
+    ) -> anyhow::Result<Self::Out>;
+}
+
+/// Runs `job` on the CPU backend or on CUDA at `dtype` (the one device dispatch of the crate).
+pub fn on_device<J: OnBackend>(device: Device, dtype: Dtype, job: J) -> anyhow::Result<J::Out> {
+    match device {
+        Device::Cpu => job.run::<Cpu>(&Default::default(), "cpu"),
+        Device::Cuda => run_cuda(dtype, job),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<J: OnBackend>(dtype: Dtype, job: J) -> anyhow::Result<J::Out> {
+    use burn::backend::Cuda;
+    let dev = Default::default();
+    match dtype {
+        Dtype::F16 => job.run::<Cuda<half::f16>>(&dev, "cuda-f16"),
+        Dtype::Bf16 => job.run::<Cuda<half::bf16>>(&dev, "cuda-bf16"),
+        Dtype::F32 => job.run::<Cuda<f32>>(&dev, "cuda-f32"),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<J: OnBackend>(_dtype: Dtype, _job: J) -> anyhow::Result<J::Out> {
+    anyhow::bail!(
+        "--device cuda needs a CUDA build: rebuild with `cargo build --release --features cuda`, \
+         or use --device cpu"
+    )
 }
 
 #[cfg(test)]

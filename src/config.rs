@@ -11,6 +11,108 @@ use serde::{Deserialize, Serialize};
 /// The embedded default configuration, identical to `configs/default.yaml`.
 pub const DEFAULT_YAML: &str = include_str!("../configs/default.yaml");
 
+/// Where the backbone runs (`backbone.device`, `--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// Needs a build with `--features cuda`.
+    Cuda,
+}
+
+/// Backbone precision (`backbone.dtype`); half precision only takes effect on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+/// How images become `pixel_values` (`backbone.preprocess`, `sv72 embed --preprocess`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessKind {
+    /// The fixed `augment.target_size` square path validators send.
+    #[default]
+    Validator,
+    /// The checkpoint's own `preprocessor_config.json`.
+    Processor,
+}
+
+/// The classification head (`head.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadType {
+    /// Linear on `[CLS ; patch mean]`.
+    #[default]
+    Linear,
+    /// One hidden layer of `head.hidden` units.
+    Mlp,
+}
+
+/// Class balancing of a mix's train split (`mix.balance`, `synth-mix --balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Same train count for every label (the larger class is subsampled).
+    #[default]
+    Equal,
+    /// Natural counts per label.
+    None,
+}
+
+/// Distance of mine-hard's k-centre greedy selection (`mine_hard.distance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    /// `1 − cos(a, b)`; insensitive to feature scale.
+    #[default]
+    #[serde(alias = "cos")]
+    Cosine,
+    /// Euclidean distance.
+    #[serde(alias = "euclidean")]
+    L2,
+}
+
+/// `as_str` (the name the config file uses), `Display` and `FromStr` (same names and aliases as
+/// the config file) for the config's value enums.
+macro_rules! value_names {
+    ($($t:ident { $($v:ident => $s:literal),* $(,)? })*) => {$(
+        impl $t {
+            /// The name as the config file spells it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($t::$v => $s),*
+                }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = anyhow::Error;
+            fn from_str(s: &str) -> Result<Self> {
+                serde_yaml::from_value(serde_yaml::Value::String(s.to_string()))
+                    .map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
+            }
+        }
+    )*};
+}
+
+value_names! {
+    Device { Cpu => "cpu", Cuda => "cuda" }
+    Dtype { F32 => "f32", F16 => "f16", Bf16 => "bf16" }
+    PreprocessKind { Validator => "validator", Processor => "processor" }
+    HeadType { Linear => "linear", Mlp => "mlp" }
+    Balance { Equal => "equal", None => "none" }
+    Distance { Cosine => "cosine", L2 => "l2" }
+}
+
 /// Top-level configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -126,7 +228,7 @@ pub struct MixConfig {
     /// Target share of synthetic images within each label of the training split.
     pub synthetic_fraction: f64,
     /// Class balancing: `equal` (same count per label) or `none` (keep natural counts).
-    pub balance: String,
+    pub balance: Balance,
     /// Seed for sampling.
     pub seed: u64,
     /// Augmented variants materialised on disk per training image (0 = none).
@@ -137,7 +239,7 @@ impl Default for MixConfig {
     fn default() -> Self {
         Self {
             synthetic_fraction: 0.5,
-            balance: "equal".into(),
+            balance: Balance::Equal,
             seed: 72,
             materialize_variants: 0,
         }
@@ -181,13 +283,13 @@ pub struct BackboneConfig {
     /// Hub revision used by `fetch-backbone` and cache lookups.
     pub revision: String,
     /// `cpu` or `cuda`.
-    pub device: String,
+    pub device: Device,
     /// `f32`, `f16` or `bf16` (half precision only on CUDA).
-    pub dtype: String,
+    pub dtype: Dtype,
     pub batch_size: usize,
     /// `validator` = the fixed 224x224 path validators send; `processor` = the checkpoint's
     /// own `preprocessor_config.json`.
-    pub preprocess: String,
+    pub preprocess: PreprocessKind,
 }
 
 impl Default for BackboneConfig {
@@ -195,10 +297,10 @@ impl Default for BackboneConfig {
         Self {
             model: "facebook/dinov2-with-registers-small".into(),
             revision: "main".into(),
-            device: "cpu".into(),
-            dtype: "f32".into(),
+            device: Device::Cpu,
+            dtype: Dtype::F32,
             batch_size: 8,
-            preprocess: "validator".into(),
+            preprocess: PreprocessKind::Validator,
         }
     }
 }
@@ -208,7 +310,7 @@ impl Default for BackboneConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HeadConfig {
     /// `linear` on [CLS ; mean patch] or `mlp`.
-    pub kind: String,
+    pub kind: HeadType,
     pub hidden: usize,
     pub dropout: f64,
 }
@@ -216,7 +318,7 @@ pub struct HeadConfig {
 impl Default for HeadConfig {
     fn default() -> Self {
         Self {
-            kind: "linear".into(),
+            kind: HeadType::Linear,
             hidden: 256,
             dropout: 0.1,
         }
@@ -551,7 +653,7 @@ pub struct MineHardConfig {
     /// Seed of the generator prompts (scene variety is deterministic given it).
     pub seed: u64,
     /// Distance of the k-centre greedy selection on `[CLS ; patch mean]`: `cosine` or `l2`.
-    pub distance: String,
+    pub distance: Distance,
     /// Most tiles in the contact sheet (the hardest-first selection order is kept).
     pub contact_sheet_max: usize,
 }
@@ -563,7 +665,7 @@ impl Default for MineHardConfig {
             min_disagreement: 0.2,
             max_cases: 500,
             seed: 72,
-            distance: "cosine".into(),
+            distance: Distance::Cosine,
             contact_sheet_max: 64,
         }
     }
@@ -591,8 +693,17 @@ impl Config {
         for ov in overrides {
             apply_override(&mut value, ov)?;
         }
-        let cfg: Config = serde_yaml::from_value(value).map_err(|e| {
-            anyhow::anyhow!("{origin}: {e}. Fix or remove that key (see configs/default.yaml)")
+        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let at = if key == "." {
+                String::new()
+            } else {
+                format!("{key}: ")
+            };
+            anyhow::anyhow!(
+                "{origin}: {at}{}. Fix or remove that key (see configs/default.yaml)",
+                e.inner()
+            )
         })?;
         cfg.validate()
             .with_context(|| format!("invalid settings in {origin}"))?;
@@ -623,33 +734,9 @@ impl Config {
                 self.mix.synthetic_fraction
             );
         }
-        if !matches!(self.mix.balance.as_str(), "equal" | "none") {
-            bail!(
-                "mix.balance = {:?} must be `equal` or `none`",
-                self.mix.balance
-            );
-        }
         let p: f64 = self.augment.level_probs.iter().sum();
         if (p - 1.0).abs() > 1e-6 || self.augment.level_probs.iter().any(|x| *x < 0.0) {
             bail!("augment.level_probs must be non-negative and sum to 1 (got {p})");
-        }
-        if !matches!(self.backbone.preprocess.as_str(), "validator" | "processor") {
-            bail!(
-                "backbone.preprocess = {:?} must be `validator` or `processor`",
-                self.backbone.preprocess
-            );
-        }
-        if !matches!(self.backbone.device.as_str(), "cpu" | "cuda") {
-            bail!(
-                "backbone.device = {:?} must be `cpu` or `cuda`",
-                self.backbone.device
-            );
-        }
-        if !matches!(self.backbone.dtype.as_str(), "f32" | "f16" | "bf16") {
-            bail!(
-                "backbone.dtype = {:?} must be `f32`, `f16` or `bf16`",
-                self.backbone.dtype
-            );
         }
         Ok(())
     }
@@ -708,5 +795,31 @@ mod tests {
         assert!(format!("{err:#}").contains("sum to 1"));
         let err = Config::load(None, &["mix.nope=1".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("nope"));
+    }
+
+    #[test]
+    fn bad_enum_value_names_key_file_and_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.yaml");
+        std::fs::write(&p, "backbone:\n  device: gpu\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&p), &[]).unwrap_err());
+        assert!(
+            err.contains("backbone.device") && err.contains("gpu") && err.contains("bad.yaml"),
+            "{err}"
+        );
+        assert!(err.contains("cpu") && err.contains("cuda"), "{err}");
+        for (ov, key) in [
+            ("backbone.dtype=f8", "backbone.dtype"),
+            ("backbone.preprocess=crop", "backbone.preprocess"),
+            ("head.kind=tree", "head.kind"),
+            ("mix.balance=half", "mix.balance"),
+            ("mine_hard.distance=manhattan", "mine_hard.distance"),
+        ] {
+            let err = format!("{:#}", Config::load(None, &[ov.into()]).unwrap_err());
+            assert!(err.contains(key), "{ov}: {err}");
+        }
+        let cfg = Config::load(None, &["mine_hard.distance=euclidean".into()]).unwrap();
+        assert_eq!(cfg.mine_hard.distance, Distance::L2);
+        assert_eq!(Device::Cuda.to_string(), "cuda");
     }
 }

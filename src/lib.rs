@@ -1,12 +1,14 @@
 //! sv72: a NATIX StreetVision (Bittensor subnet 72) miner toolkit.
 //!
 //! Library layout, imports flowing downwards only:
-//! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (axon, predictors) →
-//! `export` (Hugging Face folder, deploy, push) → `train`, `eval` → `features` → `model`, `data`
-//! → `augment` → `metrics`, `keys`, `backend`, `config`, `util`.
+//! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (the axon) → `export`
+//! (Hugging Face folder, deploy, push) → `eval` (reports, A/B) → `infer` (model references,
+//! predictors, hot swap, batching) → `train` → `features` → `model`, `data` → `augment` →
+//! `chain` (SCALE, JSON-RPC, metagraph), `metrics`, `keys`, `backend`, `config`, `util`.
 
 pub mod augment;
 pub mod backend;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod cycle;
@@ -14,6 +16,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod features;
+pub mod infer;
 pub mod keys;
 pub mod metrics;
 pub mod model;

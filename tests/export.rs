@@ -13,11 +13,11 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde_json::Value;
 use sv72::backend::Cpu;
-use sv72::config::Config;
+use sv72::config::{Config, HeadType};
 use sv72::export::{self, ExportRequest, Form, ModelCard, Version};
+use sv72::infer::{CheckpointPredictor, LoadOptions};
 use sv72::keys::ss58_encode;
 use sv72::model::preprocess::Preprocess;
-use sv72::serve::model::{CheckpointPredictor, LoadOptions};
 use sv72::train::{checkpoint, FeatureSet};
 
 fn fixtures() -> PathBuf {
@@ -51,12 +51,12 @@ fn config(root: &Path, preprocess: &str, size: u32, mlp: Option<usize>) -> Confi
     cfg.paths.exports = root.join("exports");
     cfg.paths.feature_cache = root.join("features");
     cfg.augment.target_size = size;
-    cfg.backbone.preprocess = preprocess.into();
+    cfg.backbone.preprocess = preprocess.parse().unwrap();
     cfg.train.epochs = 3;
     cfg.train.batch_size = 64;
     cfg.train.patience = 3;
     if let Some(h) = mlp {
-        cfg.head.kind = "mlp".into();
+        cfg.head.kind = HeadType::Mlp;
         cfg.head.hidden = h;
     }
     cfg
@@ -182,8 +182,8 @@ fn round_trip_every_form() {
         // Same answers as the checkpoint, through serve's loader (export and pointer).
         let opts = LoadOptions::from_config(&cfg);
         let mut want = CheckpointPredictor::<Cpu>::load(&ck, &Default::default(), &opts).unwrap();
-        let want = sv72::serve::Predictor::predict(&mut want, &imgs).unwrap();
-        let loader = sv72::serve::model::model_loader(&cfg, "cpu").unwrap();
+        let want = sv72::infer::Predictor::predict(&mut want, &imgs).unwrap();
+        let loader = sv72::infer::model_loader(&cfg, sv72::config::Device::Cpu).unwrap();
         for path in [dir.clone(), cfg.paths.exports.join("latest")] {
             let mut p = loader(&path).unwrap();
             assert!(
@@ -357,7 +357,7 @@ fn versions_atomicity_and_deploy() {
     );
     // Through the link, serve's loader and the card reader work.
     ModelCard::read(&link.join("model_card.json")).unwrap();
-    let loader = sv72::serve::model::model_loader(&cfg, "cpu").unwrap();
+    let loader = sv72::infer::model_loader(&cfg, sv72::config::Device::Cpu).unwrap();
     assert!(loader(&link)
         .unwrap()
         .version()

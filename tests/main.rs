@@ -15,6 +15,7 @@ mod ingest;
 mod metagraph;
 mod mine;
 mod mix;
+mod plots;
 mod publish;
 mod serve;
 mod serve_load;

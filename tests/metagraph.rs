@@ -11,10 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sv72::serve::subtensor::{
-    decode_neurons_lite, decode_subnet_state, fetch_snapshot, StakeSource, SyncOptions,
-};
-use sv72::serve::Metagraph;
+use sv72::chain::scale::{decode_neurons_lite, decode_subnet_state};
+use sv72::chain::{fetch_snapshot, Metagraph, StakeSource, SyncOptions};
+use sv72::serve::blacklist::Blacklist;
 
 // ---------- an independent SCALE encoder ----------
 

@@ -15,8 +15,8 @@ use sv72::cycle::mine::{
 use sv72::data::decode::DecodeLimits;
 use sv72::data::manifest::{read_manifest, ManifestRow, SourceKind, Split};
 use sv72::eval::{read_predictions, write_predictions, EvalPrediction};
+use sv72::infer::Predictor;
 use sv72::serve::predlog::read_prediction_log;
-use sv72::serve::Predictor;
 
 fn criteria() -> Criteria {
     Criteria::from_config(&MineHardConfig::default()).unwrap()
@@ -578,7 +578,19 @@ mod cli_e2e {
             let b = back.iter().find(|b| b.id == h.id).expect("same content id");
             assert_eq!(b.label, h.label);
         }
-        image::open(d.join("hard/contact_sheet.png")).unwrap();
+        let sheet = image::open(d.join("hard/contact_sheet.png"))
+            .unwrap()
+            .to_rgb8();
+        let (w, h) = sheet.dimensions();
+        assert!(w >= sv72::cycle::mine::write::MIN_SHEET_W, "{w}");
+        let legend_text = (h - sv72::cycle::mine::write::LEGEND_H..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .filter(|&(x, y)| sheet.get_pixel(x, y).0.iter().all(|&c| c > 180))
+            .count();
+        assert!(
+            legend_text > 200,
+            "no legend text under the contact sheet ({legend_text})"
+        );
         let md = std::fs::read_to_string(d.join("hard/summary.md")).unwrap();
         assert!(
             md.contains("| misclassified |") && md.contains("sv72 ingest"),

@@ -15,12 +15,12 @@ use anyhow::Result;
 use base64::Engine as _;
 use image::RgbImage;
 use serde_json::{json, Value};
+use sv72::chain::{Metagraph, MetagraphHandle, Neuron};
 use sv72::config::ServeConfig;
+use sv72::infer::{Loader, Predictor};
 use sv72::keys::{ss58_encode, verify_sr25519, SigningKey};
 use sv72::serve::protocol::{now_ns, signature_message, EMPTY_BODY_HASH};
-use sv72::serve::{
-    Loader, Metagraph, MetagraphHandle, Metrics, ModelSlot, Neuron, Predictor, ServeOptions, Server,
-};
+use sv72::serve::{Metrics, ModelSlot, ServeOptions, Server};
 
 // ---------- predictors built in the test ----------
 
@@ -1270,8 +1270,8 @@ mod checkpoint_model {
     use std::process::{Command, Stdio};
     use sv72::backend::Cpu;
     use sv72::config::Config;
+    use sv72::infer::{CheckpointPredictor, LoadOptions};
     use sv72::model::preprocess::Preprocess;
-    use sv72::serve::model::{CheckpointPredictor, LoadOptions};
     use sv72::train::{checkpoint, Checkpoint, FeatureSet};
 
     /// Writes one kind of broken checkpoint into a folder.
@@ -1291,7 +1291,7 @@ mod checkpoint_model {
         cfg.paths.checkpoints = root.join("checkpoints");
         cfg.paths.feature_cache = root.join("features");
         cfg.augment.target_size = size;
-        cfg.backbone.preprocess = "validator".into();
+        cfg.backbone.preprocess = sv72::config::PreprocessKind::Validator;
         cfg.train.epochs = 6;
         cfg.train.batch_size = 64;
         cfg.train.patience = 6;
@@ -1378,7 +1378,7 @@ mod checkpoint_model {
         assert!((alone - batch[1]).abs() <= 1e-5);
         drop(p);
 
-        let loader = sv72::serve::model::model_loader(&cfg, "cpu").unwrap();
+        let loader = sv72::infer::model_loader(&cfg, sv72::config::Device::Cpu).unwrap();
         let k = keys();
         let metrics = Arc::new(Metrics::new());
         let slot = ModelSlot::new(loader(&latest).unwrap(), metrics.clone());
@@ -1503,7 +1503,7 @@ mod checkpoint_model {
         let run_a = train_checkpoint(&cfg, &snap, 36, false);
         let export_a = export_of(&run_a);
         let deployed = cfg.paths.exports.join(sv72::export::DEPLOYED);
-        let loader = sv72::serve::model::model_loader(&cfg, "cpu").unwrap();
+        let loader = sv72::infer::model_loader(&cfg, sv72::config::Device::Cpu).unwrap();
         let img = image::open(fixture_image()).unwrap().to_rgb8();
         let answer = |path: &Path| {
             loader(path)
@@ -1780,7 +1780,7 @@ mod checkpoint_model {
         write_vit_s(&snap);
         let run = train_checkpoint(&cfg, &snap, 384, false);
         let want = direct(&run, &snap, 224);
-        let loader = sv72::serve::model::model_loader(&cfg, "cpu").unwrap();
+        let loader = sv72::infer::model_loader(&cfg, sv72::config::Device::Cpu).unwrap();
         let k = keys();
         let t = Instant::now();
         let slot = ModelSlot::new(

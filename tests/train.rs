@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use sv72::config::Config;
+use sv72::config::{Config, HeadType};
 use sv72::metrics::{self, MinerTracker, ScoreItem};
 use sv72::train::{
     self, checkpoint, tensorboard, tracking, BackboneInfo, FeatureSet, RunInputs, RunOptions,
@@ -240,7 +240,7 @@ mod training {
         let dir = tempfile::tempdir().unwrap();
         let cfg = test_config(dir.path());
         let inp = inputs(64);
-        let s = TrainSettings::from_config(&cfg);
+        let s = TrainSettings::from_config(&cfg).unwrap();
         let dev = Default::default();
         let a = train::train_head::<Ad>(&inp.train, &inp.val, &s, &dev, &mut |_| Ok(())).unwrap();
         assert!(a.val_metrics.mcc > 0.9, "val MCC {}", a.val_metrics.mcc);
@@ -253,7 +253,8 @@ mod training {
             "same seed and inputs must give identical head bytes"
         );
         // A different seed gives a different head.
-        let s2 = TrainSettings { seed: 99, ..s };
+        let mut s2 = s.clone();
+        s2.train.seed = 99;
         let c = train::train_head::<Ad>(&inp.train, &inp.val, &s2, &dev, &mut |_| Ok(())).unwrap();
         assert_ne!(
             ba,
@@ -265,14 +266,14 @@ mod training {
     fn mlp_head_learns_and_early_stopping_stops() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(dir.path());
-        cfg.head.kind = "mlp".into();
+        cfg.head.kind = HeadType::Mlp;
         cfg.head.hidden = 16;
         cfg.head.dropout = 0.2;
         cfg.train.epochs = 40;
         cfg.train.patience = 2;
         cfg.train.label_smoothing = 0.1;
         let inp = inputs(32);
-        let s = TrainSettings::from_config(&cfg);
+        let s = TrainSettings::from_config(&cfg).unwrap();
         let t = train::train_head::<Ad>(&inp.train, &inp.val, &s, &Default::default(), &mut |_| {
             Ok(())
         })
@@ -286,7 +287,7 @@ mod training {
     fn bad_inputs_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = test_config(dir.path());
-        let s = TrainSettings::from_config(&cfg);
+        let s = TrainSettings::from_config(&cfg).unwrap();
         let inp = inputs(8);
         let mut one_class = inp.train.clone();
         one_class.labels.iter_mut().for_each(|y| *y = 1);
@@ -300,10 +301,16 @@ mod training {
             train::train_head::<Ad>(&inp.train, &other, &s, &Default::default(), &mut |_| Ok(()))
                 .unwrap_err();
         assert!(format!("{e:#}").contains("width"), "{e:#}");
-        let s_bad = TrainSettings {
-            kind: "tree".into(),
-            ..s
-        };
+        // A head it cannot build is refused when the settings are made, an unknown kind when the
+        // config is read (naming the key), a bad dropout when training starts.
+        let mut bad = cfg.clone();
+        bad.head.kind = HeadType::Mlp;
+        bad.head.hidden = 0;
+        let e = TrainSettings::from_config(&bad).unwrap_err();
+        assert!(format!("{e:#}").contains("head.hidden"), "{e:#}");
+        let e = Config::load(None, &["head.kind=tree".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("head.kind"), "{e:#}");
+        let s_bad = TrainSettings { dropout: 1.5, ..s };
         assert!(train::train_head::<Ad>(
             &inp.train,
             &inp.val,
@@ -346,7 +353,7 @@ mod runs {
         );
 
         // Reload: served answers cross 0.5 exactly where calibrated probabilities cross the threshold.
-        let ck_dir = train::resolve_checkpoint(None, root).unwrap();
+        let ck_dir = sv72::infer::ModelRef::checkpoint(None, root).unwrap();
         assert_eq!(ck_dir, out.dir);
         let ck = train::Checkpoint::<sv72::backend::Cpu>::load(&ck_dir, &dev).unwrap();
         assert_eq!(ck.info.run_id, out.run_id);
@@ -383,7 +390,7 @@ mod runs {
             .collect();
         assert_eq!(failed.len(), 1);
         assert!(!failed[0].join("head.safetensors").exists());
-        assert!(train::resolve_checkpoint(Some(&failed[0]), root).is_err());
+        assert!(sv72::infer::ModelRef::checkpoint(Some(&failed[0]), root).is_err());
     }
 
     #[test]
@@ -641,7 +648,10 @@ mod eval_report {
             assert!(f.is_file(), "{}", f.display());
             if f.extension().unwrap() == "png" {
                 let img = image::open(f).unwrap();
-                assert_eq!((img.width(), img.height()), (400, 400));
+                assert_eq!(
+                    (img.width(), img.height()),
+                    (sv72::eval::plots::WIDTH, sv72::eval::plots::HEIGHT)
+                );
             }
         }
         let back: sv72::eval::EvalReport =

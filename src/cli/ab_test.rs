@@ -9,7 +9,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use super::Ctx;
-use crate::backend::Cpu;
+use crate::backend::{on_device, Cpu, Device};
 use crate::config::Config;
 use crate::cycle::exit;
 use crate::data::manifest::{parse_on, ManifestRow};
@@ -19,10 +19,9 @@ use crate::eval::ab::{
 };
 use crate::eval::challenges::{featurizer_for, ChallengeFeatures};
 use crate::export::card::{ModelCard, MODEL_CARD_FILE};
-use crate::features::featurizer::on_device;
-use crate::serve::model::model_loader;
+use crate::infer::{model_loader, ModelRef as Model};
+use crate::train::checkpoint::Checkpoint;
 use crate::train::checkpoint::BUNDLED_BACKBONE;
-use crate::train::checkpoint::{resolve_checkpoint, Checkpoint};
 use crate::train::data::{challenge_views, load_challenge, read_split, ViewKey, LEVELS};
 use crate::util::hash::file_hash;
 
@@ -55,8 +54,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// `cpu` or `cuda` (default: `backbone.device`).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
     /// How the models are run (both see the same challenge images either way).
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: Mode,
@@ -78,9 +77,12 @@ fn resolve(arg: &Path, which: &str) -> Result<Resolved> {
             arg.display()
         );
     }
-    let root = arg.parent().unwrap_or(Path::new("."));
-    let as_ck = resolve_checkpoint(Some(arg), root).ok();
-    let folder = as_ck.clone().unwrap_or_else(|| arg.to_path_buf());
+    let model = Model::resolve(arg).with_context(|| format!("model {which}"))?;
+    let as_ck = match &model {
+        Model::Checkpoint(dir) => Some(dir.clone()),
+        Model::Export(_) => None,
+    };
+    let folder = model.dir().to_path_buf();
     let canonical = std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone());
     let card_path = folder.join(MODEL_CARD_FILE);
     let card = if card_path.is_file() {
@@ -108,7 +110,7 @@ fn resolve(arg: &Path, which: &str) -> Result<Resolved> {
             id,
             backbone: ck.as_ref().map(|c| c.info.backbone.name.clone()),
         },
-        load_path: as_ck.unwrap_or_else(|| arg.to_path_buf()),
+        load_path: folder,
         ck,
     })
 }
@@ -160,7 +162,7 @@ fn answers_by_features(
         seed: cfg.ab_test.seed,
         latency: None,
     };
-    let (set, kept, skipped, _) = on_device(&cfg.backbone.device, &cfg.backbone.dtype, job)?;
+    let (set, kept, skipped, _) = on_device(cfg.backbone.device, cfg.backbone.dtype, job)?;
     let cpu = Default::default();
     let pa = a.predict_proba(&set.x, &cpu)?;
     let pb = b.predict_proba(&set.x, &cpu)?;
@@ -189,7 +191,7 @@ fn answers_by_images(
     rows: &[&ManifestRow],
     views: &[ViewKey],
 ) -> Result<(Vec<Paired>, usize, String, String)> {
-    let loader = model_loader(cfg, &cfg.backbone.device)?;
+    let loader = model_loader(cfg, cfg.backbone.device)?;
     let mut pa =
         loader(&a.load_path).with_context(|| format!("cannot load model A {}", a.r.arg))?;
     let mut pb =

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::Ctx;
+use crate::config::Device;
 use crate::export;
+use crate::infer::{model_loader, ModelRef};
 
 /// Flags of `sv72 deploy`.
 #[derive(Debug, clap::Args)]
@@ -26,11 +28,11 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         .export
         .clone()
         .unwrap_or_else(|| root.join(export::LATEST));
-    let dir = export::resolve_export(&target)?;
+    let dir = ModelRef::export(&target)?;
     let card = export::verify_export(&dir)
         .with_context(|| format!("refusing to deploy {}", dir.display()))?;
     if !args.no_load_check {
-        let loader = crate::serve::model::model_loader(cfg, "cpu")?;
+        let loader = model_loader(cfg, Device::Cpu)?;
         loader(&dir)
             .with_context(|| format!("refusing to deploy {}: it does not load", dir.display()))?;
     }

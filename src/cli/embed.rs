@@ -7,10 +7,12 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 
 use super::Ctx;
+use crate::backend::{on_device, Device, OnBackend};
+use crate::config::PreprocessKind;
 use crate::features::embed::{self, EmbedJob};
 use crate::features::{backbone_key, FeatureCache};
+use crate::model::hub;
 use crate::model::preprocess::Preprocess;
-use crate::model::{hub, FeatureExtractor};
 
 /// Flags of `sv72 embed`.
 #[derive(Debug, clap::Args)]
@@ -31,29 +33,23 @@ pub struct Args {
     #[arg(long)]
     pub dump_pixels: bool,
     /// `cpu` or `cuda` (default: backbone.device).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
     /// Images per forward pass (default: backbone.batch_size).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// `validator` (fixed 224x224 path) or `processor` (the checkpoint's own config).
-    #[arg(long)]
-    pub preprocess: Option<String>,
+    #[arg(long, value_enum)]
+    pub preprocess: Option<PreprocessKind>,
 }
 
 /// Runs `sv72 embed`.
 pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     let cfg = &ctx.config;
-    let device = args
-        .device
-        .clone()
-        .unwrap_or_else(|| cfg.backbone.device.clone());
+    let device = args.device.unwrap_or(cfg.backbone.device);
     let snapshot = hub::resolve_backbone(&args.backbone, &cfg.backbone.revision)?;
-    let kind = args
-        .preprocess
-        .clone()
-        .unwrap_or_else(|| cfg.backbone.preprocess.clone());
-    let preprocess = Preprocess::for_kind(&kind, &snapshot, cfg.augment.target_size)?;
+    let kind = args.preprocess.unwrap_or(cfg.backbone.preprocess);
+    let preprocess = Preprocess::for_kind(kind, &snapshot, cfg.augment.target_size)?;
     let mut inputs = embed::collect_inputs(&args.inputs)?;
     if let Some(m) = &args.manifest {
         inputs.extend(embed::manifest_inputs(m, &cfg.paths.datasets)?);
@@ -72,15 +68,15 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         backbone_name: args.backbone.clone(),
         backbone_key: bb_key,
     };
-    let index = match device.as_str() {
-        "cpu" => {
-            let dev = Default::default();
-            let model = load_model::<crate::backend::Cpu>(&snapshot, &dev)?;
-            embed::run_embed::<crate::backend::Cpu, _>(model.as_ref(), &dev, &job, &mut cache)?
-        }
-        "cuda" => run_cuda(&snapshot, &cfg.backbone.dtype, &job, &mut cache)?,
-        other => bail!("--device {other:?}: use `cpu` or `cuda`"),
-    };
+    let index = on_device(
+        device,
+        cfg.backbone.dtype,
+        EmbedOn {
+            snapshot: &snapshot,
+            job: &job,
+            cache: &mut cache,
+        },
+    )?;
     let stats = cache.stats();
     println!(
         "embedded {} images ({} from cache, {} computed, {} skipped) -> {} and {}",
@@ -100,45 +96,17 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(feature = "cuda")]
-fn run_cuda(
-    snapshot: &Path,
-    dtype: &str,
-    job: &EmbedJob<'_>,
-    cache: &mut FeatureCache,
-) -> Result<embed::EmbedIndex> {
-    use burn::backend::Cuda;
-    let dev = Default::default();
-    match dtype {
-        "f16" => {
-            let m = load_model::<Cuda<half::f16>>(snapshot, &dev)?;
-            embed::run_embed::<Cuda<half::f16>, _>(m.as_ref(), &dev, job, cache)
-        }
-        "bf16" => {
-            let m = load_model::<Cuda<half::bf16>>(snapshot, &dev)?;
-            embed::run_embed::<Cuda<half::bf16>, _>(m.as_ref(), &dev, job, cache)
-        }
-        _ => {
-            let m = load_model::<Cuda<f32>>(snapshot, &dev)?;
-            embed::run_embed::<Cuda<f32>, _>(m.as_ref(), &dev, job, cache)
-        }
+/// `embed::run_embed` on the backend `on_device` picks.
+struct EmbedOn<'a> {
+    snapshot: &'a Path,
+    job: &'a EmbedJob<'a>,
+    cache: &'a mut FeatureCache,
+}
+
+impl OnBackend for EmbedOn<'_> {
+    type Out = embed::EmbedIndex;
+    fn run<B: Backend>(self, dev: &B::Device, _name: &str) -> Result<embed::EmbedIndex> {
+        let model = crate::model::load_backbone::<B>(self.snapshot, dev)?;
+        embed::run_embed::<B, _>(model.as_ref(), dev, self.job, self.cache)
     }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn run_cuda(
-    _snapshot: &Path,
-    _dtype: &str,
-    _job: &EmbedJob<'_>,
-    _cache: &mut FeatureCache,
-) -> Result<embed::EmbedIndex> {
-    bail!("--device cuda needs a CUDA build: rebuild with `cargo build --release --features cuda`, or use --device cpu")
-}
-
-/// Loads the snapshot's backbone on backend `B`.
-fn load_model<B: Backend>(
-    snapshot: &Path,
-    device: &B::Device,
-) -> Result<Box<dyn FeatureExtractor<B>>> {
-    crate::model::load_backbone::<B>(snapshot, device)
 }

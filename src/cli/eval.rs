@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::backend::Cpu;
+use crate::backend::{on_device, Cpu, Device};
 use crate::data::manifest::{parse_on, ManifestRow, Split};
 use crate::eval::challenges::{featurizer_for, ChallengeFeatures};
 use crate::eval::{build_report, summary_table, write_report, EvalMeta, EvalPrediction};
-use crate::features::featurizer::on_device;
+use crate::infer::ModelRef;
 use crate::train::data::{challenge_views, read_split, LEVELS};
-use crate::train::{resolve_checkpoint, Checkpoint};
+use crate::train::Checkpoint;
 use crate::util::hash::file_hash;
 
 /// Flags of `sv72 eval`.
@@ -29,8 +29,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// `cpu` or `cuda` for feature extraction (default: `backbone.device`).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
 }
 
 /// Runs `sv72 eval`.
@@ -39,7 +39,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     if let Some(d) = args.device {
         cfg.backbone.device = d;
     }
-    let dir = resolve_checkpoint(args.checkpoint.as_deref(), &cfg.paths.checkpoints)?;
+    let dir = ModelRef::checkpoint(args.checkpoint.as_deref(), &cfg.paths.checkpoints)?;
     let cpu = Default::default();
     let ck = Checkpoint::<Cpu>::load(&dir, &cpu)?;
     let (name, split) = match &args.on {
@@ -64,7 +64,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         seed: cfg.eval.seed,
         latency: Some(&ck),
     };
-    let (set, kept, skipped, latency) = on_device(&cfg.backbone.device, &cfg.backbone.dtype, job)?;
+    let (set, kept, skipped, latency) = on_device(cfg.backbone.device, cfg.backbone.dtype, job)?;
     if skipped > 0 {
         eprintln!("eval: warning: {skipped} challenge(s) could not be made and were skipped");
     }

@@ -8,9 +8,8 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::export::{self, ExportRequest, Form, PushOptions, Version};
+use crate::infer::{CheckpointPredictor, ExportPredictor, LoadOptions, Predictor};
 use crate::keys::{default_wallet_path, read_wallet_hotkey};
-use crate::serve::model::{CheckpointPredictor, ExportPredictor, LoadOptions};
-use crate::serve::Predictor;
 
 /// Flags of `sv72 export`.
 #[derive(Debug, clap::Args)]

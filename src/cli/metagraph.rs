@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use super::Ctx;
-use crate::serve::subtensor::{
-    fetch_snapshot, write_snapshot, StakeSource, SyncOptions, FINNEY_ENDPOINT, NATIX_NETUID,
-};
+use crate::chain::rpc::FINNEY_ENDPOINT;
+use crate::chain::sync::NATIX_NETUID;
+use crate::chain::{fetch_snapshot, write_snapshot, StakeSource, SyncOptions};
 
 /// Flags of `sv72 metagraph`.
 #[derive(Debug, clap::Args)]

@@ -8,17 +8,16 @@ use burn::tensor::backend::Backend;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::Ctx;
-use crate::backend::Cpu;
-use crate::cycle::mine::{self, Criteria, Distance, Embedded, EvalInput, ServeInput, Settings};
+use crate::backend::{on_device, Cpu, Device, OnBackend};
+use crate::cycle::mine::{self, Criteria, Embedded, EvalInput, ServeInput, Settings};
 use crate::data::decode::DecodeLimits;
 use crate::data::manifest::{manifest_path, read_manifest};
 use crate::eval::{read_predictions, PREDICTIONS_FILE};
-use crate::features::featurizer::{on_device, Featurizer, OnBackend};
+use crate::features::featurizer::Featurizer;
+use crate::infer::{model_loader, ModelRef, Predictor};
 use crate::model::load_backbone;
-use crate::serve::batcher::Predictor;
-use crate::serve::model::model_loader;
 use crate::serve::predlog::read_prediction_log;
-use crate::train::{resolve_checkpoint, Checkpoint};
+use crate::train::Checkpoint;
 
 /// Flags of `sv72 mine-hard`.
 #[derive(Debug, clap::Args)]
@@ -61,8 +60,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_cases: Option<usize>,
     /// `cpu` or `cuda` for embeddings and --model-b (default: backbone.device).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
 }
 
 /// Parses `--since`: RFC 3339, a date (midnight UTC) or an age `<n>d|h|m` before `now`.
@@ -161,7 +160,7 @@ fn featurizer(
             let deployed = cfg.paths.exports.join(crate::export::build::DEPLOYED);
             let dir = from_report
                 .or_else(|| deployed.is_dir().then_some(deployed))
-                .or_else(|| resolve_checkpoint(None, &cfg.paths.checkpoints).ok());
+                .or_else(|| ModelRef::checkpoint(None, &cfg.paths.checkpoints).ok());
             (dir, false)
         }
     };
@@ -205,7 +204,7 @@ fn backbone_of(dir: &Path, ctx: &Ctx) -> Result<(String, Featurizer)> {
         }
         source
     } else {
-        resolve_checkpoint(Some(dir), &cfg.paths.checkpoints)?
+        ModelRef::checkpoint(Some(dir), &cfg.paths.checkpoints)?
     };
     let ck = Checkpoint::<Cpu>::load(&ck_dir, &Default::default())?;
     let mut b = ck.info.config.backbone.clone();
@@ -227,8 +226,8 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         .clone()
         .context("--out DIR is required (where the hard cases are written)")?;
     let criteria = Criteria::from_config(mh)?;
-    let distance: Distance = mh.distance.parse()?;
-    let device = args.device.clone().unwrap_or(cfg.backbone.device.clone());
+    let distance = mh.distance;
+    let device = args.device.unwrap_or(cfg.backbone.device);
     if args.compare.is_some() && args.eval.is_none() {
         bail!("--compare needs --eval: it is compared with that eval's predictions");
     }
@@ -324,7 +323,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     };
     let mut model_b = match &args.model_b {
         Some(p) => {
-            let loader = model_loader(cfg, &device)?;
+            let loader = model_loader(cfg, device)?;
             let m =
                 loader(p).with_context(|| format!("--model-b {}: cannot load it", p.display()))?;
             Some((p.display().to_string(), m))
@@ -338,15 +337,15 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     };
     let backbone_name = fz.as_ref().map(|(n, _)| n.clone());
     let batch_size = cfg.backbone.batch_size;
-    let dtype = cfg.backbone.dtype.clone();
+    let dtype = cfg.backbone.dtype;
     let mut embed_fn = |items: &[(String, PathBuf)]| -> Result<Embedded> {
         let Some((_, fz)) = fz.as_mut() else {
             bail!("no backbone");
         };
         eprintln!("mine-hard: embedding {} candidate(s)", items.len());
         on_device(
-            &device,
-            &dtype,
+            device,
+            dtype,
             EmbedOn {
                 fz,
                 items,

@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::Ctx;
+use crate::chain::MetagraphHandle;
+use crate::config::Device;
+use crate::infer::{default_model_path, model_loader, ConstantPredictor, Loader, Predictor};
 use crate::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode};
-use crate::serve::model::{default_model_path, model_loader};
-use crate::serve::{Loader, MetagraphHandle, Metrics, ModelSlot, Predictor, ServeOptions, Server};
+use crate::serve::{Metrics, ModelSlot, ServeOptions, Server};
 
 /// Flags of `sv72 serve`.
 #[derive(Debug, clap::Args)]
@@ -40,20 +42,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
     /// `cpu` or `cuda` (default: backbone.device).
-    #[arg(long)]
-    pub device: Option<String>,
-}
-
-/// A predictor answering one value for every image.
-pub struct ConstantPredictor(pub f32);
-
-impl Predictor for ConstantPredictor {
-    fn predict(&mut self, images: &[image::RgbImage]) -> Result<Vec<f32>> {
-        Ok(vec![self.0; images.len()])
-    }
-    fn version(&self) -> String {
-        format!("constant-{}", self.0)
-    }
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
 }
 
 /// Runs `sv72 serve`.
@@ -63,13 +53,10 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
             Arc::new(move |_: &Path| Ok(Box::new(ConstantPredictor(p)) as Box<dyn Predictor>))
         }
         Some(p) => bail!("--constant-prediction {p} must be within [0, 1]"),
-        None => {
-            let device = args
-                .device
-                .clone()
-                .unwrap_or_else(|| ctx.config.backbone.device.clone());
-            model_loader(&ctx.config, &device)?
-        }
+        None => model_loader(
+            &ctx.config,
+            args.device.unwrap_or(ctx.config.backbone.device),
+        )?,
     };
     let watch = args.constant_prediction.is_none();
     run_with(args, ctx, loader, watch)

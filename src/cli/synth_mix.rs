@@ -39,8 +39,8 @@ pub struct Args {
     #[arg(long, value_name = "F")]
     pub fraction: Option<f64>,
     /// `equal` (same train count per label) or `none` (default: `mix.balance`).
-    #[arg(long, value_name = "MODE")]
-    pub balance: Option<String>,
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub balance: Option<Balance>,
     /// Sampling seed (default: `mix.seed`).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -121,12 +121,7 @@ pub fn request(args: &Args, ctx: &Ctx) -> Result<(MixRequest, u64)> {
     if !(0.0..=1.0).contains(&fraction) {
         bail!("--fraction {fraction} must be within [0, 1]");
     }
-    let balance: Balance = args
-        .balance
-        .as_deref()
-        .unwrap_or(&cfg.balance)
-        .parse()
-        .context("--balance / mix.balance")?;
+    let balance = args.balance.unwrap_or(cfg.balance);
     let policy = if args.allow_ratio_shortfall {
         ShortfallPolicy::AllowRatioShortfall
     } else {

@@ -8,9 +8,10 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 
 use super::Ctx;
+use crate::backend::{on_device, Device, OnBackend};
 use crate::config::Config;
 use crate::data::manifest::{manifest_path, read_manifest, ManifestRow, Split};
-use crate::features::featurizer::{on_device, Featurizer, OnBackend};
+use crate::features::featurizer::Featurizer;
 use crate::model::load_backbone;
 use crate::train::data::{
     challenge_views, gather, load_challenge, load_training_view, rows_of, training_views, LEVELS,
@@ -37,8 +38,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
     /// `cpu` or `cuda` for feature extraction (default: `backbone.device`).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
     /// Checkpoints root (default: `paths.checkpoints`).
     #[arg(long, value_name = "DIR")]
     pub checkpoints: Option<PathBuf>,
@@ -157,7 +158,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         val: &val,
     };
     let (train_set, val_set, hidden, skipped) =
-        on_device(&cfg.backbone.device, &cfg.backbone.dtype, job)?;
+        on_device(cfg.backbone.device, cfg.backbone.dtype, job)?;
     if skipped > 0 {
         eprintln!("train-head: warning: {skipped} view(s) could not be loaded and were skipped");
     }

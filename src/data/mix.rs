@@ -32,7 +32,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::str::FromStr;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -43,26 +42,7 @@ use crate::util::hash::stable_u64;
 /// The labels every mix considers, even when an input lacks one (1 = roadwork, 0 = none).
 pub const LABELS: [u8; 2] = [0, 1];
 
-/// Class balancing of the train split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Balance {
-    /// Same train count for every label (the larger class is subsampled).
-    Equal,
-    /// Natural counts per label.
-    None,
-}
-
-impl FromStr for Balance {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "equal" => Ok(Balance::Equal),
-            "none" => Ok(Balance::None),
-            other => bail!("unknown balance {other:?}: use `equal` or `none`"),
-        }
-    }
-}
+pub use crate::config::Balance;
 
 /// What to do when a label cannot meet the target ratio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -683,7 +683,6 @@ pub fn render_markdown(r: &AbReport) -> String {
         }
     }
     let _ = writeln!(s, "\n![accuracy by level]({PLOT_FILE})\n");
-    let _ = writeln!(s, "Plot: pairs of bars, overall then levels 0–3 left to right; grey = A, blue = B; y = accuracy 0–1.\n");
     let m = &st.mcnemar;
     let _ = writeln!(s, "## McNemar exact test\n\nA right / B wrong b = {}, A wrong / B right c = {}: two-sided p = {:.4}. Draws of one image are counted as separate pairs, so with several draws per image p is optimistic; the image-level bootstrap intervals are the primary evidence.\n", m.b, m.c, m.p_value);
     let bi = &st.bootstrap;
@@ -746,6 +745,18 @@ pub fn summary_table(r: &AbReport) -> String {
     s
 }
 
+/// A model's legend entry in the plot: `A: <id>`, shortened to fit.
+fn plot_name(side: &str, m: &ModelRef) -> String {
+    const MAX: usize = 40;
+    let id = if m.id.chars().count() > MAX {
+        let tail: String = m.id.chars().rev().take(MAX - 1).collect();
+        format!("…{}", tail.chars().rev().collect::<String>())
+    } else {
+        m.id.clone()
+    };
+    format!("{side}: {id}")
+}
+
 /// Writes `decision.json`, `report.md`, `answers.jsonl` and `accuracy_by_level.png` into `dir`.
 /// A new `dir` appears only once everything is written; in an existing folder (which may hold
 /// other things, e.g. a checkpoint) each file is replaced atomically and nothing else is touched.
@@ -760,13 +771,24 @@ pub fn write_ab_report(dir: &Path, r: &AbReport, answers: &[PairedAnswer]) -> Re
             text.push('\n');
         }
         fsx::write_atomic(&d.join(ANSWERS_FILE), text.as_bytes())?;
-        let mut bars = vec![(r.stats.a.overall.accuracy, r.stats.b.overall.accuracy)];
-        for (l, a) in &r.stats.a.by_level {
-            if let Some(b) = r.stats.b.by_level.get(l) {
-                bars.push((a.accuracy, b.accuracy));
+        let (a, b) = (&r.stats.a, &r.stats.b);
+        let mut bars = vec![(
+            "overall".to_string(),
+            a.overall.accuracy,
+            b.overall.accuracy,
+        )];
+        for (l, la) in &a.by_level {
+            if let Some(lb) = b.by_level.get(l) {
+                bars.push((format!("level {l}"), la.accuracy, lb.accuracy));
             }
         }
-        super::plots::paired_bars_png(&d.join(PLOT_FILE), &bars)
+        let names = [plot_name("A", &r.a), plot_name("B", &r.b)];
+        super::plots::paired_bars_png(
+            &d.join(PLOT_FILE),
+            "Accuracy on the same validator challenges",
+            &bars,
+            [&names[0], &names[1]],
+        )
     };
     if dir.is_dir() {
         write(dir)?;

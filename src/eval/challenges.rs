@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 
 use super::Latency;
-use crate::backend::Cpu;
+use crate::backend::{Cpu, OnBackend};
 use crate::config::Config;
 use crate::data::manifest::ManifestRow;
 use crate::features::embed::extract_rows;
-use crate::features::featurizer::{Featurizer, OnBackend};
+use crate::features::featurizer::Featurizer;
 use crate::model::load_backbone;
 use crate::train::data::{gather, head_input, load_challenge, open_image, ViewKey};
 use crate::train::{Checkpoint, FeatureSet};

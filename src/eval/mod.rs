@@ -244,7 +244,6 @@ pub fn render_markdown(r: &EvalReport) -> String {
         s,
         "![confusion](confusion.png) ![ROC](roc.png) ![reliability](reliability.png)\n"
     );
-    let _ = writeln!(s, "Plots have no text: axes span 0–1; ROC = blue over the grey chance line; reliability = blue bars (fraction roadwork per probability bin), orange dots (mean served probability), grey diagonal (perfect calibration); score by level = bars for levels 0–3 with 5–95% whiskers; confusion rows = true None/Roadwork, columns = predicted None/Roadwork.");
     s
 }
 
@@ -314,7 +313,11 @@ pub fn write_report(dir: &Path, r: &EvalReport, preds: &[EvalPrediction]) -> Res
     write_predictions(&p(PREDICTIONS_FILE), preds)?;
     fsx::write_atomic(&p("report.md"), render_markdown(r).as_bytes())?;
     let (labels, probs): (Vec<u8>, Vec<f64>) = preds.iter().map(|x| (x.label, x.prob)).unzip();
-    plots::roc_png(&p("roc.png"), &roc_curve(&labels, &probs))?;
+    plots::roc_png(
+        &p("roc.png"),
+        &roc_curve(&labels, &probs),
+        r.overall.roc_auc,
+    )?;
     plots::reliability_png(&p("reliability.png"), &r.reliability)?;
     let levels: Vec<(u8, f64, f64, f64)> = r
         .score_by_level

@@ -1,187 +1,392 @@
-//! PNG plots for the eval report, drawn directly with `image` (no font or plotting dependency).
-//!
-//! Plots carry no text: axes span [0, 1] unless noted, a light grid marks tenths, and the
-//! numbers live in `report.md` next to each plot.
+//! PNG plots for the eval and A/B reports (plotters, embedded font: see [`crate::util::plot`]).
+//! Each has a title, labelled axes with ticks and, where it shows more than one series, a legend.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::Result;
-use image::{Rgb, RgbImage};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::metrics::{Confusion, ReliabilityBin};
-use crate::util::fsx;
+use crate::util::plot::{err, font, render, save_png};
 
-const W: u32 = 400;
-const H: u32 = 400;
-const M: i64 = 30;
-const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
-const GRID: Rgb<u8> = Rgb([225, 225, 225]);
-const AXIS: Rgb<u8> = Rgb([40, 40, 40]);
-const BLUE: Rgb<u8> = Rgb([31, 119, 180]);
-const ORANGE: Rgb<u8> = Rgb([255, 127, 14]);
-const GREY: Rgb<u8> = Rgb([150, 150, 150]);
+/// Size of every plot, in pixels.
+pub const WIDTH: u32 = 640;
+pub const HEIGHT: u32 = 480;
+/// Height of the band at the top that holds the title.
+pub const TITLE_BAND: u32 = 40;
 
-struct Canvas(RgbImage);
+const BLUE: RGBColor = RGBColor(31, 119, 180);
+const ORANGE: RGBColor = RGBColor(255, 127, 14);
+const GREY: RGBColor = RGBColor(150, 150, 150);
+const GRID: RGBColor = RGBColor(225, 225, 225);
 
-impl Canvas {
-    fn new() -> Self {
-        let mut c = Canvas(RgbImage::from_pixel(W, H, WHITE));
-        for k in 0..=10 {
-            let f = f64::from(k) / 10.0;
-            c.line(0.0, f, 1.0, f, GRID);
-            c.line(f, 0.0, f, 1.0, GRID);
-        }
-        c.line(0.0, 0.0, 1.0, 0.0, AXIS);
-        c.line(0.0, 0.0, 0.0, 1.0, AXIS);
-        c
-    }
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-    /// Data coordinates in [0, 1]² to pixels (y up).
-    fn px(&self, x: f64, y: f64) -> (i64, i64) {
-        let pw = (W as i64 - 2 * M) as f64;
-        let ph = (H as i64 - 2 * M) as f64;
-        (
-            M + (x.clamp(0.0, 1.0) * pw).round() as i64,
-            H as i64 - M - (y.clamp(0.0, 1.0) * ph).round() as i64,
-        )
-    }
-
-    fn put(&mut self, x: i64, y: i64, c: Rgb<u8>) {
-        if x >= 0 && y >= 0 && x < W as i64 && y < H as i64 {
-            self.0.put_pixel(x as u32, y as u32, c);
-        }
-    }
-
-    fn line(&mut self, x0: f64, y0: f64, x1: f64, y1: f64, c: Rgb<u8>) {
-        let (mut x, mut y) = self.px(x0, y0);
-        let (xe, ye) = self.px(x1, y1);
-        let (dx, dy) = ((xe - x).abs(), -(ye - y).abs());
-        let (sx, sy) = (if x < xe { 1 } else { -1 }, if y < ye { 1 } else { -1 });
-        let mut err = dx + dy;
-        loop {
-            self.put(x, y, c);
-            if x == xe && y == ye {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    fn thick_polyline(&mut self, pts: &[(f64, f64)], c: Rgb<u8>) {
-        let d = 1.0 / (W as f64 - 2.0 * M as f64);
-        for w in pts.windows(2) {
-            for o in [-d, 0.0, d] {
-                self.line(w[0].0, w[0].1 + o, w[1].0, w[1].1 + o, c);
-            }
-        }
-    }
-
-    fn rect(&mut self, x0: f64, y0: f64, x1: f64, y1: f64, c: Rgb<u8>) {
-        let (a, b) = self.px(x0, y0);
-        let (e, f) = self.px(x1, y1);
-        for x in a.min(e)..=a.max(e) {
-            for y in b.min(f)..=b.max(f) {
-                self.put(x, y, c);
-            }
-        }
-    }
-
-    fn dot(&mut self, x: f64, y: f64, c: Rgb<u8>) {
-        let (a, b) = self.px(x, y);
-        for dx in -3..=3 {
-            for dy in -3..=3 {
-                if dx * dx + dy * dy <= 9 {
-                    self.put(a + dx, b + dy, c);
-                }
-            }
-        }
-    }
-
-    fn save(self, path: &Path) -> Result<()> {
-        let mut bytes = Vec::new();
-        self.0.write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )?;
-        fsx::write_atomic(path, &bytes)
-    }
+/// How a series looks in the legend.
+#[derive(Clone, Copy)]
+enum Mark {
+    Bar(RGBColor),
+    Line(RGBColor),
+    Dot(RGBColor),
 }
 
-/// ROC curve (blue) over the chance diagonal (grey).
-pub fn roc_png(path: &Path, curve: &[(f64, f64)]) -> Result<()> {
-    let mut c = Canvas::new();
-    c.line(0.0, 0.0, 1.0, 1.0, GREY);
-    c.thick_polyline(curve, BLUE);
-    c.save(path)
+/// White background, the title centred in the top [`TITLE_BAND`] pixels and, below it, the
+/// legend in one row (outside the plot, so it never covers data); returns the area left for the
+/// chart.
+fn frame<'b>(root: &Area<'b>, title: &str, legend: &[(Mark, &str)]) -> Result<Area<'b>> {
+    root.fill(&WHITE).map_err(err)?;
+    let centre = Pos::new(HPos::Center, VPos::Center);
+    let w = root.dim_in_pixel().0 as i32;
+    root.draw_text(title, &font(22).pos(centre), (w / 2, TITLE_BAND as i32 / 2))
+        .map_err(err)?;
+    if legend.is_empty() {
+        return Ok(root.split_vertically(TITLE_BAND).1);
+    }
+    let style = font(14).pos(Pos::new(HPos::Left, VPos::Center));
+    let (mark_w, gap, sep) = (22, 6, 28);
+    let widths: Vec<i32> = legend
+        .iter()
+        .map(|(_, t)| root.estimate_text_size(t, &style).map(|s| s.0 as i32))
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    let total: i32 =
+        widths.iter().map(|t| mark_w + gap + t).sum::<i32>() + sep * (legend.len() as i32 - 1);
+    let y = TITLE_BAND as i32 + 10;
+    let mut x = (w - total).max(4) / 2;
+    for ((mark, text), tw) in legend.iter().zip(widths) {
+        match *mark {
+            Mark::Bar(c) => root.draw(&Rectangle::new(
+                [(x + 3, y - 7), (x + mark_w - 3, y + 7)],
+                c.filled(),
+            )),
+            Mark::Line(c) => root.draw(&PathElement::new(
+                vec![(x, y), (x + mark_w, y)],
+                c.stroke_width(2),
+            )),
+            Mark::Dot(c) => root.draw(&Circle::new((x + mark_w / 2, y), 5, c.filled())),
+        }
+        .map_err(err)?;
+        root.draw_text(text, &style, (x + mark_w + gap, y))
+            .map_err(err)?;
+        x += mark_w + gap + tw + sep;
+    }
+    Ok(root.split_vertically(TITLE_BAND + 24).1)
 }
 
-/// Reliability diagram: fraction positive per bin (blue bars, width ∝ bin), mean prediction
-/// (orange dots), perfect calibration (grey diagonal).
+/// A chart over `x` × `y` filling `area`.
+fn chart<'a, 'b>(area: &'a Area<'b>, x: Range<f64>, y: Range<f64>) -> Result<Chart<'a, 'b>> {
+    ChartBuilder::on(area)
+        .margin(12)
+        .margin_top(8)
+        .x_label_area_size(52)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(err)
+}
+
+/// Grid, ticks and axis titles for a chart whose axes both span [0, 1].
+fn unit_mesh(c: &mut Chart<'_, '_>, x_desc: &str, y_desc: &str) -> Result<()> {
+    c.configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_labels(11)
+        .y_labels(11)
+        .x_label_formatter(&|v| format!("{v:.1}"))
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .label_style(font(13))
+        .axis_desc_style(font(16))
+        .bold_line_style(GRID)
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(err)
+}
+
+/// Mesh for bars over named categories at x = 0, 1, …: one tick per name; y ticks 0–1.
+fn category_mesh(
+    c: &mut Chart<'_, '_>,
+    names: &[String],
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<()> {
+    let name_at = |v: &f64| {
+        let i = v.round();
+        if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+            names[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_labels(names.len().max(1))
+        .y_labels(11)
+        .x_label_formatter(&name_at)
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .label_style(font(14))
+        .axis_desc_style(font(16))
+        .bold_line_style(GRID)
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(err)
+}
+
+/// A value printed centred above a bar.
+fn value_label(c: &mut Chart<'_, '_>, x: f64, y: f64, v: f64) -> Result<()> {
+    let style = font(12).pos(Pos::new(HPos::Center, VPos::Bottom));
+    c.draw_series(std::iter::once(Text::new(
+        format!("{v:.3}"),
+        (x, y + 0.01),
+        style,
+    )))
+    .map_err(err)?;
+    Ok(())
+}
+
+/// ROC curve over the chance diagonal; the legend carries the AUC when known.
+pub fn roc_png(path: &Path, curve: &[(f64, f64)], auc: Option<f64>) -> Result<()> {
+    let name = auc.map_or("model".to_string(), |a| format!("model (AUC {a:.3})"));
+    let img = render(WIDTH, HEIGHT, |root| {
+        let legend = [
+            (Mark::Line(BLUE), name.as_str()),
+            (Mark::Line(GREY), "chance"),
+        ];
+        let body = frame(root, "ROC curve", &legend)?;
+        let mut c = chart(&body, 0.0..1.0, 0.0..1.0)?;
+        unit_mesh(&mut c, "false positive rate", "true positive rate")?;
+        c.draw_series(LineSeries::new(
+            [(0.0, 0.0), (1.0, 1.0)],
+            GREY.stroke_width(1),
+        ))
+        .map_err(err)?;
+        c.draw_series(LineSeries::new(curve.iter().copied(), BLUE.stroke_width(2)))
+            .map_err(err)?;
+        Ok(())
+    })?;
+    save_png(path, &img)
+}
+
+/// Reliability diagram: fraction roadwork per probability bin (bars, labelled with their
+/// count), mean predicted probability per bin (dots), perfect calibration (diagonal).
 pub fn reliability_png(path: &Path, bins: &[ReliabilityBin]) -> Result<()> {
-    let mut c = Canvas::new();
-    for b in bins.iter().filter(|b| b.count > 0) {
-        let pad = (b.hi - b.lo) * 0.1;
-        c.rect(b.lo + pad, 0.0, b.hi - pad, b.frac_pos, BLUE);
-    }
-    c.line(0.0, 0.0, 1.0, 1.0, GREY);
-    for b in bins.iter().filter(|b| b.count > 0) {
-        c.dot((b.lo + b.hi) / 2.0, b.mean_pred, ORANGE);
-    }
-    c.save(path)
+    let img = render(WIDTH, HEIGHT, |root| {
+        let legend = [
+            (Mark::Bar(BLUE), "fraction roadwork in bin"),
+            (Mark::Dot(ORANGE), "mean predicted probability"),
+            (Mark::Line(GREY), "perfect calibration"),
+        ];
+        let body = frame(root, "Reliability (calibration)", &legend)?;
+        let mut c = chart(&body, 0.0..1.0, 0.0..1.0)?;
+        unit_mesh(
+            &mut c,
+            "predicted probability of roadwork",
+            "fraction roadwork",
+        )?;
+        let used: Vec<&ReliabilityBin> = bins.iter().filter(|b| b.count > 0).collect();
+        c.draw_series(used.iter().map(|b| {
+            let pad = (b.hi - b.lo) * 0.08;
+            Rectangle::new(
+                [(b.lo + pad, 0.0), (b.hi - pad, b.frac_pos)],
+                BLUE.mix(0.75).filled(),
+            )
+        }))
+        .map_err(err)?;
+        let count_style = font(11).pos(Pos::new(HPos::Center, VPos::Bottom));
+        c.draw_series(used.iter().map(|b| {
+            let at = ((b.lo + b.hi) / 2.0, b.frac_pos + 0.01);
+            Text::new(format!("n={}", b.count), at, count_style.clone())
+        }))
+        .map_err(err)?;
+        c.draw_series(LineSeries::new(
+            [(0.0, 0.0), (1.0, 1.0)],
+            GREY.stroke_width(1),
+        ))
+        .map_err(err)?;
+        c.draw_series(
+            used.iter()
+                .map(|b| Circle::new(((b.lo + b.hi) / 2.0, b.mean_pred), 5, ORANGE.filled())),
+        )
+        .map_err(err)?;
+        Ok(())
+    })?;
+    save_png(path, &img)
 }
 
-/// Bars of the expected score (mean, blue) and its 5th–95th percentile (orange whisker) per
-/// augmentation level 0..3, left to right; y spans [0, 1].
+/// Top of the y axis of bar charts of values in [0, 1]: room for the value labels, and just
+/// short of 1.1 so that 1.0 is the last tick.
+const BAR_TOP: f64 = 1.099;
+
+/// Expected subnet score per validator augmentation level: mean (bars) and 5th–95th
+/// percentile (whiskers). `levels` holds (level, mean, p05, p95).
 pub fn score_by_level_png(path: &Path, levels: &[(u8, f64, f64, f64)]) -> Result<()> {
-    let mut c = Canvas::new();
-    for &(l, mean, p05, p95) in levels {
-        let x0 = f64::from(l) * 0.25 + 0.05;
-        c.rect(x0, 0.0, x0 + 0.15, mean, BLUE);
-        let xm = x0 + 0.075;
-        c.line(xm, p05, xm, p95, ORANGE);
-        c.line(xm - 0.03, p05, xm + 0.03, p05, ORANGE);
-        c.line(xm - 0.03, p95, xm + 0.03, p95, ORANGE);
-    }
-    c.save(path)
-}
-
-/// Confusion matrix as a 2×2 heat map (rows = true None/Roadwork top to bottom, columns =
-/// predicted None/Roadwork); darker blue = larger share of its true row.
-pub fn confusion_png(path: &Path, m: &Confusion) -> Result<()> {
-    let mut c = Canvas(RgbImage::from_pixel(W, H, WHITE));
-    let rows = [[m.tn, m.fp], [m.fn_, m.tp]];
-    for (r, row) in rows.iter().enumerate() {
-        let total = (row[0] + row[1]).max(1) as f64;
-        for (col, &v) in row.iter().enumerate() {
-            let share = v as f64 / total;
-            let shade = |base: u8| (255.0 - (255.0 - f64::from(base)) * share) as u8;
-            let color = Rgb([shade(BLUE[0]), shade(BLUE[1]), shade(BLUE[2])]);
-            let x0 = col as f64 * 0.5;
-            let y1 = 1.0 - r as f64 * 0.5;
-            c.rect(x0 + 0.01, y1 - 0.49, x0 + 0.49, y1 - 0.01, color);
+    let names: Vec<String> = levels.iter().map(|l| format!("level {}", l.0)).collect();
+    let img = render(WIDTH, HEIGHT, |root| {
+        let legend = [
+            (Mark::Bar(BLUE), "mean over simulated sequences"),
+            (Mark::Line(ORANGE), "5th–95th percentile"),
+        ];
+        let body = frame(root, "Expected subnet score by augmentation level", &legend)?;
+        let n = names.len().max(1) as f64;
+        let mut c = chart(&body, -0.5..n - 0.5, 0.0..BAR_TOP)?;
+        category_mesh(
+            &mut c,
+            &names,
+            "validator augmentation level",
+            "expected score",
+        )?;
+        c.draw_series(levels.iter().enumerate().map(|(i, l)| {
+            let x = i as f64;
+            Rectangle::new([(x - 0.3, 0.0), (x + 0.3, l.1)], BLUE.mix(0.85).filled())
+        }))
+        .map_err(err)?;
+        let whisker = |i: usize, l: &(u8, f64, f64, f64)| {
+            let x = i as f64;
+            let s = ORANGE.stroke_width(2);
+            [
+                PathElement::new(vec![(x, l.2), (x, l.3)], s),
+                PathElement::new(vec![(x - 0.08, l.2), (x + 0.08, l.2)], s),
+                PathElement::new(vec![(x - 0.08, l.3), (x + 0.08, l.3)], s),
+            ]
+        };
+        c.draw_series(levels.iter().enumerate().flat_map(|(i, l)| whisker(i, l)))
+            .map_err(err)?;
+        for (i, l) in levels.iter().enumerate() {
+            value_label(&mut c, i as f64 + 0.17, l.3.max(l.1), l.1)?;
         }
-    }
-    c.save(path)
+        if levels.is_empty() {
+            no_data(&mut c, "no level was scored")?;
+        }
+        Ok(())
+    })?;
+    save_png(path, &img)
 }
 
-/// Pairs of bars left to right (A grey, B blue), one pair per group, y spans [0, 1]; used by
-/// `ab-test` for accuracy overall and per level.
-pub fn paired_bars_png(path: &Path, pairs: &[(f64, f64)]) -> Result<()> {
-    let mut c = Canvas::new();
-    let w = 1.0 / pairs.len().max(1) as f64;
-    for (i, &(a, b)) in pairs.iter().enumerate() {
-        let x0 = i as f64 * w + w * 0.1;
-        let bar = w * 0.38;
-        c.rect(x0, 0.0, x0 + bar, a, GREY);
-        c.rect(x0 + bar, 0.0, x0 + 2.0 * bar, b, BLUE);
+/// Confusion matrix as a 2×2 heat map: rows = true class, columns = predicted; each cell shows
+/// its count and its share of the true class, which also sets its shade.
+pub fn confusion_png(path: &Path, m: &Confusion) -> Result<()> {
+    let img = render(WIDTH, HEIGHT, |root| {
+        let total = m.tn + m.fp + m.fn_ + m.tp;
+        let body = frame(root, &format!("Confusion matrix ({total} answers)"), &[])?;
+        let mut c = chart(&body, -0.5..1.5, -0.5..1.5)?;
+        let x_name = |v: &f64| class_tick(*v, ["None", "Roadwork"]);
+        // True None is the top row (y = 1).
+        let y_name = |v: &f64| class_tick(*v, ["Roadwork", "None"]);
+        c.configure_mesh()
+            .disable_mesh()
+            .x_desc("predicted class (shade = share of the true class)")
+            .y_desc("true class")
+            .x_labels(2)
+            .y_labels(2)
+            .x_label_formatter(&x_name)
+            .y_label_formatter(&y_name)
+            .label_style(font(15))
+            .axis_desc_style(font(16))
+            .draw()
+            .map_err(err)?;
+        let rows = [[m.tn, m.fp], [m.fn_, m.tp]];
+        for (r, row) in rows.iter().enumerate() {
+            let row_total = (row[0] + row[1]).max(1) as f64;
+            for (col, &v) in row.iter().enumerate() {
+                let share = v as f64 / row_total;
+                let shade = |base: u8| (255.0 - (255.0 - f64::from(base)) * share) as u8;
+                let fill = RGBColor(shade(BLUE.0), shade(BLUE.1), shade(BLUE.2));
+                let (x, y) = (col as f64, 1.0 - r as f64);
+                c.draw_series(std::iter::once(Rectangle::new(
+                    [(x - 0.49, y - 0.49), (x + 0.49, y + 0.49)],
+                    fill.filled(),
+                )))
+                .map_err(err)?;
+                let ink = if share > 0.55 { WHITE } else { BLACK };
+                let centre = Pos::new(HPos::Center, VPos::Center);
+                c.draw_series([
+                    Text::new(
+                        v.to_string(),
+                        (x, y + 0.07),
+                        font(26).color(&ink).pos(centre),
+                    ),
+                    Text::new(
+                        format!("{:.1}% of true", share * 100.0),
+                        (x, y - 0.12),
+                        font(14).color(&ink).pos(centre),
+                    ),
+                ])
+                .map_err(err)?;
+            }
+        }
+        Ok(())
+    })?;
+    save_png(path, &img)
+}
+
+fn class_tick(v: f64, names: [&str; 2]) -> String {
+    if v.abs() < 1e-6 {
+        names[0].to_string()
+    } else if (v - 1.0).abs() < 1e-6 {
+        names[1].to_string()
+    } else {
+        String::new()
     }
-    c.save(path)
+}
+
+fn no_data(c: &mut Chart<'_, '_>, what: &str) -> Result<()> {
+    let style = font(16)
+        .color(&GREY)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    c.draw_series(std::iter::once(Text::new(
+        what.to_string(),
+        (0.0, 0.5),
+        style,
+    )))
+    .map_err(err)?;
+    Ok(())
+}
+
+/// Accuracy of models A (grey) and B (blue) side by side per group (`ab-test`: overall, then
+/// each level). `groups` holds (name, accuracy A, accuracy B); `names` the two models' legends.
+pub fn paired_bars_png(
+    path: &Path,
+    title: &str,
+    groups: &[(String, f64, f64)],
+    names: [&str; 2],
+) -> Result<()> {
+    let labels: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+    let img = render(WIDTH, HEIGHT, |root| {
+        let body = frame(
+            root,
+            title,
+            &[(Mark::Bar(GREY), names[0]), (Mark::Bar(BLUE), names[1])],
+        )?;
+        let n = labels.len().max(1) as f64;
+        let mut c = chart(&body, -0.5..n - 0.5, 0.0..BAR_TOP)?;
+        category_mesh(
+            &mut c,
+            &labels,
+            "challenges (all, then by validator augmentation level)",
+            "accuracy",
+        )?;
+        for (k, color) in [GREY, BLUE].into_iter().enumerate() {
+            let off = if k == 0 { -0.2 } else { 0.2 };
+            let value = |g: &(String, f64, f64)| if k == 0 { g.1 } else { g.2 };
+            c.draw_series(groups.iter().enumerate().map(|(i, g)| {
+                let x = i as f64 + off;
+                Rectangle::new([(x - 0.18, 0.0), (x + 0.18, value(g))], color.filled())
+            }))
+            .map_err(err)?;
+            for (i, g) in groups.iter().enumerate() {
+                value_label(&mut c, i as f64 + off, value(g), value(g))?;
+            }
+        }
+        if groups.is_empty() {
+            no_data(&mut c, "nothing to compare")?;
+        }
+        Ok(())
+    })?;
+    save_png(path, &img)
 }

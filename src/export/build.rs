@@ -9,13 +9,14 @@ use sha2::Digest;
 
 use super::card::{ModelCard, Version, MODEL_CARD_FILE};
 use super::hf::{self, Family, Form, CONFIG_FILE, MODELING_FILE, WEIGHTS_FILE};
+use crate::infer::ModelRef;
 use crate::model::preprocess::{Preprocess, PREPROCESSOR_FILE};
-use crate::train::checkpoint::{resolve_checkpoint, Checkpoint, RunInfo};
+use crate::train::checkpoint::{Checkpoint, RunInfo};
 use crate::train::head::HeadKind;
 use crate::util::fsx;
 
 /// Checksum file of an export (`sha256sum` format).
-pub const SUMS_FILE: &str = "SHA256SUMS";
+pub use crate::infer::SUMS_FILE;
 /// Provenance record of an export.
 pub const PROVENANCE_FILE: &str = "sv72_export.json";
 /// Model card README.
@@ -167,7 +168,7 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         );
     }
     check_hotkey(&req.hotkey, None)?;
-    let ck_dir = resolve_checkpoint(req.checkpoint.as_deref(), &req.checkpoints_root)?;
+    let ck_dir = ModelRef::checkpoint(req.checkpoint.as_deref(), &req.checkpoints_root)?;
     let dev = Default::default();
     let ck = Checkpoint::<crate::backend::Cpu>::load(&ck_dir, &dev)?;
     let info = ck.info.clone();

@@ -7,45 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use super::build::{verify_sums, DEPLOYED, LATEST};
 use super::card::{ModelCard, MODEL_CARD_FILE};
-
-/// Resolves what names an export: a folder, a symlink to one, or a pointer file (like
-/// `exports/latest`) holding a folder name relative to the pointer's own folder.
-pub fn resolve_export(path: &Path) -> Result<PathBuf> {
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    if path.is_file() {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let name = text.trim();
-        if name.is_empty() || name.contains(['/', '\\']) || name == ".." {
-            bail!(
-                "{} does not name an export folder (expected one folder name)",
-                path.display()
-            );
-        }
-        let dir = path.parent().unwrap_or(Path::new(".")).join(name);
-        if !dir.is_dir() {
-            bail!(
-                "{} names {name}, but {} is not a folder",
-                path.display(),
-                dir.display()
-            );
-        }
-        return Ok(dir);
-    }
-    bail!(
-        "no export at {}: create one with `sv72 export`",
-        path.display()
-    )
-}
-
-/// Whether `dir` looks like an sv72 export folder (as opposed to a checkpoint).
-pub fn is_export_dir(dir: &Path) -> bool {
-    dir.join(super::hf::WEIGHTS_FILE).is_file()
-        && dir.join(super::hf::CONFIG_FILE).is_file()
-        && !dir.join(crate::train::checkpoint::HEAD_FILE).is_file()
-}
+use crate::infer::ModelRef;
 
 /// Checks an export before it is served: every checksum, and a valid model card.
 pub fn verify_export(dir: &Path) -> Result<ModelCard> {
@@ -64,7 +26,7 @@ pub fn deployed_target(exports_root: &Path) -> Option<PathBuf> {
 /// the old one, so readers see the old or the new export, never none). Returns the previous
 /// target.
 pub fn deploy(exports_root: &Path, export_dir: &Path) -> Result<Option<PathBuf>> {
-    let dir = resolve_export(export_dir)?;
+    let dir = ModelRef::export(export_dir)?;
     verify_export(&dir).with_context(|| format!("refusing to deploy {}", dir.display()))?;
     let root_abs = std::fs::canonicalize(exports_root).with_context(|| {
         format!(

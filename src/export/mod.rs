@@ -12,6 +12,6 @@ pub use build::{
     Provenance, DEPLOYED, LATEST, PROVENANCE_FILE, README_FILE, SUMS_FILE,
 };
 pub use card::{ModelCard, Version};
-pub use deploy::{deploy, deployed_target, is_export_dir, resolve_export, verify_export};
+pub use deploy::{deploy, deployed_target, verify_export};
 pub use hf::{Family, Form};
 pub use push::{push_folder, PushOptions, PushReport};

@@ -1,47 +1,14 @@
-//! The backbone side of a stage: which backend runs it (`--device`, `backbone.dtype`) and the
-//! backbone + preprocessing + feature cache it reads through.
+//! The backbone side of a stage: the backbone + preprocessing + feature cache it reads through
+//! (the backend it runs on is `backend::on_device`).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use burn::tensor::backend::Backend;
+use anyhow::Result;
 
 use super::{backbone_key, FeatureCache};
 use crate::config::BackboneConfig;
 use crate::model::hub;
 use crate::model::preprocess::Preprocess;
-
-/// Work generic over the backbone's backend, so one code path serves every `--device`/dtype.
-pub trait OnBackend {
-    type Out;
-    /// Runs on backend `B`; `device_name` is for reports (e.g. `cuda-f16`).
-    fn run<B: Backend>(self, device: &B::Device, device_name: &str) -> Result<Self::Out>;
-}
-
-/// Runs `job` on `cpu` or `cuda` (with `backbone.dtype`).
-pub fn on_device<J: OnBackend>(device: &str, dtype: &str, job: J) -> Result<J::Out> {
-    match device {
-        "cpu" => job.run::<crate::backend::Cpu>(&Default::default(), "cpu"),
-        "cuda" => run_cuda(dtype, job),
-        other => bail!("--device {other:?}: use `cpu` or `cuda`"),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn run_cuda<J: OnBackend>(dtype: &str, job: J) -> Result<J::Out> {
-    use burn::backend::Cuda;
-    let dev = Default::default();
-    match dtype {
-        "f16" => job.run::<Cuda<half::f16>>(&dev, "cuda-f16"),
-        "bf16" => job.run::<Cuda<half::bf16>>(&dev, "cuda-bf16"),
-        _ => job.run::<Cuda<f32>>(&dev, "cuda-f32"),
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn run_cuda<J: OnBackend>(_dtype: &str, _job: J) -> Result<J::Out> {
-    bail!("--device cuda needs a CUDA build: rebuild with `cargo build --release --features cuda`, or use --device cpu")
-}
 
 /// The backbone, preprocessing and feature cache a run uses.
 pub struct Featurizer {
@@ -56,7 +23,7 @@ impl Featurizer {
     /// its feature cache under `cache_root`.
     pub fn open(bb: &BackboneConfig, target_size: u32, cache_root: &Path) -> Result<Self> {
         let snapshot = hub::resolve_backbone(&bb.model, &bb.revision)?;
-        let preprocess = Preprocess::for_kind(&bb.preprocess, &snapshot, target_size)?;
+        let preprocess = Preprocess::for_kind(bb.preprocess, &snapshot, target_size)?;
         let backbone_key = backbone_key(&snapshot, cache_root)?;
         let cache = FeatureCache::open(cache_root, &backbone_key, &preprocess.id())?;
         Ok(Featurizer {

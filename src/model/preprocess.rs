@@ -28,6 +28,8 @@ use serde::Deserialize;
 
 use super::resample::{coeffs, Coeffs, Filter};
 
+use crate::config::PreprocessKind;
+
 /// Name of the processor config in a snapshot.
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
 
@@ -318,11 +320,10 @@ impl Preprocess {
 
     /// The recipe named by `kind` (`backbone.preprocess`): `processor` = the snapshot's own
     /// `preprocessor_config.json`, `validator` = the fixed `target_size` square path.
-    pub fn for_kind(kind: &str, snapshot: &Path, target_size: u32) -> Result<Self> {
+    pub fn for_kind(kind: PreprocessKind, snapshot: &Path, target_size: u32) -> Result<Self> {
         match kind {
-            "processor" => Self::from_snapshot(snapshot),
-            "validator" => Self::validator_for(snapshot, target_size),
-            other => bail!("preprocessing {other:?}: use `validator` or `processor`"),
+            PreprocessKind::Processor => Self::from_snapshot(snapshot),
+            PreprocessKind::Validator => Self::validator_for(snapshot, target_size),
         }
     }
 

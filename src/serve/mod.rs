@@ -1,19 +1,17 @@
 //! `sv72 serve`: a bittensor-compatible miner axon for NATIX StreetVision's `ImageSynapse`.
 //!
 //! The wire format follows `shared/specs/axon-protocol.md`: `protocol` has the header, message
-//! and nonce rules, `metagraph` the validator set and blacklist, `batcher` the predictor, hot
-//! swap and micro-batching. The HTTP side: `options` (the `serve:` config), `server` (runtime,
-//! accept loop, shutdown), `conn` (per-source cap, timeouts, shedding), `pipeline` (one request
-//! through the checks), `image` (bounded decoding), `response` (the answers), `predlog` (the
-//! prediction log), `metrics` and `ratelog` (Prometheus text, JSON event lines). `subtensor` has
-//! the chain reads behind `sv72 metagraph sync`.
+//! and nonce rules, `blacklist` who may query. The HTTP side: `options` (the `serve:` config),
+//! `server` (runtime, accept loop, shutdown), `conn` (per-source cap, timeouts, shedding),
+//! `pipeline` (one request through the checks), `image` (bounded decoding), `response` (the
+//! answers), `predlog` (the prediction log), `metrics` and `ratelog` (Prometheus text, JSON event
+//! lines), `telemetry` how inference (`crate::infer`) reports into them. The validator set comes
+//! from `crate::chain`.
 
-pub mod batcher;
+pub mod blacklist;
 pub mod conn;
 pub mod image;
-pub mod metagraph;
 pub mod metrics;
-pub mod model;
 pub mod options;
 pub mod pipeline;
 pub mod predlog;
@@ -21,10 +19,9 @@ pub mod protocol;
 pub mod ratelog;
 pub mod response;
 pub mod server;
-pub mod subtensor;
+pub mod telemetry;
 
-pub use batcher::{Loader, ModelSlot, Predictor};
-pub use metagraph::{Metagraph, MetagraphHandle, Neuron};
 pub use metrics::Metrics;
 pub use options::ServeOptions;
 pub use server::Server;
+pub use telemetry::{Batcher, ModelSlot};

@@ -12,10 +12,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use serde_json::{json, Map, Value};
 
-use super::batcher::{Batcher, ModelSlot, Outcome};
+use super::blacklist::Blacklist;
 use super::conn::Conn;
 use super::image::{ImageLanes, Lane};
-use super::metagraph::MetagraphHandle;
 use super::metrics::Metrics;
 use super::options::ServeOptions;
 use super::predlog::{PredictionLog, PredictionRecord};
@@ -25,6 +24,9 @@ use super::protocol::{
 };
 use super::ratelog::RateLog;
 use super::response::{error_response, fastapi_422, plain_json, py_float, success_response, Resp};
+use super::telemetry::{Batcher, ModelSlot};
+use crate::chain::MetagraphHandle;
+use crate::infer::Outcome;
 use crate::keys::{ss58_decode, verify_sr25519, SignatureError};
 
 /// What every request shares.

@@ -10,16 +10,17 @@ use anyhow::{Context, Result};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 
-use super::batcher::{BatchOptions, Batcher, ModelSlot};
 use super::conn::{raise_fd_limit, CloseReason, Registry, Tracked};
 use super::image::ImageLanes;
-use super::metagraph::MetagraphHandle;
 use super::metrics::{log_event, Metrics};
 use super::options::ServeOptions;
 use super::pipeline::{handle, State};
 use super::predlog::PredictionLog;
 use super::protocol::NonceTracker;
 use super::ratelog::RateLog;
+use super::telemetry::{Batcher, ModelSlot};
+use crate::chain::MetagraphHandle;
+use crate::infer::BatchOptions;
 
 /// Pending connections the kernel queues for the accept loop (capped by `net.core.somaxconn`);
 /// large so that a connection flood does not make a validator's SYN wait for a retransmit.
@@ -60,7 +61,7 @@ impl Server {
             Some(p) => Some(PredictionLog::open(p, opts.low_confidence_cap_bytes)?),
             None => None,
         };
-        let metrics = slot.metrics();
+        let metrics = slot.telemetry();
         let thread = std::thread::Builder::new()
             .name("sv72-axon".into())
             .spawn(move || rt.block_on(run(listener, opts, metagraph, slot, plog, stop_rx)))
@@ -155,7 +156,7 @@ async fn run(
     plog: Option<PredictionLog>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let metrics = slot.metrics();
+    let metrics = slot.telemetry();
     let (batcher, inference) = Batcher::start(
         slot.clone(),
         BatchOptions {

@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::head::{served_probability, Head};
-use crate::config::Config;
+use crate::config::{Config, PreprocessKind};
 use crate::metrics::{BinaryMetrics, ScoreSummary};
 use crate::model::hub;
 use crate::model::preprocess::Preprocess;
@@ -173,44 +173,6 @@ pub fn set_latest(root: &Path, run_id: &str) -> Result<()> {
     fsx::write_atomic(&root.join(LATEST), format!("{run_id}\n").as_bytes())
 }
 
-/// Resolves what the user named to a checkpoint folder: a run folder, a `latest` file, or (when
-/// `None`) `root/latest`.
-pub fn resolve_checkpoint(arg: Option<&Path>, root: &Path) -> Result<PathBuf> {
-    let p = arg
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.join(LATEST));
-    if p.is_dir() {
-        if !p.join(HEAD_FILE).is_file() {
-            bail!(
-                "{} has no {HEAD_FILE}: not a finished sv72 checkpoint",
-                p.display()
-            );
-        }
-        return Ok(p);
-    }
-    if p.is_file() {
-        let id =
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let id = id.trim();
-        if id.is_empty() || id.contains(['/', '\\']) {
-            bail!("{} does not name a run (expected one run id)", p.display());
-        }
-        let dir = p.parent().unwrap_or(Path::new(".")).join(id);
-        if !dir.join(HEAD_FILE).is_file() {
-            bail!(
-                "{} names run {id}, but {} has no {HEAD_FILE}",
-                p.display(),
-                dir.display()
-            );
-        }
-        return Ok(dir);
-    }
-    bail!(
-        "no checkpoint at {}: train one with `sv72 train-head` or pass --checkpoint DIR",
-        p.display()
-    )
-}
-
 /// A loaded checkpoint: the head, its calibration and its record.
 #[derive(Debug)]
 pub struct Checkpoint<B: Backend> {
@@ -305,8 +267,8 @@ pub fn training_preprocess<B: Backend>(ck: &Checkpoint<B>, snapshot: &Path) -> R
     let want = &info.backbone.preprocess;
     let size = info.config.augment.target_size;
     let mut tried = Vec::new();
-    for kind in candidate_kinds(&info.config.backbone.preprocess) {
-        let p = Preprocess::for_kind(&kind, snapshot, size)?;
+    for kind in candidate_kinds(info.config.backbone.preprocess) {
+        let p = Preprocess::for_kind(kind, snapshot, size)?;
         if &p.id() == want {
             return Ok(p);
         }
@@ -322,11 +284,11 @@ pub fn training_preprocess<B: Backend>(ck: &Checkpoint<B>, snapshot: &Path) -> R
 }
 
 /// The preprocessing kinds tried, the run's configured one first.
-fn candidate_kinds(configured: &str) -> Vec<String> {
-    let mut v = vec![configured.to_string()];
-    for k in ["validator", "processor"] {
+fn candidate_kinds(configured: PreprocessKind) -> Vec<PreprocessKind> {
+    let mut v = vec![configured];
+    for k in [PreprocessKind::Validator, PreprocessKind::Processor] {
         if k != configured {
-            v.push(k.to_string());
+            v.push(k);
         }
     }
     v

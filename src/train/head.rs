@@ -17,6 +17,8 @@ use rand_distr::{Distribution, Normal};
 
 pub use crate::model::{NamedTensor, NamedTensors};
 
+use crate::config::{HeadConfig, HeadType};
+
 /// Number of output logits (transformers layout: `id2label = {0: None, 1: Roadwork}`).
 pub const NUM_LABELS: usize = 2;
 
@@ -29,12 +31,11 @@ pub enum HeadKind {
 
 impl HeadKind {
     /// From `head.kind` / `head.hidden` of the config.
-    pub fn from_config(cfg: &crate::config::HeadConfig) -> Result<Self> {
-        match cfg.kind.as_str() {
-            "linear" => Ok(HeadKind::Linear),
-            "mlp" if cfg.hidden > 0 => Ok(HeadKind::Mlp { hidden: cfg.hidden }),
-            "mlp" => bail!("head.hidden must be > 0 for head.kind = mlp"),
-            other => bail!("head.kind = {other:?} must be `linear` or `mlp`"),
+    pub fn from_config(cfg: &HeadConfig) -> Result<Self> {
+        match cfg.kind {
+            HeadType::Linear => Ok(HeadKind::Linear),
+            HeadType::Mlp if cfg.hidden > 0 => Ok(HeadKind::Mlp { hidden: cfg.hidden }),
+            HeadType::Mlp => bail!("head.hidden must be > 0 for head.kind = mlp"),
         }
     }
 

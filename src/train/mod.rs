@@ -16,9 +16,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 
-pub use checkpoint::{
-    resolve_checkpoint, BackboneInfo, Checkpoint, FinalMetrics, HeadInfo, ManifestInfo, RunInfo,
-};
+pub use checkpoint::{BackboneInfo, Checkpoint, FinalMetrics, HeadInfo, ManifestInfo, RunInfo};
 pub use head::{served_probability, Head, HeadKind};
 pub use tracking::{Tracker, WandbSettings, WarnSink};
 pub use trainer::{train_head, EpochRecord, FeatureSet, TrainSettings, Trained};
@@ -85,9 +83,9 @@ pub fn run_training<B: AutodiffBackend>(
     let dir = opts.checkpoints_root.join(&run_id);
     let cfg_json = serde_json::to_value(cfg).context("serialising the config")?;
     let mut tracker = Tracker::open(&dir, &run_id, &cfg_json, opts.wandb.take(), opts.warn)?;
-    let settings = TrainSettings::from_config(cfg);
+    let settings = TrainSettings::from_config(cfg)?;
     let mut user_hook = opts.on_epoch.take();
-    let pb = crate::util::progress::bar(settings.epochs as u64, "train-head");
+    let pb = crate::util::progress::bar(settings.train.epochs as u64, "train-head");
     let result = train_head::<B>(&inputs.train, &inputs.val, &settings, device, &mut |rec| {
         tracker.log(rec.epoch as u64, &rec.scalars())?;
         pb.set_position(rec.epoch as u64);

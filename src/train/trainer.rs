@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::head::{served_probability, Head, HeadKind};
+use crate::config::TrainConfig;
 use crate::metrics::{self, BinaryMetrics, ScoreItem, ScoreSummary};
 
 /// Feature vectors with their labels (row-major `[n, dim]`).
@@ -76,65 +77,43 @@ impl FeatureSet {
     }
 }
 
-/// Optimisation settings (from `head.*`, `train.*`, `augment.level_probs`, `eval.score_sequences`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Optimisation settings: the head (`head.*`, parsed once), `train.*` as configured, and the
+/// validation scoring (`augment.level_probs`, `eval.score_sequences`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrainSettings {
-    pub kind: String,
-    pub hidden: usize,
+    pub head: HeadKind,
     pub dropout: f64,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub warmup_epochs: usize,
-    pub label_smoothing: f64,
-    pub patience: usize,
-    pub seed: u64,
+    pub train: TrainConfig,
     pub level_probs: [f64; 4],
     pub score_sequences: usize,
 }
 
 impl TrainSettings {
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        TrainSettings {
-            kind: cfg.head.kind.clone(),
-            hidden: cfg.head.hidden,
+    /// From the config; an error for a head it cannot build (`head.hidden = 0` for an MLP).
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self> {
+        Ok(TrainSettings {
+            head: HeadKind::from_config(&cfg.head)?,
             dropout: cfg.head.dropout,
-            epochs: cfg.train.epochs,
-            batch_size: cfg.train.batch_size,
-            lr: cfg.train.lr,
-            weight_decay: cfg.train.weight_decay,
-            warmup_epochs: cfg.train.warmup_epochs,
-            label_smoothing: cfg.train.label_smoothing,
-            patience: cfg.train.patience,
-            seed: cfg.train.seed,
+            train: cfg.train.clone(),
             level_probs: cfg.augment.level_probs,
             score_sequences: cfg.eval.score_sequences,
-        }
-    }
-
-    fn head_kind(&self) -> Result<HeadKind> {
-        HeadKind::from_config(&crate::config::HeadConfig {
-            kind: self.kind.clone(),
-            hidden: self.hidden,
-            dropout: self.dropout,
         })
     }
 
     fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.batch_size == 0 {
+        if self.train.epochs == 0 || self.train.batch_size == 0 {
             bail!("train.epochs and train.batch_size must be > 0");
         }
-        if self.lr.is_nan() || self.lr <= 0.0 {
-            bail!("train.lr = {} must be > 0", self.lr);
+        if self.train.lr.is_nan() || self.train.lr <= 0.0 {
+            bail!("train.lr = {} must be > 0", self.train.lr);
         }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("head.dropout = {} must be within [0, 1)", self.dropout);
         }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
+        if !(0.0..1.0).contains(&self.train.label_smoothing) {
             bail!(
                 "train.label_smoothing = {} must be within [0, 1)",
-                self.label_smoothing
+                self.train.label_smoothing
             );
         }
         Ok(())
@@ -222,11 +201,11 @@ pub fn train_head<B: AutodiffBackend>(
     if val.labels.iter().all(|&y| y == val.labels[0]) {
         bail!("the validation set holds only one class; early stopping and calibration need both");
     }
-    let kind = s.head_kind()?;
-    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let kind = s.head;
+    let mut rng = ChaCha8Rng::seed_from_u64(s.train.seed);
     let mut head: Head<B> = Head::init(kind, d, &mut rng, device);
     let mut optim = AdamWConfig::new()
-        .with_weight_decay(s.weight_decay as f32)
+        .with_weight_decay(s.train.weight_decay as f32)
         .init::<B, Head<B>>();
 
     // Balanced class weights n / (2 n_c), as sklearn's `class_weight="balanced"`.
@@ -234,12 +213,12 @@ pub fn train_head<B: AutodiffBackend>(
         n as f32 / (2.0 * (n - n_pos) as f32),
         n as f32 / (2.0 * n_pos as f32),
     ];
-    let eps = s.label_smoothing as f32;
+    let eps = s.train.label_smoothing as f32;
     let x_all = Tensor::<B, 2>::from_data(TensorData::new(train.x.clone(), [n, d]), device);
-    let bs = s.batch_size.min(n);
+    let bs = s.train.batch_size.min(n);
     let steps_per_epoch = n.div_ceil(bs);
-    let total = steps_per_epoch * s.epochs;
-    let warmup = steps_per_epoch * s.warmup_epochs.min(s.epochs);
+    let total = steps_per_epoch * s.train.epochs;
+    let warmup = steps_per_epoch * s.train.warmup_epochs.min(s.train.epochs);
     let hidden = match kind {
         HeadKind::Mlp { hidden } => hidden,
         HeadKind::Linear => 0,
@@ -249,7 +228,7 @@ pub fn train_head<B: AutodiffBackend>(
     let mut history = Vec::new();
     let mut best: Option<(f64, f64, usize, Head<B::InnerBackend>)> = None;
     let mut step = 0usize;
-    for epoch in 1..=s.epochs {
+    for epoch in 1..=s.train.epochs {
         let t0 = std::time::Instant::now();
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
@@ -296,7 +275,7 @@ pub fn train_head<B: AutodiffBackend>(
             let loss = per_row.sum().div_scalar(w_sum);
             loss_sum += loss.clone().into_scalar().elem::<f64>() * m as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &head);
-            lr = lr_at(step, total, warmup, s.lr);
+            lr = lr_at(step, total, warmup, s.train.lr);
             head = optim.step(lr, head, grads);
             step += 1;
         }
@@ -326,7 +305,7 @@ pub fn train_head<B: AutodiffBackend>(
         }
         history.push(rec);
         let best_epoch = best.as_ref().map_or(epoch, |b| b.2);
-        if s.patience > 0 && epoch - best_epoch >= s.patience {
+        if s.train.patience > 0 && epoch - best_epoch >= s.train.patience {
             break;
         }
     }
@@ -364,7 +343,7 @@ pub fn calibrate<B: Backend>(
         })
         .collect();
     let n_seq = s.score_sequences.max(1);
-    let (threshold, _) = metrics::choose_threshold(&items, s.level_probs, n_seq, s.seed)?;
+    let (threshold, _) = metrics::choose_threshold(&items, s.level_probs, n_seq, s.train.seed)?;
     let served: Vec<f64> = margins
         .iter()
         .map(|&z| served_probability(z, temperature, threshold))
@@ -374,7 +353,8 @@ pub fn calibrate<B: Backend>(
         .zip(&served)
         .map(|(it, &p)| ScoreItem { prob: p, ..*it })
         .collect();
-    let score = metrics::simulate_scores(&served_items, s.level_probs, n_seq, s.seed ^ 0x5eed)?;
+    let score =
+        metrics::simulate_scores(&served_items, s.level_probs, n_seq, s.train.seed ^ 0x5eed)?;
     Ok((
         temperature,
         threshold,

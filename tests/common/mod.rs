@@ -76,7 +76,7 @@ pub fn train_on_features(
     val: FeatureSet,
 ) -> PathBuf {
     let pre =
-        Preprocess::for_kind(&cfg.backbone.preprocess, snapshot, cfg.augment.target_size).unwrap();
+        Preprocess::for_kind(cfg.backbone.preprocess, snapshot, cfg.augment.target_size).unwrap();
     let backbone = BackboneInfo {
         name: snapshot.display().to_string(),
         weights_hash: sv72::features::backbone_key(snapshot, &cfg.paths.feature_cache).unwrap(),

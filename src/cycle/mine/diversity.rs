@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use image::DynamicImage;
 use rayon::prelude::*;
@@ -14,34 +14,7 @@ use crate::model::preprocess::Preprocess;
 use crate::model::FeatureExtractor;
 use crate::train::data::head_input;
 
-/// Distance between two embeddings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Distance {
-    /// `1 − cos(a, b)`; insensitive to feature scale.
-    Cosine,
-    /// Euclidean distance.
-    L2,
-}
-
-impl Distance {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Distance::Cosine => "cosine",
-            Distance::L2 => "l2",
-        }
-    }
-}
-
-impl std::str::FromStr for Distance {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "cosine" | "cos" => Ok(Distance::Cosine),
-            "l2" | "euclidean" => Ok(Distance::L2),
-            other => bail!("mine_hard.distance = {other:?}: use `cosine` or `l2`"),
-        }
-    }
-}
+pub use crate::config::Distance;
 
 fn norm(v: &[f32]) -> f64 {
     v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()

@@ -28,7 +28,7 @@ pub use write::{write_outputs, Selected, Summary};
 use crate::data::decode::{analyze, DecodeLimits};
 use crate::data::manifest::{ManifestRow, SourceKind, Split};
 use crate::eval::EvalPrediction;
-use crate::serve::batcher::Predictor;
+use crate::infer::Predictor;
 use crate::serve::predlog::PredictionLogRead;
 
 /// Generator name given to validator images from the serve log (their origin is unknown).

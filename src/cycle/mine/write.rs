@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::prompts::{Prompt, SceneAttrs};
 use super::select::{Case, Reason};
 use crate::data::manifest::{write_manifest, ManifestRow};
-use crate::util::fsx;
+use crate::util::{fsx, plot};
 
 /// Manifest of the selected cases (read it with `data::manifest::read_manifest`).
 pub const MANIFEST_FILE: &str = "hard_cases.parquet";
@@ -147,26 +147,39 @@ pub fn csv_bytes(selected: &[Selected], datasets_root: &Path) -> Result<Vec<u8>>
     w.into_inner().context("CSV encoding failed")
 }
 
+const ROADWORK: Rgb<u8> = Rgb([255, 140, 0]);
+const NONE: Rgb<u8> = Rgb([40, 110, 255]);
+const MISCLASSIFIED: Rgb<u8> = Rgb([230, 30, 30]);
+const DISAGREE: Rgb<u8> = Rgb([250, 230, 40]);
+/// Height of the legend strip under the grid, and the narrowest sheet that fits it.
+pub const LEGEND_H: u32 = 46;
+pub const MIN_SHEET_W: u32 = 480;
+
 /// A grid of the selected images, hardest first: border orange for roadwork, blue for none; a
-/// red corner marks a misclassified case, a yellow one a disagreement.
-pub fn contact_sheet(selected: &[Selected], max: usize) -> RgbImage {
+/// red corner marks a misclassified case, a yellow one a disagreement. A legend strip under the
+/// grid says so.
+pub fn contact_sheet(selected: &[Selected], max: usize) -> Result<RgbImage> {
     let n = selected.len().min(max.max(1)) as u32;
     let cols = n.clamp(1, COLS);
     let rows = n.div_ceil(cols).max(1);
     let cell = TILE + 2 * BORDER;
-    let mut sheet = RgbImage::from_pixel(cols * cell, rows * cell, Rgb([24, 24, 24]));
+    let (w, grid_h) = ((cols * cell).max(MIN_SHEET_W), rows * cell);
+    let mut sheet = RgbImage::from_pixel(w, grid_h + LEGEND_H, Rgb([24, 24, 24]));
+    let fill = |sheet: &mut RgbImage, x0: u32, y0: u32, side: u32, c: Rgb<u8>| {
+        for y in y0..y0 + side {
+            for x in x0..x0 + side {
+                sheet.put_pixel(x, y, c);
+            }
+        }
+    };
     for (i, s) in selected.iter().take(n as usize).enumerate() {
         let (x0, y0) = ((i as u32 % cols) * cell, (i as u32 / cols) * cell);
         let colour = if s.case.suggested_label() == 1 {
-            Rgb([255, 140, 0])
+            ROADWORK
         } else {
-            Rgb([40, 110, 255])
+            NONE
         };
-        for y in 0..cell {
-            for x in 0..cell {
-                sheet.put_pixel(x0 + x, y0 + y, colour);
-            }
-        }
+        fill(&mut sheet, x0, y0, cell, colour);
         let t = &s.thumb;
         let (dx, dy) = (
             (TILE - t.width().min(TILE)) / 2,
@@ -179,21 +192,37 @@ pub fn contact_sheet(selected: &[Selected], max: usize) -> RgbImage {
             i64::from(y0 + BORDER + dy),
         );
         let mark = if s.case.reasons.contains(&Reason::Misclassified) {
-            Some(Rgb([230, 30, 30]))
+            Some(MISCLASSIFIED)
         } else if s.case.reasons.contains(&Reason::Disagreement) {
-            Some(Rgb([250, 230, 40]))
+            Some(DISAGREE)
         } else {
             None
         };
         if let Some(m) = mark {
-            for y in 0..12 {
-                for x in 0..12 {
-                    sheet.put_pixel(x0 + x, y0 + y, m);
-                }
-            }
+            fill(&mut sheet, x0, y0, 12, m);
         }
     }
-    sheet
+    let text = plot::font(13).color(&plot::RGBColor(230, 230, 230));
+    let lines: [&[(Rgb<u8>, &str)]; 2] = [
+        &[
+            (ROADWORK, "roadwork"),
+            (NONE, "none   (border: suggested label)"),
+        ],
+        &[
+            (MISCLASSIFIED, "misclassified"),
+            (DISAGREE, "models disagree   (corner)"),
+        ],
+    ];
+    for (k, line) in lines.iter().enumerate() {
+        let y = grid_h + 6 + k as u32 * 20;
+        let mut x = 8;
+        for (c, label) in line.iter() {
+            fill(&mut sheet, x, y + 4, 12, *c);
+            plot::draw_text(&mut sheet, label, x as i32 + 18, y as i32, &text)?;
+            x += 18 + plot::text_width(label, &text)? + 16;
+        }
+    }
+    Ok(sheet)
 }
 
 /// The Markdown summary.
@@ -247,8 +276,7 @@ pub fn render_summary(s: &Summary, out: &Path) -> String {
          prompt, target family and seed in the JSON lines); generated images go back through \
          `sv72 ingest --source synthetic --generator <name>`.\n\n\
          ![contact sheet]({CONTACT_SHEET})\n\n\
-         Contact sheet: hardest first; orange border = roadwork, blue = none (suggested label); \
-         red corner = misclassified, yellow corner = two models disagree.\n",
+         Contact sheet: hardest first, colours explained in its legend.\n",
         csv.display()
     );
     m
@@ -292,7 +320,7 @@ pub fn write_outputs(
         jsonl.push('\n');
     }
     let mut png = Vec::new();
-    contact_sheet(selected, sheet_max)
+    contact_sheet(selected, sheet_max)?
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .context("PNG encoding of the contact sheet failed")?;
     let md = render_summary(summary, out);

@@ -1,0 +1,82 @@
+//! Loading any model reference as a [`Predictor`] on the configured device.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+
+use super::checkpoint::CheckpointPredictor;
+use super::export::ExportPredictor;
+use super::model_ref::ModelRef;
+use super::predictor::{Loader, Predictor};
+use crate::backend::{on_device, OnBackend};
+use crate::config::{Config, Device};
+
+/// How a checkpoint is turned into a predictor.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Feature-cache root, where backbone weight hashes are memoised (`paths.feature_cache`).
+    pub feature_cache: PathBuf,
+    /// Largest forward pass; bigger request batches are split.
+    pub max_batch: usize,
+    /// Check the backbone's weights hash against `run.yaml` (hashes the weights once).
+    pub verify_weights: bool,
+}
+
+impl LoadOptions {
+    /// Defaults from the config: its feature cache, `backbone.batch_size`, verification on.
+    pub fn from_config(cfg: &Config) -> Self {
+        LoadOptions {
+            feature_cache: cfg.paths.feature_cache.clone(),
+            max_batch: cfg.backbone.batch_size.max(1),
+            verify_weights: true,
+        }
+    }
+}
+
+/// Loads what `path` names (see [`ModelRef::resolve`]) as a boxed [`Predictor`] on `device`.
+pub fn load_predictor<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    opts: &LoadOptions,
+) -> Result<Box<dyn Predictor>> {
+    Ok(match ModelRef::resolve(path)? {
+        ModelRef::Checkpoint(dir) => Box::new(CheckpointPredictor::<B>::load(&dir, device, opts)?),
+        ModelRef::Export(dir) => Box::new(ExportPredictor::<B>::load(&dir, device, opts)?),
+    })
+}
+
+/// The deployed model `sv72 serve` loads when no `--checkpoint` is given: `serve.model` when it
+/// exists, else `paths.checkpoints/latest`.
+pub fn default_model_path(cfg: &Config) -> PathBuf {
+    if cfg.serve.model.exists() {
+        cfg.serve.model.clone()
+    } else {
+        cfg.paths.checkpoints.join(crate::train::checkpoint::LATEST)
+    }
+}
+
+/// The loader (also `serve`'s hot-swap loader) for model references on `device` (`cpu`, or
+/// `cuda` in a CUDA build with `backbone.dtype` precision); each call loads a
+/// [`CheckpointPredictor`] or, for an export folder (or `exports/deployed`, `exports/latest`), an
+/// [`ExportPredictor`].
+pub fn model_loader(cfg: &Config, device: Device) -> Result<Arc<Loader>> {
+    on_device(
+        device,
+        cfg.backbone.dtype,
+        MakeLoader(LoadOptions::from_config(cfg)),
+    )
+}
+
+struct MakeLoader(LoadOptions);
+
+impl OnBackend for MakeLoader {
+    type Out = Arc<Loader>;
+    fn run<B: Backend>(self, _device: &B::Device, _name: &str) -> Result<Arc<Loader>> {
+        let opts = self.0;
+        Ok(Arc::new(move |path: &Path| {
+            load_predictor::<B>(path, &Default::default(), &opts)
+        }))
+    }
+}
