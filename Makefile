@@ -17,7 +17,7 @@ SV72    := $(BIN) --set backbone.model=$(DEMO_BACKBONE) --set paths.exports=$(DE
 	--set cycle.model_card=$(DEMO_EXPORTS)/deployed/model_card.json --set ab_test.out_dir=$(DEMO)/abtests \
 	--set serve.prediction_log=$(DEMO)/predictions.jsonl
 
-.PHONY: all build demo demo-serve test serve-check bench lint fmt clean-demo
+.PHONY: all build demo demo-serve test serve-check bench lint fmt clean-demo compat
 
 all: build
 
@@ -38,7 +38,7 @@ demo: build
 	$(SV72) eval --on demo-mix:test
 	cp checkpoints/latest $(DEMO)/deployed.run
 	$(BIN) query --print-hotkey --hotkey-seed $(DEMO_AXON_SEED) > $(DEMO)/axon.hotkey
-	$(SV72) export checkpoints/latest --hotkey "$$(cat $(DEMO)/axon.hotkey)"
+	$(SV72) export checkpoints/latest --target transformers --hotkey "$$(cat $(DEMO)/axon.hotkey)"
 	$(SV72) deploy
 	$(SV72) train-head --manifest demo-mix --set head.kind=mlp
 	$(SV72) ab-test $(DEMO_EXPORTS)/deployed checkpoints/latest --on demo-mix:test; rc=$$?; \
@@ -67,6 +67,12 @@ serve-check:
 
 bench:
 	$(CARGO) bench --locked
+
+# Developer tool (downloads torch twice): exports every fixture family x head, loads each as the
+# subnet's miner does in its pinned stack (transformers 4.45.2) and in current transformers,
+# compares with sv72, prints the table README shows. Not part of CI (CI checks the configs).
+compat:
+	python3 tools/export_compat.py $(COMPAT_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

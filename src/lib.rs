@@ -1,10 +1,10 @@
 //! sv72: a NATIX StreetVision (Bittensor subnet 72) miner toolkit.
 //!
 //! Library layout, imports flowing downwards only:
-//! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (the axon) → `export`
-//! (Hugging Face folder, deploy, push) → `eval` (reports, A/B) → `infer` (model references,
-//! predictors, hot swap, batching) → `train` → `features` → `model`, `data` → `augment` →
-//! `chain` (SCALE, JSON-RPC, metagraph), `metrics`, `keys`, `backend`, `config`, `util`.
+//! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (the axon) → `eval` (reports,
+//! A/B) → `export` (Hugging Face folder, deploy, push) → `infer` (model references, predictors,
+//! hot swap, batching) → `train` → `features` → `model`, `data` → `augment` → `chain` (SCALE,
+//! JSON-RPC, metagraph), `metrics`, `keys`, `backend`, `config`, `exit`, `util`.
 
 pub mod augment;
 pub mod backend;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod cycle;
 pub mod data;
 pub mod eval;
+pub mod exit;
 pub mod export;
 pub mod features;
 pub mod infer;

@@ -785,33 +785,3 @@ mod cli_e2e {
         }
     }
 }
-
-/// Cost of the bootstrap at a realistic size; run with
-/// `cargo test --test main abtest:: -- --ignored --nocapture measure`.
-#[test]
-#[ignore]
-fn measure_bootstrap_cost() {
-    let a = answers(1000, 4, |i| i % 10 < 8, |i| i % 10 < 9 || i % 7 == 0);
-    for (resamples, per) in [(2000, 0), (2000, 20), (2000, 50), (2000, 100), (2000, 200)] {
-        let o = AbOptions {
-            resamples,
-            resample_sequences: per,
-            score_sequences: 1000,
-            ..opts(0)
-        };
-        let t = std::time::Instant::now();
-        let s = compare(&a, &o).unwrap();
-        let sc = s.delta.score.unwrap();
-        println!(
-            "1000 images x 4 draws, {resamples} resamples, {per} sequences/resample: {:.2} s; \
-             Δscore {:+.4} [{:+.4}, {:+.4}] width {:.4}; ΔMCC [{:+.4}, {:+.4}]",
-            t.elapsed().as_secs_f64(),
-            sc.estimate,
-            sc.lo,
-            sc.hi,
-            sc.hi - sc.lo,
-            s.delta.mcc.lo,
-            s.delta.mcc.hi
-        );
-    }
-}

@@ -14,7 +14,7 @@ use rand_distr::{Distribution, Normal};
 use serde_json::Value;
 use sv72::backend::Cpu;
 use sv72::config::{Config, HeadType};
-use sv72::export::{self, ExportRequest, Form, ModelCard, Version};
+use sv72::export::{self, ExportRequest, Form, ModelCard, Target, Version};
 use sv72::infer::{CheckpointPredictor, LoadOptions};
 use sv72::keys::ss58_encode;
 use sv72::model::preprocess::Preprocess;
@@ -31,7 +31,8 @@ fn images() -> Vec<PathBuf> {
     ]
 }
 
-/// Fixture backbone, label, preprocess kind, target size, MLP hidden width, backbone width.
+/// Fixture backbone, label, preprocess kind, target size, MLP hidden width, backbone width,
+/// export target.
 type Case = (
     &'static str,
     &'static str,
@@ -39,6 +40,7 @@ type Case = (
     u32,
     Option<usize>,
     usize,
+    Target,
 );
 
 fn hotkey() -> String {
@@ -90,6 +92,15 @@ fn train_checkpoint(cfg: &Config, snapshot: &Path, hidden: usize) -> PathBuf {
 }
 
 fn request(cfg: &Config, ck: Option<&Path>, version: Option<&str>) -> ExportRequest {
+    request_for(cfg, ck, version, Target::Transformers)
+}
+
+fn request_for(
+    cfg: &Config,
+    ck: Option<&Path>,
+    version: Option<&str>,
+    target: Target,
+) -> ExportRequest {
     ExportRequest {
         checkpoint: ck.map(Path::to_path_buf),
         checkpoints_root: cfg.paths.checkpoints.clone(),
@@ -100,6 +111,7 @@ fn request(cfg: &Config, ck: Option<&Path>, version: Option<&str>) -> ExportRequ
         hotkey: hotkey(),
         version: version.map(|v| v.parse().unwrap()),
         feature_cache: cfg.paths.feature_cache.clone(),
+        target,
         fail_after: None,
     }
 }
@@ -142,8 +154,18 @@ fn write_config(cfg: &Config, root: &Path) -> PathBuf {
 #[test]
 fn round_trip_every_form() {
     let keep = std::env::var_os("SV72_KEEP_EXPORTS").map(PathBuf::from);
-    let cases: [Case; 4] = [
-        ("dinov2_s36", "dinov2", "processor", 224, None, 36),
+    let (sub, tr) = (Target::Subnet, Target::Transformers);
+    let cases: [Case; 6] = [
+        ("dinov2_s36", "dinov2", "processor", 224, None, 36, sub),
+        (
+            "dinov2_swiglu_s42",
+            "dinov2_swiglu",
+            "validator",
+            112,
+            None,
+            42,
+            sub,
+        ),
         (
             "dinov2_reg4_s36",
             "dinov2_with_registers",
@@ -151,8 +173,9 @@ fn round_trip_every_form() {
             112,
             None,
             36,
+            tr,
         ),
-        ("dinov3-tiny", "dinov3_vit", "validator", 112, None, 48),
+        ("dinov3-tiny", "dinov3_vit", "validator", 112, None, 48, tr),
         (
             "dinov2_reg4_s36",
             "dinov2_with_registers_mlp",
@@ -160,15 +183,25 @@ fn round_trip_every_form() {
             112,
             Some(16),
             36,
+            tr,
+        ),
+        (
+            "dinov2_s36",
+            "dinov2_mlp",
+            "validator",
+            112,
+            Some(16),
+            36,
+            tr,
         ),
     ];
     let imgs = decode_all();
-    for (fixture, label, pre, size, mlp, hidden) in cases {
+    for (fixture, label, pre, size, mlp, hidden, target) in cases {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = config(tmp.path(), pre, size, mlp);
         let snap = fixtures().join("backbones").join(fixture);
         let ck = train_checkpoint(&cfg, &snap, hidden);
-        let out = export::export_checkpoint(&request(&cfg, None, None)).unwrap();
+        let out = export::export_checkpoint(&request_for(&cfg, None, None, target)).unwrap();
         assert_eq!(out.version.to_string(), "1.0.0");
         let dir = &out.dir;
         assert_eq!(
@@ -252,11 +285,41 @@ fn round_trip_every_form() {
             ("1.0.0", hotkey().as_str())
         );
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
-        assert!(readme.starts_with("---\nlicense: apache-2.0\nlibrary_name: transformers\n"));
+        if label == "dinov3_vit" {
+            assert!(readme.starts_with("---\nlicense: other\nlicense_name: dinov3-license\n"));
+            assert!(!readme.contains("apache-2.0"), "{label}: {readme}");
+        } else {
+            assert!(readme.starts_with("---\nlicense: apache-2.0\n"), "{label}");
+        }
+        assert!(readme.contains("library_name: transformers\n"));
+        match mlp {
+            Some(h) => assert!(readme.contains(&format!("- Head: MLP (hidden {h}, GELU)"))),
+            None => assert!(readme.contains("- Head: linear on")),
+        }
+        // Both stacks named, with the answer this target gives.
+        let subnet_ok = target == Target::Subnet;
+        assert!(readme.contains("| transformers 4.45.2 + torch 2.6.0 + pillow 10.4.0 | "));
+        assert_eq!(
+            readme.contains("the subnet's reference miner loads it as is"),
+            subnet_ok
+        );
         assert!(readme.contains("pipeline_tag: image-classification"));
         assert_eq!(readme.contains("DINOv3 License"), label == "dinov3_vit");
         let prov = read_json(&dir.join("sv72_export.json"));
         assert_eq!(prov["temperature"], 1.7);
+        assert_eq!(prov["target"], target.name());
+        let miner_loads =
+            prov["loads_in"][0]["loads"] == true && prov["loads_in"][0]["remote_code"] == false;
+        assert_eq!(miner_loads, subnet_ok, "{label}");
+        assert_eq!(prov["loads_in"][1]["loads"], true, "{label}");
+        // 4.45.2's pipeline reads problem_type = single_label_classification as "sigmoid".
+        assert!(config.get("problem_type").is_none(), "{label}");
+        let pre_cfg = read_json(&dir.join("preprocessor_config.json"));
+        match (target, pre) {
+            (_, "validator") => assert_eq!(pre_cfg["image_processor_type"], "ViTImageProcessor"),
+            (Target::Subnet, _) => assert!(pre_cfg.get("image_processor_type").is_none()),
+            _ => {}
+        }
         assert_eq!(prov["run_id"], ck.file_name().unwrap().to_str().unwrap());
 
         if let Some(keep) = &keep {
@@ -278,6 +341,71 @@ fn round_trip_every_form() {
             )
             .unwrap();
         }
+    }
+}
+
+/// What CI can check without Python: the default-target `config.json` and
+/// `preprocessor_config.json` sv72 writes are exactly the ones `make compat` loaded in the
+/// subnet's transformers 4.45.2 and in current transformers (`tools/export_compat.py
+/// --write-references` stores them under `tests/fixtures/export/subnet/<fixture>_<preprocess>`).
+#[test]
+fn subnet_configs_are_the_ones_make_compat_verified() {
+    let refs = fixtures().join("export/subnet");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&refs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 3, "{dirs:?}");
+    for d in dirs {
+        let name = d.file_name().unwrap().to_str().unwrap().to_string();
+        let (fixture, pre) = name.rsplit_once('_').unwrap();
+        let snap = fixtures().join("backbones").join(fixture);
+        let hidden = read_json(&snap.join("config.json"))["hidden_size"]
+            .as_u64()
+            .unwrap() as usize;
+        let tmp = tempfile::tempdir().unwrap();
+        // make compat exports with the default target size.
+        let cfg = config(tmp.path(), pre, Config::default().augment.target_size, None);
+        train_checkpoint(&cfg, &snap, hidden);
+        let out =
+            export::export_checkpoint(&request_for(&cfg, None, None, Target::Subnet)).unwrap();
+        for file in ["config.json", "preprocessor_config.json"] {
+            assert_eq!(
+                read_json(&out.dir.join(file)),
+                read_json(&d.join(file)),
+                "{name}/{file} differs from what make compat verified"
+            );
+        }
+    }
+}
+
+/// The default (subnet) target refuses registers, DINOv3 and MLP heads before any work: nothing
+/// is written, the error names `--target transformers` and the 4.45.2 pin.
+#[test]
+fn subnet_target_refuses_what_4_45_cannot_load() {
+    for (fixture, mlp, hidden) in [
+        ("dinov2_reg4_s36", None, 36),
+        ("dinov3-tiny", None, 48),
+        ("dinov2_s36", Some(8), 36),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), "validator", 112, mlp);
+        let snap = fixtures().join("backbones").join(fixture);
+        train_checkpoint(&cfg, &snap, hidden);
+        let err =
+            export::export_checkpoint(&request_for(&cfg, None, None, Target::Subnet)).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("--target transformers"), "{fixture}: {msg}");
+        assert!(
+            msg.contains("4.45.2") && msg.contains("Nothing was written"),
+            "{msg}"
+        );
+        assert!(
+            !cfg.paths.exports.exists(),
+            "{fixture}: something was written"
+        );
     }
 }
 
@@ -454,8 +582,14 @@ fn hotkeys_wallets_and_push() {
     .unwrap();
     let run = |args: &[&str], token: Option<&str>| {
         let mut c = sv72();
-        c.args(["--config", conf.to_str().unwrap(), "export"])
-            .args(args);
+        c.args([
+            "--config",
+            conf.to_str().unwrap(),
+            "export",
+            "--target",
+            "transformers",
+        ])
+        .args(args);
         if let Some(t) = token {
             c.env("HF_TOKEN", t);
         }

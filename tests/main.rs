@@ -9,6 +9,7 @@ mod augment;
 mod backbones;
 mod cli;
 mod cycle;
+mod decode;
 mod export;
 mod features;
 mod ingest;

@@ -554,6 +554,8 @@ mod hub {
             "export.private=true",
             "export",
             run.to_str().unwrap(),
+            "--target",
+            "transformers",
             "--hotkey",
             &hotkey,
             "--push",

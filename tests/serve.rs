@@ -1494,6 +1494,7 @@ mod checkpoint_model {
                 hotkey: ss58_encode(&[9; 32], 42),
                 version: None,
                 feature_cache: cfg.paths.feature_cache.clone(),
+                target: sv72::export::Target::Transformers,
                 fail_after: None,
             };
             let out = sv72::export::export_checkpoint(&req).unwrap();

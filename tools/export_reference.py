@@ -33,6 +33,7 @@ def reference():
 
     cases = [
         ("dinov2", "dinov2_s36", Dinov2Config, Dinov2ForImageClassification),
+        ("dinov2_swiglu", "dinov2_swiglu_s42", Dinov2Config, Dinov2ForImageClassification),
         (
             "dinov2_with_registers",
             "dinov2_reg4_s36",

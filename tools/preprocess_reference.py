@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.numpy import save_file
 from transformers import AutoImageProcessor
 
@@ -74,18 +74,16 @@ def main() -> None:
     for path in sorted(IMAGES.iterdir()):
         if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
             continue
-        img = Image.open(path)
-        img.load()
+        # What transformers' image-classification pipeline hands the processor (load_image:
+        # exif_transpose, then convert("RGB"): alpha dropped), sv72's one decode rule.
+        img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
         tensors = {}
         if path.suffix.lower() in (".jpg", ".jpeg"):
             tensors["decoded"] = np.ascontiguousarray(np.array(img.convert("RGB"), dtype=np.uint8))
         for name, proc in procs.items():
             try:
                 pv = proc(images=img, return_tensors="pt")["pixel_values"][0]
-            except RuntimeError as e:
-                # DINOv3's processor has no do_convert_rgb: an RGBA image reaches normalise with
-                # 4 channels and transformers itself fails. sv72 converts to RGB first; nothing
-                # to compare against, so no reference is stored.
+            except RuntimeError as e:  # kept for processors that reject an input
                 print(f"  {path.name} x {name}: transformers fails ({e}); no reference")
                 continue
             pv = pv.numpy().astype(np.float32)

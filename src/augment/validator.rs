@@ -264,25 +264,19 @@ pub fn apply_params(img: &DynamicImage, p: &AugParams, noise: Option<&[f32]>) ->
     Ok(u8img)
 }
 
-/// Encodes what the validator sends: PIL `image.save(format="JPEG")`, i.e. quality 75.
-///
-/// Deviation: Pillow/libjpeg subsample chroma 4:2:0; the `image` crate's encoder writes 4:4:4 with
-/// the same quality-75 tables, so chroma edges are slightly sharper than on the subnet.
+/// Encodes what the validator sends: PIL `image.save(format="JPEG")` (`natix/protocol.py`),
+/// byte for byte (libjpeg-turbo's encoder with Pillow's defaults, `util::pil`).
 pub fn encode_jpeg(img: &RgbImage) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(32 * 1024);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 75)
-        .encode_image(img)
-        .context("JPEG encoding of a challenge failed")?;
-    Ok(buf)
+    crate::util::pil::encode_jpeg_pil(img)
+        .map_err(|e| anyhow::anyhow!("JPEG encoding of a challenge failed: {e}"))
 }
 
-/// Decodes challenge bytes as the miner does (RGB).
+/// Decodes challenge bytes as the miner does (libjpeg-turbo, Pillow's pixels; challenges carry no
+/// EXIF).
 pub fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
-    Ok(
-        image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-            .context("cannot decode challenge JPEG")?
-            .to_rgb8(),
-    )
+    crate::util::pil::decode_jpeg(bytes, &|_, _| Ok(()))
+        .map(|(img, _)| img)
+        .map_err(|e| anyhow::anyhow!("cannot decode challenge JPEG: {e:?}"))
 }
 
 /// Builds one challenge: samples a level (from `cfg.level_probs` unless `level` is given) and its

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::args::WalletArgs;
 use super::Ctx;
-use crate::export::{self, ExportRequest, Form, PushOptions, Version};
+use crate::export::{self, ExportRequest, Form, PushOptions, Target, Version};
 use crate::infer::{CheckpointPredictor, ExportPredictor, LoadOptions, Predictor};
-use crate::keys::{default_wallet_path, read_wallet_hotkey};
+use crate::keys::read_wallet_hotkey;
 
 /// Flags of `sv72 export`.
 #[derive(Debug, clap::Args)]
@@ -19,21 +20,20 @@ pub struct Args {
     /// The miner's hotkey (SS58) written to model_card.json `submitted_by`.
     #[arg(long, value_name = "SS58")]
     pub hotkey: String,
+    /// Which stack the export must load in: `subnet` (the subnet miner's transformers 4.45.2 and
+    /// current transformers, no remote code; DINOv2 + linear head only) or `transformers`
+    /// (current transformers; registers, DINOv3 and MLP heads, remote code where needed).
+    #[arg(long, value_enum, default_value_t = Target::Subnet)]
+    pub target: Target,
     /// Version X.Y.Z (default: the previous export's version with the patch bumped, or 1.0.0).
     #[arg(long, value_name = "X.Y.Z")]
     pub version: Option<String>,
     /// Push the export to this Hugging Face model repository (token from HF_TOKEN).
     #[arg(long, value_name = "ORG/REPO")]
     pub push: Option<String>,
-    /// Check --hotkey against this wallet's hotkey (stops on a mismatch).
-    #[arg(long, value_name = "NAME")]
-    pub wallet: Option<String>,
-    /// Hotkey name inside --wallet (default: serve.wallet_hotkey).
-    #[arg(long, value_name = "NAME", requires = "wallet")]
-    pub wallet_hotkey: Option<String>,
-    /// Bittensor wallets folder (default: ~/.bittensor/wallets).
-    #[arg(long, value_name = "DIR")]
-    pub wallets_path: Option<PathBuf>,
+    /// `--wallet NAME`: check --hotkey against this wallet's hotkey (stops on a mismatch).
+    #[command(flatten)]
+    pub wallet: WalletArgs,
     /// After exporting, score these images through the checkpoint and through the export and
     /// compare (repeatable).
     #[arg(long = "selfcheck", value_name = "IMAGE")]
@@ -46,17 +46,13 @@ pub struct Args {
 /// Runs `sv72 export`.
 pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     let cfg = &ctx.config;
-    let wallet_hotkey = match &args.wallet {
-        Some(w) => {
-            let hk = args
-                .wallet_hotkey
-                .clone()
-                .unwrap_or_else(|| cfg.serve.wallet_hotkey.clone());
-            let root = args
-                .wallets_path
-                .clone()
-                .unwrap_or_else(default_wallet_path);
-            Some(read_wallet_hotkey(&root, w, &hk)?)
+    let wallet_hotkey = match &args.wallet.wallet {
+        Some(_) => {
+            let (root, name, hotkey) = args.wallet.resolve(cfg);
+            Some(read_wallet_hotkey(&root, &name, &hotkey)?)
+        }
+        None if args.wallet.wallet_hotkey.is_some() => {
+            bail!("--wallet-hotkey needs --wallet (the wallet whose hotkey --hotkey is checked against)")
         }
         None => None,
     };
@@ -97,6 +93,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         hotkey: args.hotkey.clone(),
         version,
         feature_cache: cfg.paths.feature_cache.clone(),
+        target: args.target,
         fail_after: None,
     };
     let out = export::export_checkpoint(&req)?;
@@ -108,12 +105,28 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         out.form.class(),
         out.dir.display()
     );
-    if out.form == Form::Custom {
+    for s in export::loads_in(&out.dir)? {
+        println!(
+            "  {}: {}{}",
+            s.stack,
+            if s.loads { "loads" } else { "does not load" },
+            if s.remote_code && s.loads {
+                " (trust_remote_code=True)"
+            } else {
+                ""
+            }
+        );
+    }
+    if out.form == Form::Custom || args.target != Target::Subnet {
         eprintln!(
-            "WARNING: {} uses custom code (modeling_sv72.py): transformers has no built-in class \
-             for this backbone/head. The subnet's reference miner cannot load it without \
-             trust_remote_code=True; `sv72 serve` can.",
-            out.dir.display()
+            "WARNING: {} is written for current transformers ({}); the subnet's reference miner \
+             (transformers 4.45.2, no trust_remote_code) cannot load it; `sv72 serve` can.",
+            out.dir.display(),
+            if out.form == Form::Custom {
+                "modeling_sv72.py, trust_remote_code=True"
+            } else {
+                "built-in class"
+            }
         );
     }
     if !args.selfcheck.is_empty() {
@@ -156,9 +169,11 @@ fn selfcheck(args: &Args, ctx: &Ctx, dir: &std::path::Path) -> Result<()> {
     let mut ex = ExportPredictor::<crate::backend::Cpu>::load(dir, &dev, &opts)?;
     let mut images = Vec::new();
     for p in &args.selfcheck {
-        let img = image::open(p)
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("--selfcheck {}: cannot read the image", p.display()))?;
+        let rgb = crate::data::decode::decode_rgb_any(&bytes)
             .with_context(|| format!("--selfcheck {}: cannot decode the image", p.display()))?;
-        images.push(crate::model::preprocess::to_rgb(&img));
+        images.push(rgb);
     }
     let a = ck.predict(&images)?;
     let b = ex.predict(&images)?;

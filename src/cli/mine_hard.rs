@@ -1,26 +1,22 @@
 //! `sv72 mine-hard`: hard cases from serve logs and eval outputs, for labelling and generation.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use burn::tensor::backend::Backend;
-use chrono::{DateTime, NaiveDate, Utc};
+use anyhow::Result;
 
+use super::args::{DeviceArg, ModelArg};
 use super::Ctx;
-use crate::backend::{on_device, Cpu, Device, OnBackend};
-use crate::cycle::mine::{self, Criteria, Embedded, EvalInput, ServeInput, Settings};
-use crate::data::decode::DecodeLimits;
-use crate::data::manifest::{manifest_path, read_manifest};
-use crate::eval::{read_predictions, PREDICTIONS_FILE};
-use crate::features::featurizer::Featurizer;
-use crate::infer::{model_loader, ModelRef, Predictor};
-use crate::model::load_backbone;
-use crate::serve::predlog::read_prediction_log;
-use crate::train::Checkpoint;
+use crate::cycle::mine::{run_mine_hard, write, MineRequest};
 
 /// Flags of `sv72 mine-hard`.
 #[derive(Debug, clap::Args)]
+#[command(
+    mut_arg("model", |a| a.help("Checkpoint or export folder whose backbone embeds the candidates")),
+    mut_arg("device", |a| a.help(
+        "`cpu` or `cuda` for embeddings and --model-b (default: `backbone.device`)"
+    ))
+)]
 pub struct Args {
     /// Output folder for hard_cases.{parquet,csv}, prompts.{txt,jsonl}, summary.{md,json} and
     /// contact_sheet.png; a previous mine-hard output there is replaced once the new one is
@@ -50,324 +46,37 @@ pub struct Args {
     /// the eval's checkpoint, `<paths.exports>/deployed` or `<paths.checkpoints>/latest`).
     #[arg(long, value_name = "MODEL")]
     pub backbone: Option<String>,
-    /// Checkpoint or export folder whose backbone embeds the candidates.
-    #[arg(long, value_name = "DIR")]
-    pub checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
     /// No embeddings: rank by hardness only (no diversity).
     #[arg(long)]
     pub no_embed: bool,
     /// Cases to keep (default: mine_hard.max_cases).
     #[arg(long, value_name = "N")]
     pub max_cases: Option<usize>,
-    /// `cpu` or `cuda` for embeddings and --model-b (default: backbone.device).
-    #[arg(long, value_enum)]
-    pub device: Option<Device>,
-}
-
-/// Parses `--since`: RFC 3339, a date (midnight UTC) or an age `<n>d|h|m` before `now`.
-pub fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
-    let t = s.trim();
-    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
-        return Ok(d.with_timezone(&Utc));
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        if let Some(dt) = d.and_hms_opt(0, 0, 0) {
-            return Ok(dt.and_utc());
-        }
-    }
-    let (num, unit) = t.split_at(t.len().saturating_sub(1));
-    let secs = match (num.parse::<u64>(), unit) {
-        (Ok(n), "d") => n.checked_mul(86_400),
-        (Ok(n), "h") => n.checked_mul(3_600),
-        (Ok(n), "m") => n.checked_mul(60),
-        _ => None,
-    };
-    match secs.and_then(|s| i64::try_from(s).ok()) {
-        Some(s) => Ok(now - chrono::Duration::seconds(s)),
-        None => bail!(
-            "--since {s:?}: use an RFC 3339 time, a date like 2026-11-01, or an age like 7d / 48h"
-        ),
-    }
-}
-
-/// `predictions.jsonl` of an eval folder, or the file itself.
-fn predictions_file(flag: &str, p: &Path) -> Result<PathBuf> {
-    if p.is_dir() {
-        Ok(p.join(PREDICTIONS_FILE))
-    } else if p.exists() {
-        Ok(p.to_path_buf())
-    } else {
-        bail!(
-            "{flag} {}: no such eval folder or {PREDICTIONS_FILE} (run `sv72 eval --out DIR` first)",
-            p.display()
-        )
-    }
-}
-
-/// `meta.<key>` of the `report.json` beside an eval's predictions, if any.
-fn report_meta(preds: &Path, key: &str) -> Option<String> {
-    let report = preds.parent()?.join("report.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report).ok()?).ok()?;
-    v.get("meta")?.get(key)?.as_str().map(str::to_string)
-}
-
-struct EmbedOn<'a> {
-    fz: &'a mut Featurizer,
-    items: &'a [(String, PathBuf)],
-    batch_size: usize,
-}
-
-impl OnBackend for EmbedOn<'_> {
-    type Out = Embedded;
-    fn run<B: Backend>(self, dev: &B::Device, _name: &str) -> Result<Embedded> {
-        let model = load_backbone::<B>(&self.fz.snapshot, dev)?;
-        mine::embed_images::<B, _>(
-            model.as_ref(),
-            dev,
-            self.items,
-            &self.fz.preprocess,
-            self.batch_size,
-            &mut self.fz.cache,
-        )
-    }
-}
-
-/// The backbone for embeddings, or why there is none. Explicit flags fail loudly; implicit
-/// defaults fall back to ranking with a warning.
-fn featurizer(
-    args: &Args,
-    ctx: &Ctx,
-    eval_preds: Option<&Path>,
-) -> Result<Result<(String, Featurizer), String>> {
-    let cfg = &ctx.config;
-    if args.no_embed {
-        return Ok(Err("--no-embed".into()));
-    }
-    if let Some(bb) = &args.backbone {
-        let mut b = cfg.backbone.clone();
-        b.model = bb.clone();
-        let fz = Featurizer::open(&b, cfg.augment.target_size, &cfg.paths.feature_cache)
-            .with_context(|| format!("--backbone {bb}: cannot load it"))?;
-        return Ok(Ok((bb.clone(), fz)));
-    }
-    let (dir, explicit) = match &args.checkpoint {
-        Some(c) => (Some(c.clone()), true),
-        None => {
-            let from_report = eval_preds
-                .and_then(|p| report_meta(p, "checkpoint"))
-                .map(PathBuf::from)
-                .filter(|p| p.is_dir());
-            let deployed = cfg.paths.exports.join(crate::export::build::DEPLOYED);
-            let dir = from_report
-                .or_else(|| deployed.is_dir().then_some(deployed))
-                .or_else(|| ModelRef::checkpoint(None, &cfg.paths.checkpoints).ok());
-            (dir, false)
-        }
-    };
-    let Some(dir) = dir else {
-        return Ok(Err("no backbone: give --backbone or --checkpoint".into()));
-    };
-    match backbone_of(&dir, ctx) {
-        Ok(x) => Ok(Ok(x)),
-        Err(e) if explicit => Err(e.context(format!(
-            "--checkpoint {}: cannot load its backbone",
-            dir.display()
-        ))),
-        Err(e) => {
-            let why = format!("the backbone of {} is not available: {e:#}", dir.display());
-            eprintln!("mine-hard: warning: {why}; ranking by hardness instead");
-            Ok(Err(why))
-        }
-    }
-}
-
-/// The backbone a checkpoint (its `run.yaml`) or an export folder (its `sv72_export.json`,
-/// through the source checkpoint when it is still there) was built on.
-fn backbone_of(dir: &Path, ctx: &Ctx) -> Result<(String, Featurizer)> {
-    let cfg = &ctx.config;
-    let provenance = dir.join(crate::export::build::PROVENANCE_FILE);
-    let ck_dir = if provenance.is_file() {
-        let text = std::fs::read_to_string(&provenance)
-            .with_context(|| format!("cannot read {}", provenance.display()))?;
-        let p: crate::export::build::Provenance =
-            serde_json::from_str(&text).with_context(|| {
-                format!("{} is not an sv72 export provenance", provenance.display())
-            })?;
-        let source = PathBuf::from(&p.checkpoint);
-        if !source.join(crate::train::checkpoint::HEAD_FILE).is_file() {
-            // The source checkpoint is gone: any embedding of the same backbone serves
-            // diversity, so take the named backbone with this config's preprocessing.
-            let mut b = cfg.backbone.clone();
-            b.model = p.backbone.name.clone();
-            let fz = Featurizer::open(&b, cfg.augment.target_size, &cfg.paths.feature_cache)?;
-            return Ok((p.backbone.name, fz));
-        }
-        source
-    } else {
-        ModelRef::checkpoint(Some(dir), &cfg.paths.checkpoints)?
-    };
-    let ck = Checkpoint::<Cpu>::load(&ck_dir, &Default::default())?;
-    let mut b = ck.info.config.backbone.clone();
-    b.model = ck.info.backbone.name.clone();
-    let fz = Featurizer::open(
-        &b,
-        ck.info.config.augment.target_size,
-        &cfg.paths.feature_cache,
-    )?;
-    Ok((ck.info.backbone.name.clone(), fz))
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// Runs `sv72 mine-hard`.
 pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
-    let cfg = &ctx.config;
-    let mh = &cfg.mine_hard;
-    let out = args
-        .out
-        .clone()
-        .context("--out DIR is required (where the hard cases are written)")?;
-    let criteria = Criteria::from_config(mh)?;
-    let distance = mh.distance;
-    let device = args.device.unwrap_or(cfg.backbone.device);
-    if args.compare.is_some() && args.eval.is_none() {
-        bail!("--compare needs --eval: it is compared with that eval's predictions");
-    }
-    let serve_log = match (&args.serve_log, &args.eval) {
-        (Some(p), _) => {
-            if !p.is_file() {
-                bail!("--serve-log {}: no such file", p.display());
-            }
-            Some(p.clone())
-        }
-        (None, None) => {
-            let p = cfg.serve.prediction_log.clone();
-            if !p.is_file() {
-                bail!(
-                    "nothing to mine: serve.prediction_log {} does not exist; give --serve-log FILE or --eval DIR",
-                    p.display()
-                );
-            }
-            Some(p)
-        }
-        (None, Some(_)) => None,
+    let out = args.out.clone();
+    let req = MineRequest {
+        out: args.out,
+        serve_log: args.serve_log,
+        since: args.since,
+        eval: args.eval,
+        manifest: args.manifest,
+        compare: args.compare,
+        model_b: args.model_b,
+        backbone: args.backbone,
+        checkpoint: args.model.model,
+        no_embed: args.no_embed,
+        max_cases: args.max_cases,
+        device: args.device.device,
     };
-    if args.model_b.is_some() && serve_log.is_none() {
-        bail!(
-            "--model-b scores serve-log images; give --serve-log (for eval outputs use --compare)"
-        );
-    }
-    let serve = match &serve_log {
-        Some(log) => {
-            let since = args
-                .since
-                .as_deref()
-                .map(|s| parse_since(s, Utc::now()))
-                .transpose()?;
-            Some(ServeInput {
-                log: log.clone(),
-                read: read_prediction_log(log, since)?,
-            })
-        }
-        None => None,
-    };
-    let eval_preds = args
-        .eval
-        .as_deref()
-        .map(|p| predictions_file("--eval", p))
-        .transpose()?;
-    let eval = match &eval_preds {
-        Some(preds_path) => {
-            let predictions = read_predictions(preds_path)?;
-            let manifest_path = match (&args.manifest, report_meta(preds_path, "manifest")) {
-                (Some(m), _) => manifest_path(&cfg.paths.datasets, m),
-                (None, Some(m)) => PathBuf::from(m),
-                (None, None) => bail!(
-                    "cannot tell which manifest {} refers to (no report.json with meta.manifest beside it); give --manifest",
-                    preds_path.display()
-                ),
-            };
-            let manifest = read_manifest(&manifest_path).with_context(|| {
-                format!(
-                    "the eval's manifest {} (override with --manifest)",
-                    manifest_path.display()
-                )
-            })?;
-            let compare = match &args.compare {
-                Some(c) => {
-                    let p = predictions_file("--compare", c)?;
-                    let preds = read_predictions(&p)?;
-                    Some((p, preds))
-                }
-                None => None,
-            };
-            Some(EvalInput {
-                predictions_path: preds_path.clone(),
-                predictions,
-                compare,
-                manifest_path,
-                manifest,
-            })
-        }
-        None => None,
-    };
-    let settings = Settings {
-        criteria,
-        max_cases: args.max_cases.unwrap_or(mh.max_cases),
-        seed: mh.seed,
-        distance,
-        contact_sheet_max: mh.contact_sheet_max,
-        datasets_root: cfg.paths.datasets.clone(),
-        limits: DecodeLimits {
-            max_pixels: cfg.ingest.max_pixels,
-            max_file_bytes: cfg.ingest.max_file_bytes,
-        },
-    };
-    let mut model_b = match &args.model_b {
-        Some(p) => {
-            let loader = model_loader(cfg, device)?;
-            let m =
-                loader(p).with_context(|| format!("--model-b {}: cannot load it", p.display()))?;
-            Some((p.display().to_string(), m))
-        }
-        None => None,
-    };
-    let fz = featurizer(&args, ctx, eval_preds.as_deref())?;
-    let (mut fz, no_embed_reason) = match fz {
-        Ok((name, fz)) => (Some((name, fz)), String::new()),
-        Err(why) => (None, why),
-    };
-    let backbone_name = fz.as_ref().map(|(n, _)| n.clone());
-    let batch_size = cfg.backbone.batch_size;
-    let dtype = cfg.backbone.dtype;
-    let mut embed_fn = |items: &[(String, PathBuf)]| -> Result<Embedded> {
-        let Some((_, fz)) = fz.as_mut() else {
-            bail!("no backbone");
-        };
-        eprintln!("mine-hard: embedding {} candidate(s)", items.len());
-        on_device(
-            device,
-            dtype,
-            EmbedOn {
-                fz,
-                items,
-                batch_size,
-            },
-        )
-    };
-    let embed: Option<(String, &mut mine::Embedder<'_>)> =
-        backbone_name.map(|n| (n, &mut embed_fn as &mut mine::Embedder<'_>));
-    let model_b_ref: Option<(String, &mut dyn Predictor)> = match model_b.as_mut() {
-        Some((n, m)) => Some((n.clone(), &mut **m)),
-        None => None,
-    };
-    let summary = mine::mine(
-        serve,
-        eval,
-        model_b_ref,
-        embed,
-        &no_embed_reason,
-        &settings,
-        &out,
-    )?;
+    let summary = run_mine_hard(&ctx.config, &req)?;
+    let out = out.unwrap_or_default();
     for (k, v) in &summary.skipped {
         eprintln!("mine-hard: skipped {v}: {k}");
     }
@@ -383,32 +92,8 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     }
     println!(
         "  label them in {} and re-ingest with `sv72 ingest --name <NAME> --csv {}`",
-        out.join(mine::write::CSV_FILE).display(),
-        out.join(mine::write::CSV_FILE).display()
+        out.join(write::CSV_FILE).display(),
+        out.join(write::CSV_FILE).display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_forms() {
-        let now: DateTime<Utc> = "2026-11-24T12:00:00Z".parse().unwrap();
-        assert_eq!(
-            parse_since("7d", now).unwrap(),
-            "2026-11-17T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
-        );
-        assert_eq!(
-            parse_since("2026-11-01", now).unwrap(),
-            "2026-11-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
-        );
-        assert_eq!(
-            parse_since("2026-11-02T03:04:05+01:00", now).unwrap(),
-            "2026-11-02T02:04:05Z".parse::<DateTime<Utc>>().unwrap()
-        );
-        let err = parse_since("yesterday", now).unwrap_err().to_string();
-        assert!(err.contains("--since"), "{err}");
-    }
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 pub mod ab_test;
+pub mod args;
 pub mod demo_data;
 pub mod deploy;
 pub mod embed;

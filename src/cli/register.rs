@@ -7,12 +7,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use zeroize::Zeroizing;
 
+use super::args::WalletArgs;
 use super::Ctx;
 use crate::cycle::exit;
 use crate::cycle::register::{check_card_submitter, register, Outcome, Registration};
-use crate::keys::{
-    default_wallet_path, hotkey_file_path, load_wallet_signing_key, prompt_password,
-};
+use crate::keys::{hotkey_file_path, load_wallet_signing_key, prompt_password};
 
 /// Flags of `sv72 register`.
 #[derive(Debug, clap::Args)]
@@ -23,15 +22,9 @@ pub struct Args {
     /// Hugging Face repository of the submission, ORG/NAME (default: register.model_repo).
     #[arg(long, value_name = "ORG/NAME")]
     pub model_repo: Option<String>,
-    /// Bittensor wallet name (default: serve.wallet_name).
-    #[arg(long, value_name = "NAME")]
-    pub wallet: Option<String>,
-    /// Hotkey name inside the wallet (default: serve.wallet_hotkey).
-    #[arg(long, value_name = "NAME")]
-    pub wallet_hotkey: Option<String>,
-    /// Bittensor wallets folder (default: ~/.bittensor/wallets).
-    #[arg(long, value_name = "DIR")]
-    pub wallets_path: Option<PathBuf>,
+    /// The signing hotkey's wallet.
+    #[command(flatten)]
+    pub wallet: WalletArgs,
     /// Base URL of the registration service (default: register.endpoint).
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
@@ -59,18 +52,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     if cfg.poll_interval_s == 0 {
         bail!("register.poll_interval_s must be at least 1");
     }
-    let wallets = args
-        .wallets_path
-        .clone()
-        .unwrap_or_else(default_wallet_path);
-    let wallet = args
-        .wallet
-        .clone()
-        .unwrap_or_else(|| ctx.config.serve.wallet_name.clone());
-    let hotkey = args
-        .wallet_hotkey
-        .clone()
-        .unwrap_or_else(|| ctx.config.serve.wallet_hotkey.clone());
+    let (wallets, wallet, hotkey) = args.wallet.resolve(&ctx.config);
     let file = hotkey_file_path(&wallets, &wallet, &hotkey);
     let env_name = cfg.password_env.clone();
     let mut password = || -> Result<Zeroizing<String>> {

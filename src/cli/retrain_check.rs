@@ -1,19 +1,13 @@
 //! `sv72 retrain-check`: the deployed model's age and drift for cron; `--run` retrains.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 
 use super::Ctx;
-use crate::cycle::calendar::write_ics;
-use crate::cycle::check::{run_check, CheckOptions};
-use crate::cycle::deployed::DeployedSnapshot;
-use crate::cycle::exit;
-use crate::cycle::lock::{Acquired, LockHeld, RunLock};
-use crate::cycle::pipeline::{run_pipeline, Outcome, PipelineOptions, RUNS_DIR};
-use crate::cycle::schedule::Status;
+use crate::cycle::retrain::{retrain_check, RetrainRequest, Said};
 
 /// Flags of `sv72 retrain-check`.
 ///
@@ -51,64 +45,6 @@ fn parse_now(s: &str) -> std::result::Result<DateTime<Utc>, String> {
 
 /// Runs `sv72 retrain-check`.
 pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
-    let cfg = &ctx.config;
-    // The lock comes first so that two overlapping cron runs never both decide to retrain.
-    let _lock = if args.run {
-        match RunLock::acquire(&cfg.cycle.lock_file) {
-            Ok((lock, Acquired::Fresh)) => Some(lock),
-            Ok((lock, Acquired::TookOverStale { pid, started })) => {
-                eprintln!(
-                    "warning: took over the stale lock {} of pid {pid} (started {started}; that \
-                     process is gone)",
-                    lock.path().display()
-                );
-                Some(lock)
-            }
-            Err(e) => {
-                if let Some(held) = e.downcast_ref::<LockHeld>() {
-                    eprintln!("error: {held}");
-                    return Ok(ExitCode::from(exit::LOCKED));
-                }
-                return Err(e);
-            }
-        }
-    } else {
-        None
-    };
-
-    let opts = CheckOptions {
-        now: args.now.unwrap_or_else(Utc::now),
-        baseline: args.baseline.clone(),
-    };
-    let report = run_check(cfg, &opts)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", report.human_line());
-        for n in &report.notes {
-            println!("  note: {n}");
-        }
-    }
-    if let Some(ics) = &args.calendar {
-        write_ics(ics, &report.card, &report.schedule, opts.now)
-            .with_context(|| format!("cannot write the calendar {}", ics.display()))?;
-        note(args.json, &format!("wrote {}", ics.display()));
-    }
-    if !args.run {
-        return Ok(ExitCode::from(report.exit_code));
-    }
-
-    let due = matches!(report.status, Status::RetrainDue | Status::Expired);
-    if !due && !args.force {
-        note(
-            args.json,
-            &format!(
-                "retrain-check --run: not due (status {}); nothing run (--force runs anyway)",
-                report.status.as_str()
-            ),
-        );
-        return Ok(ExitCode::from(report.exit_code));
-    }
     let mut global_args = Vec::new();
     if let Some(p) = &ctx.config_path {
         global_args.push("--config".to_string());
@@ -118,91 +54,33 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         global_args.push("--set".to_string());
         global_args.push(s.clone());
     }
-    let exe = std::env::current_exe().context("cannot find the sv72 binary to run the steps")?;
-    let popts = PipelineOptions {
-        exe,
-        global_args,
-        now: opts.now,
-        log_dir: cfg.paths.checkpoints.join(RUNS_DIR),
+    let req = RetrainRequest {
+        now: args.now.unwrap_or_else(Utc::now),
+        baseline: args.baseline,
+        calendar: args.calendar,
+        run: args.run,
+        force: args.force,
         stdout_to_stderr: args.json,
+        global_args,
     };
-    let deployed_link = cfg
-        .cycle
-        .model_card
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let snapshot = DeployedSnapshot::take(&deployed_link);
-    let rep = run_pipeline(&cfg.cycle.pipeline, &popts)?;
-    match rep.outcome {
-        Outcome::Completed { steps } => {
-            note(
-                args.json,
-                &format!(
-                    "retrain-check --run: all {steps} step(s) succeeded; log {}",
-                    rep.log.display()
-                ),
-            );
-            Ok(ExitCode::from(exit::OK))
-        }
-        Outcome::Kept { step, skipped } => {
-            note(
-                args.json,
-                &format!(
-                    "retrain-check --run: kept current model (ab-test at step {step} chose A; \
-                     {skipped} later step(s) skipped, nothing deployed); log {}",
-                    rep.log.display()
-                ),
-            );
-            Ok(ExitCode::from(exit::OK))
-        }
-        Outcome::Failed {
-            step,
-            command,
-            code,
-            stderr_tail,
-        } => {
-            let restored = match &snapshot {
-                Some(s) => s.restore_if_changed()?,
-                None => false,
-            };
-            let how = code.map_or_else(
-                || "was killed by a signal".into(),
-                |c| format!("failed with exit code {c}"),
-            );
-            let mut msg = format!(
-                "error: step {step}/{} `sv72 {command}` {how}; the deployed model is untouched",
-                cfg.cycle.pipeline.len()
-            );
-            if restored {
-                if let Some(s) = &snapshot {
-                    msg.push_str(&format!(
-                        " (restored {} → {})",
-                        s.link().display(),
-                        s.target().display()
-                    ));
+    let json = args.json;
+    let mut say = |s: Said<'_>| -> Result<()> {
+        match s {
+            Said::Report(report) if json => println!("{}", serde_json::to_string_pretty(report)?),
+            Said::Report(report) => {
+                println!("{}", report.human_line());
+                for n in &report.notes {
+                    println!("  note: {n}");
                 }
             }
-            msg.push_str(&format!("; log {}", rep.log.display()));
-            if !stderr_tail.is_empty() {
-                msg.push_str("\nits last stderr lines:");
-                for l in &stderr_tail {
-                    msg.push_str("\n  | ");
-                    msg.push_str(l);
-                }
-            }
-            eprintln!("{msg}");
-            Ok(ExitCode::from(exit::RUN_FAILED))
+            // Status lines go to stderr under `--json` so stdout stays one JSON object.
+            Said::Note(msg) if json => eprintln!("{msg}"),
+            Said::Note(msg) => println!("{msg}"),
+            Said::Warning(msg) => eprintln!("warning: {msg}"),
+            Said::Error(msg) => eprintln!("error: {msg}"),
         }
-    }
-}
-
-/// A status line: stdout normally, stderr under `--json` so stdout stays one JSON object.
-fn note(json: bool, msg: &str) {
-    if json {
-        eprintln!("{msg}");
-    } else {
-        println!("{msg}");
-    }
+        Ok(())
+    };
+    let code = retrain_check(&ctx.config, &req, &mut say)?;
+    Ok(ExitCode::from(code))
 }

@@ -8,22 +8,24 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use super::args::{DeviceArg, ModelArg, WalletPathArg};
 use super::Ctx;
 use crate::chain::MetagraphHandle;
-use crate::config::Device;
 use crate::infer::{default_model_path, model_loader, ConstantPredictor, Loader, Predictor};
-use crate::keys::{default_wallet_path, read_wallet_hotkey, ss58_decode};
 use crate::serve::{Metrics, ModelSlot, ServeOptions, Server};
 
 /// Flags of `sv72 serve`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("model", |a| a.help(
+    "Model to serve: a run folder, a `latest` pointer, an export folder or exports/deployed \
+     (default: serve.model when it exists, else paths.checkpoints/latest). Watched for hot swaps."
+)))]
 pub struct Args {
     /// Our hotkey as SS58 (default: read from the wallet serve.wallet_name/serve.wallet_hotkey).
     #[arg(long, value_name = "SS58")]
     pub hotkey: Option<String>,
-    /// Bittensor wallets folder.
-    #[arg(long, value_name = "DIR")]
-    pub wallet_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub wallet: WalletPathArg,
     /// Metagraph snapshot JSON (default: serve.metagraph); reloaded when it changes.
     #[arg(long, value_name = "FILE")]
     pub metagraph: Option<PathBuf>,
@@ -37,13 +39,10 @@ pub struct Args {
     /// Send the image back in responses, as the Python axon does.
     #[arg(long)]
     pub echo_image: bool,
-    /// Checkpoint to serve: a run folder, a `latest` pointer or an export folder (default:
-    /// serve.model when it exists, else paths.checkpoints/latest). Watched for hot swaps.
-    #[arg(long, value_name = "DIR")]
-    pub checkpoint: Option<PathBuf>,
-    /// `cpu` or `cuda` (default: backbone.device).
-    #[arg(long, value_enum)]
-    pub device: Option<Device>,
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// Runs `sv72 serve`.
@@ -53,10 +52,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
             Arc::new(move |_: &Path| Ok(Box::new(ConstantPredictor(p)) as Box<dyn Predictor>))
         }
         Some(p) => bail!("--constant-prediction {p} must be within [0, 1]"),
-        None => model_loader(
-            &ctx.config,
-            args.device.unwrap_or(ctx.config.backbone.device),
-        )?,
+        None => model_loader(&ctx.config, args.device.or_config(&ctx.config))?,
     };
     let watch = args.constant_prediction.is_none();
     run_with(args, ctx, loader, watch)
@@ -66,17 +62,9 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
 /// [`default_model_path`]); with `watch`, a changed model path is loaded beside the running model and swapped in when it probes well.
 pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Result<ExitCode> {
     let cfg = &ctx.config.serve;
-    let hotkey = match &args.hotkey {
-        Some(h) => {
-            ss58_decode(h).map_err(|e| anyhow::anyhow!("--hotkey: {e}"))?;
-            h.clone()
-        }
-        None => read_wallet_hotkey(
-            &args.wallet_path.clone().unwrap_or_else(default_wallet_path),
-            &cfg.wallet_name,
-            &cfg.wallet_hotkey,
-        )?,
-    };
+    let hotkey = args
+        .wallet
+        .axon_hotkey(args.hotkey.as_deref(), "--hotkey", &ctx.config)?;
     let mut opts = ServeOptions::from_config(cfg, hotkey)?;
     if let Some(p) = args.port {
         opts.addr.set_port(p);
@@ -89,7 +77,8 @@ pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Resu
         .unwrap_or_else(|| cfg.metagraph.clone());
     let metagraph = Arc::new(MetagraphHandle::from_file(&mg_path)?);
     let model = args
-        .checkpoint
+        .model
+        .model
         .clone()
         .unwrap_or_else(|| default_model_path(&ctx.config));
     let first = loader(&model).with_context(|| format!("cannot serve {}", model.display()))?;

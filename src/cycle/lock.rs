@@ -1,13 +1,14 @@
 //! The lock that keeps two `retrain-check --run`s (e.g. overlapping cron jobs) apart.
 //!
-//! The lock file is created exclusively (`O_EXCL`) and holds `pid` and start time. A lock whose
-//! pid is no longer alive is stale (the holder was killed) and is taken over with a warning. The
-//! guard removes the file when dropped, on success and on failure alike.
+//! An OS file lock (`File::try_lock`, `flock` on Unix) on the lock file, which also holds the
+//! holder's pid and start time for messages. The OS releases the lock when its holder dies,
+//! so a lock file whose lock nobody holds was left by a killed run: it is taken over with a
+//! warning naming that run. The guard removes the file when dropped, on success and on failure
+//! alike.
 
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use chrono::{SecondsFormat, Utc};
@@ -24,27 +25,23 @@ pub struct LockHeld {
     pub started: String,
 }
 
-/// A held lock; dropping it removes the lock file.
+/// A held lock; dropping it removes the lock file and releases the lock.
 #[derive(Debug)]
 pub struct RunLock {
     path: PathBuf,
-    contents: String,
+    file: File,
 }
 
 /// How a lock was obtained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
     Fresh,
-    /// A stale lock left by this pid was replaced.
+    /// A lock file left by this (no longer running) pid was taken over.
     TookOverStale {
         pid: String,
         started: String,
     },
 }
-
-/// A lock file that cannot be parsed counts as stale only after this long, so a lock being
-/// written right now by a starting run is not stolen.
-const UNPARSEABLE_GRACE: Duration = Duration::from_secs(30);
 
 impl RunLock {
     /// Takes the lock at `path`, creating its folder. Fails with [`LockHeld`] (downcastable) when
@@ -54,71 +51,69 @@ impl RunLock {
             fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create folder {}", dir.display()))?;
         }
-        let contents = format!(
-            "{}\n{}\n",
-            std::process::id(),
-            Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
-        );
-        let mut took_over = None;
-        // Twice at most: once fresh, once after removing a stale lock.
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(path) {
-                Ok(mut f) => {
-                    f.write_all(contents.as_bytes())
-                        .and_then(|_| f.sync_all())
-                        .with_context(|| {
-                            format!("cannot write the lock file {}", path.display())
-                        })?;
-                    let how = took_over.map_or(Acquired::Fresh, |(pid, started)| {
-                        Acquired::TookOverStale { pid, started }
-                    });
-                    return Ok((
-                        RunLock {
-                            path: path.to_path_buf(),
-                            contents,
-                        },
-                        how,
-                    ));
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    let (pid, started, stale) = inspect(path)?;
-                    if !stale {
-                        return Err(LockHeld {
-                            path: path.to_path_buf(),
-                            pid,
-                            started,
-                        }
-                        .into());
+        // A holder removes the file before it unlocks; a file opened just before that removal
+        // is locked but no longer at `path`, so retry on the file that is there now.
+        for _ in 0..8 {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "cannot open the lock file {} (cycle.lock_file)",
+                        path.display()
+                    )
+                })?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    let (pid, started) = holder(&mut file);
+                    return Err(LockHeld {
+                        path: path.to_path_buf(),
+                        pid,
+                        started,
                     }
-                    match fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(e).with_context(|| {
-                                format!("cannot remove the stale lock {}", path.display())
-                            })
-                        }
-                    }
-                    took_over = Some((pid, started));
+                    .into());
                 }
-                Err(e) => {
+                Err(TryLockError::Error(e)) => {
                     return Err(e).with_context(|| {
-                        format!(
-                            "cannot create the lock file {} (cycle.lock_file)",
-                            path.display()
-                        )
+                        format!("cannot lock {} (cycle.lock_file)", path.display())
                     })
                 }
             }
+            if !same_file(&file, path) {
+                continue;
+            }
+            let (pid, started) = holder(&mut file);
+            let how = if pid == "?" && started == "?" {
+                Acquired::Fresh
+            } else {
+                Acquired::TookOverStale { pid, started }
+            };
+            let contents = format!(
+                "{}\n{}\n",
+                std::process::id(),
+                Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+            );
+            file.set_len(0)
+                .and_then(|_| file.rewind())
+                .and_then(|_| file.write_all(contents.as_bytes()))
+                .and_then(|_| file.sync_all())
+                .with_context(|| format!("cannot write the lock file {}", path.display()))?;
+            return Ok((
+                RunLock {
+                    path: path.to_path_buf(),
+                    file,
+                },
+                how,
+            ));
         }
-        // Someone else took the stale lock between our removal and our create.
-        let (pid, started, _) = inspect(path)?;
-        Err(LockHeld {
-            path: path.to_path_buf(),
-            pid,
-            started,
-        }
-        .into())
+        anyhow::bail!(
+            "cannot take the lock {}: it keeps being replaced (cycle.lock_file)",
+            path.display()
+        )
     }
 
     /// The lock file.
@@ -129,55 +124,38 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        // Only remove our own lock: after a takeover race the file may belong to someone else.
-        if fs::read_to_string(&self.path).is_ok_and(|c| c == self.contents) {
+        // Removed while still locked, so no one can lock this file and then see it vanish;
+        // closing `file` afterwards releases the lock.
+        if same_file(&self.file, &self.path) {
             let _ = fs::remove_file(&self.path);
         }
     }
 }
 
-/// Reads a lock file: (pid, start time, stale?).
-fn inspect(path: &Path) -> Result<(String, String, bool)> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        // Removed meanwhile: treat as stale so the caller retries.
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(("?".into(), "?".into(), true)),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read the lock file {}", path.display()))
-        }
-    };
-    let mut lines = text.lines();
-    let pid_text = lines.next().unwrap_or("").trim().to_string();
-    let started = lines.next().unwrap_or("?").trim().to_string();
-    let stale = match pid_text.parse::<i32>() {
-        Ok(pid) if pid > 0 => !pid_alive(pid),
-        _ => {
-            let age = fs::metadata(path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .unwrap_or_default();
-            age > UNPARSEABLE_GRACE
-        }
-    };
-    let pid = if pid_text.is_empty() {
-        "?".into()
-    } else {
-        pid_text
-    };
-    Ok((pid, started, stale))
+/// `(pid, start time)` recorded in a lock file, `?` where missing.
+fn holder(file: &mut File) -> (String, String) {
+    let mut text = String::new();
+    let _ = file.rewind().and_then(|_| file.read_to_string(&mut text));
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut next = || lines.next().unwrap_or("?").to_string();
+    (next(), next())
 }
 
-/// Whether a process with this pid exists (signal 0 probes without sending anything; EPERM
-/// means it exists but belongs to another user).
-pub fn pid_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
+/// Whether the open `file` is the one at `path` (not one removed and re-created since).
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
     }
-    // SAFETY: kill with signal 0 only checks for existence and permission; pid > 0 so it never
-    // addresses a process group.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
 }
 
 #[cfg(test)]
@@ -185,16 +163,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn own_pid_is_alive_and_guard_cleans_up() {
-        assert!(pid_alive(std::process::id() as i32));
+    fn held_lock_is_refused_and_guard_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/.lock");
         {
             let (_g, how) = RunLock::acquire(&p).unwrap();
             assert_eq!(how, Acquired::Fresh);
             let e = RunLock::acquire(&p).unwrap_err();
-            assert!(e.downcast_ref::<LockHeld>().is_some());
+            let held = e.downcast_ref::<LockHeld>().expect("LockHeld");
+            assert_eq!(held.pid, std::process::id().to_string());
         }
+        assert!(!p.exists());
+        // Free again once the guard is gone.
+        drop(RunLock::acquire(&p).unwrap());
+    }
+
+    #[test]
+    fn lock_file_nobody_holds_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".lock");
+        std::fs::write(&p, "999999\n2026-01-01T00:00:00Z\n").unwrap();
+        let (g, how) = RunLock::acquire(&p).unwrap();
+        assert_eq!(
+            how,
+            Acquired::TookOverStale {
+                pid: "999999".into(),
+                started: "2026-01-01T00:00:00Z".into()
+            }
+        );
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.starts_with(&format!("{}\n", std::process::id())),
+            "{text}"
+        );
+        drop(g);
         assert!(!p.exists());
     }
 }

@@ -1,4 +1,20 @@
-//! Per-image work of ingest: validate, decode (EXIF-oriented) and fingerprint one encoded image.
+//! Decoding an encoded image into the RGB pixels a model sees, the one rule every stage uses
+//! (ingest, embed, train, eval, serve, `export --selfcheck`), and ingest's per-image checks.
+//!
+//! The rule is the subnet miner's: `Image.open(BytesIO(bytes))` then transformers'
+//! image-classification pipeline, whose `load_image` (4.45.2 and 5.x alike) runs
+//! `PIL.ImageOps.exif_transpose` and `convert("RGB")` before the image processor. So:
+//! * the EXIF orientation is applied;
+//! * alpha is dropped, not composited (`RGBA`/`LA` → `RGB` keeps the colour channels);
+//! * grey is replicated, palettes are expanded;
+//! * CMYK JPEGs are read inverted (Pillow assumes Adobe's convention) and converted with Pillow's
+//!   `cmyk2rgb`; 16-bit grey is clipped to 255 and 16-bit colour keeps its high byte, as
+//!   Pillow's converters do.
+//!
+//! JPEGs are decoded by libjpeg-turbo's decoder (the `mozjpeg` crate, built from source with the
+//! C compiler only), the library Pillow links, with Pillow's settings (accurate integer IDCT,
+//! fancy upsampling), so the pixels are PIL's bit for bit; other formats go through the `image`
+//! crate.
 //!
 //! Every way an input can be unusable maps to one [`Reason`] so the quarantine report says what
 //! to fix. Size limits are checked before any pixel is decoded: the file size first, then the
@@ -7,9 +23,11 @@
 use std::fmt;
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::phash;
+use crate::util::pil;
 
 /// Why an input was quarantined. The string codes are stable: they appear in `quarantine.csv`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -143,9 +161,19 @@ pub fn check_len(len: u64, limits: &DecodeLimits) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Decodes `bytes` (format sniffed from the content, never the file name), applies the EXIF
-/// orientation and returns the oriented size and pHash.
-pub fn analyze(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, Rejection> {
+/// A decoded image: RGB pixels after the EXIF orientation, and what it was.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub rgb: RgbImage,
+    /// Format name (`jpeg`, `png`, ...).
+    pub format: &'static str,
+    /// File extension used in the content-addressed store.
+    pub ext: &'static str,
+}
+
+/// Decodes `bytes` (format sniffed from the content, never the file name) into the RGB pixels
+/// the subnet miner's pipeline would see (see the module docs).
+pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, Rejection> {
     check_len(bytes.len() as u64, limits)?;
     let format = image::guess_format(bytes).map_err(|_| {
         Rejection::new(
@@ -159,12 +187,86 @@ pub fn analyze(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, Rejecti
             format!("{format:?} images are not supported"),
         )
     })?;
-    if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
+    let rgb = if format == ImageFormat::Jpeg {
+        decode_jpeg(bytes, limits)?
+    } else {
+        decode_other(bytes, format, limits)?
+    };
+    Ok(Decoded {
+        rgb,
+        format: format_name,
+        ext,
+    })
+}
+
+/// [`decode_rgb`] with ingest's default limits, for callers that read their own files (embed,
+/// train, selfcheck) and report errors as `anyhow` errors.
+pub fn decode_rgb_any(bytes: &[u8]) -> anyhow::Result<RgbImage> {
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_pixels: 100_000_000,
+        max_file_bytes: 1 << 30,
+    };
+    decode_rgb(bytes, &LIMITS)
+        .map(|d| d.rgb)
+        .map_err(|r| anyhow::anyhow!("{}: {}", r.reason, r.detail))
+}
+
+fn check_dims(w: u64, h: u64, limits: &DecodeLimits) -> Result<(), Rejection> {
+    if w == 0 || h == 0 {
+        return Err(Rejection::new(
+            Reason::ZeroDimensions,
+            format!("header declares {w}x{h}"),
+        ));
+    }
+    if w * h > limits.max_pixels {
+        return Err(Rejection::new(
+            Reason::OverMaxPixels,
+            format!(
+                "{w}x{h} = {} pixels > ingest.max_pixels = {}",
+                w * h,
+                limits.max_pixels
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// libjpeg-turbo's decoder, as Pillow drives it, then the EXIF orientation.
+fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Rejection> {
+    if !jpeg_complete(bytes) {
         return Err(Rejection::new(
             Reason::Truncated,
             "JPEG data ends before its end-of-image marker",
         ));
     }
+    // The size check's own rejection (zero size or too many pixels) is kept as it is.
+    let refused = std::cell::RefCell::new(None);
+    let check = |w: u32, h: u32| {
+        check_dims(w as u64, h as u64, limits).map_err(|r| {
+            let detail = r.detail.clone();
+            *refused.borrow_mut() = Some(r);
+            detail
+        })
+    };
+    let (img, orientation) = match pil::decode_jpeg(bytes, &check) {
+        Ok(v) => v,
+        Err(pil::JpegError::Refused(d)) => {
+            return Err(refused
+                .take()
+                .unwrap_or_else(|| Rejection::new(Reason::OverMaxPixels, d)))
+        }
+        Err(pil::JpegError::Corrupt(d)) => return Err(Rejection::new(Reason::Corrupt, d)),
+    };
+    let mut dynimg = DynamicImage::ImageRgb8(img);
+    dynimg.apply_orientation(orientation.unwrap_or(Orientation::NoTransforms));
+    Ok(dynimg.into_rgb8())
+}
+
+fn decode_other(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> Result<RgbImage, Rejection> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = Limits::default();
     // Our own pixel check below is the real guard; this only stops the decoder from refusing
@@ -174,35 +276,24 @@ pub fn analyze(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, Rejecti
     let classify = |e: ImageError| classify_error(e, format, bytes);
     let mut decoder = reader.into_decoder().map_err(classify)?;
     let (w, h) = decoder.dimensions();
-    if w == 0 || h == 0 {
-        return Err(Rejection::new(
-            Reason::ZeroDimensions,
-            format!("header declares {w}x{h}"),
-        ));
-    }
-    if w as u64 * h as u64 > limits.max_pixels {
-        return Err(Rejection::new(
-            Reason::OverMaxPixels,
-            format!(
-                "{w}x{h} = {} pixels > ingest.max_pixels = {}",
-                w as u64 * h as u64,
-                limits.max_pixels
-            ),
-        ));
-    }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    check_dims(w as u64, h as u64, limits)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).map_err(classify)?;
-    // Orientation is applied to the small luma copy: same result, a third of the work.
-    let mut luma = DynamicImage::ImageLuma8(img.to_luma8());
+    let mut rgb = DynamicImage::ImageRgb8(pil::convert_rgb(&img));
     drop(img);
-    luma.apply_orientation(orientation);
+    rgb.apply_orientation(orientation);
+    Ok(rgb.into_rgb8())
+}
+
+/// Decodes `bytes` by [`decode_rgb`] and returns the oriented size and pHash.
+pub fn analyze(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, Rejection> {
+    let d = decode_rgb(bytes, limits)?;
+    let luma = DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(d.rgb).to_luma8());
     Ok(ImageInfo {
         width: luma.width(),
         height: luma.height(),
-        format: format_name,
-        ext,
+        format: d.format,
+        ext: d.ext,
         phash: phash::phash(&luma),
     })
 }

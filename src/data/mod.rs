@@ -1,4 +1,5 @@
-//! The data layer: manifests, ingest, the training mix and the demo set.
+//! The data layer: manifests, ingest, the training mix (`mix` plans it, `synth_mix` is the
+//! stage) and the demo set.
 
 pub mod decode;
 pub mod demo;
@@ -9,4 +10,5 @@ pub mod neardup;
 pub mod phash;
 pub mod quarantine;
 pub mod sources;
+pub mod synth_mix;
 pub mod variants;

@@ -5,12 +5,13 @@
 //! metadata. [`Plan::for_each_batch`] then yields the inputs in bounded batches: file paths for
 //! folders and CSVs, encoded bytes for Parquet rows, read `batch_rows` rows at a time.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::{DataType, ParquetReader, SerReader};
+use walkdir::WalkDir;
 
 use crate::config::IngestConfig;
 
@@ -171,9 +172,7 @@ fn plan_folder(
             continue;
         }
         found_class = true;
-        let mut files = Vec::new();
-        let mut visited = HashSet::new();
-        walk(&class_dir, &mut files, &mut visited)?;
+        let files = walk(&class_dir)?;
         out.extend(files.into_iter().map(|path| FileItem {
             path,
             label,
@@ -194,32 +193,60 @@ fn plan_folder(
 }
 
 /// Lists files under `dir` recursively, sorted, skipping hidden entries; follows symlinks but
-/// never the same folder twice.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<PathBuf>) -> Result<()> {
-    let canon = dir
+/// never the same folder twice. Paths are listed under each folder's canonical path; a dangling
+/// link is still listed so it gets quarantined.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let root = dir
         .canonicalize()
         .with_context(|| format!("cannot open folder {}", dir.display()))?;
-    if !visited.insert(canon.clone()) {
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = fs::read_dir(&canon)
-        .with_context(|| format!("cannot list folder {}", canon.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-        })
-        .collect();
-    entries.sort();
-    for p in entries {
-        // `metadata` follows symlinks; a dangling link is still listed so it gets quarantined.
-        match fs::metadata(&p) {
-            Ok(m) if m.is_dir() => walk(&p, out, visited)?,
-            _ => out.push(p),
+    let mut visited = HashSet::new();
+    let mut canonical_dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut listed = |p: &Path| -> PathBuf {
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+            return p.to_path_buf();
+        };
+        let canon = canonical_dirs
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| {
+                parent
+                    .canonicalize()
+                    .unwrap_or_else(|_| parent.to_path_buf())
+            });
+        canon.join(name)
+    };
+    let mut out = Vec::new();
+    let walker = WalkDir::new(&root)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            let hidden = e.depth() > 0 && e.file_name().to_string_lossy().starts_with('.');
+            let seen = e.file_type().is_dir()
+                && !visited.insert(e.path().canonicalize().unwrap_or_else(|_| e.path().into()));
+            !hidden && !seen
+        });
+    for entry in walker {
+        match entry {
+            Ok(e) if e.file_type().is_dir() => {}
+            Ok(e) => out.push(listed(e.path())),
+            // A link back to a folder above: that folder is being listed already.
+            Err(e) if e.loop_ancestor().is_some() => {}
+            Err(e) => match e.path() {
+                Some(p)
+                    if e.depth() > 0
+                        && fs::symlink_metadata(p).is_ok()
+                        && fs::metadata(p).is_err() =>
+                {
+                    out.push(listed(p))
+                }
+                _ => {
+                    let at = e.path().unwrap_or(&root).display().to_string();
+                    return Err(anyhow::Error::new(e)).context(format!("cannot list folder {at}"));
+                }
+            },
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn parse_label(raw: &str, cfg: &IngestConfig) -> Option<u8> {
@@ -339,8 +366,7 @@ pub fn expand_parquet_arg(arg: &str) -> Result<Vec<PathBuf>> {
         return Ok(found);
     }
     if p.is_dir() {
-        let mut files = Vec::new();
-        walk(p, &mut files, &mut HashSet::new())?;
+        let mut files = walk(p)?;
         files.retain(|f| f.extension().is_some_and(|e| e == "parquet"));
         if files.is_empty() {
             bail!("--parquet {arg}: the folder holds no .parquet file");

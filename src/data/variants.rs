@@ -41,8 +41,12 @@ pub fn materialize(
         .par_iter()
         .map(|row| {
             let path = row.resolve_path(datasets_root);
-            let img: DynamicImage = image::open(&path)
+            let bytes = std::fs::read(&path)
                 .with_context(|| format!("cannot read {} (id {})", path.display(), row.id))?;
+            let img = DynamicImage::ImageRgb8(
+                crate::data::decode::decode_rgb_any(&bytes)
+                    .with_context(|| format!("cannot decode {} (id {})", path.display(), row.id))?,
+            );
             let mut out = Vec::with_capacity(k);
             for i in 0..k {
                 let mut rng = ChaCha8Rng::seed_from_u64(variant_seed(seed, &row.id, i));

@@ -527,7 +527,7 @@ pub fn decide(stats: &AbStats, rule: &Rule) -> Decision {
 
 /// A compared model as named on the command line and as resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelRef {
+pub struct ModelRecord {
     /// The argument as given.
     pub arg: String,
     /// The folder it resolved to (symlinks and `latest` followed).
@@ -556,8 +556,8 @@ pub struct DataRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AbReport {
     pub created_at: String,
-    pub a: ModelRef,
-    pub b: ModelRef,
+    pub a: ModelRecord,
+    pub b: ModelRecord,
     pub data: DataRef,
     /// `features` (both heads on one set of cached backbone features) or `images` (each model
     /// run end to end on the same challenge images).
@@ -746,7 +746,7 @@ pub fn summary_table(r: &AbReport) -> String {
 }
 
 /// A model's legend entry in the plot: `A: <id>`, shortened to fit.
-fn plot_name(side: &str, m: &ModelRef) -> String {
+fn plot_name(side: &str, m: &ModelRecord) -> String {
     const MAX: usize = 40;
     let id = if m.id.chars().count() > MAX {
         let tail: String = m.id.chars().rev().take(MAX - 1).collect();

@@ -5,8 +5,10 @@
 //! score; [`write_report`] writes `report.json`, `report.md` and the PNG plots.
 
 pub mod ab;
+pub mod ab_test;
 pub mod challenges;
 pub mod plots;
+pub mod stage;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::Digest;
 
 use super::card::{ModelCard, Version, MODEL_CARD_FILE};
-use super::hf::{self, Family, Form, CONFIG_FILE, MODELING_FILE, WEIGHTS_FILE};
+use super::hf::{
+    self, Family, Form, SnapshotTensors, StackSupport, Target, CONFIG_FILE, MODELING_FILE,
+    WEIGHTS_FILE,
+};
 use crate::infer::ModelRef;
 use crate::model::preprocess::{Preprocess, PREPROCESSOR_FILE};
 use crate::train::checkpoint::{Checkpoint, RunInfo};
@@ -44,6 +46,8 @@ pub struct ExportRequest {
     pub version: Option<Version>,
     /// Feature cache root, where backbone weight hashes are memoised.
     pub feature_cache: PathBuf,
+    /// Which stack the export must load in (`--target`).
+    pub target: Target,
     /// Test hook: fail right after writing this file, before the folder is renamed into place.
     #[doc(hidden)]
     pub fail_after: Option<String>,
@@ -75,8 +79,12 @@ pub struct Provenance {
     pub backbone_snapshot: String,
     pub family: String,
     pub architecture: String,
+    /// `sv72 export --target` (`subnet` or `transformers`).
+    pub target: String,
     /// `true` when loading needs `trust_remote_code=True`.
     pub trust_remote_code: bool,
+    /// Which transformers stacks load this export (README, "Export compatibility").
+    pub loads_in: Vec<StackSupport>,
     pub head: crate::train::checkpoint::HeadInfo,
     pub temperature: f64,
     pub threshold: f64,
@@ -187,6 +195,14 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
     }
 
     let snapshot = crate::train::checkpoint::checkpoint_snapshot(&ck_dir, &info)?;
+    // The form first: a checkpoint the target cannot take stops before any hashing or writing.
+    let family = Family::from_model_type(&crate::model::model_type(&snapshot)?, &snapshot)?;
+    let mlp_hidden = match ck.head.kind() {
+        HeadKind::Linear => None,
+        HeadKind::Mlp { hidden } => Some(hidden),
+    };
+    let form = Form::choose(family, mlp_hidden, req.target)
+        .with_context(|| format!("{}: {} head", ck_dir.display(), ck.head.kind().name()))?;
     if info.backbone.weights_hash.starts_with("bb-") {
         let key = crate::features::backbone_key(&snapshot, &req.feature_cache)?;
         if key != info.backbone.weights_hash {
@@ -199,12 +215,6 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
             );
         }
     }
-    let family = Family::from_model_type(&crate::model::model_type(&snapshot)?, &snapshot)?;
-    let mlp_hidden = match ck.head.kind() {
-        HeadKind::Linear => None,
-        HeadKind::Mlp { hidden } => Some(hidden),
-    };
-    let form = Form::choose(family, mlp_hidden);
     let pre = crate::train::checkpoint::training_preprocess(&ck, &snapshot)?;
 
     // Head tensors, calibration folded into the classifier.
@@ -230,7 +240,7 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
     let backbone_cfg: Value = serde_json::from_str(&crate::model::read_config_text(&cfg_path)?)
         .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
     let config = hf::build_config(&backbone_cfg, form, family, mlp_hidden, &cfg_path)?;
-    let pre_json = hf::preprocessor_config(&pre, &snapshot)?;
+    let pre_json = hf::preprocessor_config(&pre, &snapshot, req.target)?;
     let reread = Preprocess::from_json(&pre_json, PREPROCESSOR_FILE)?;
     if !hf::same_recipe(&reread, &pre) {
         bail!(
@@ -267,7 +277,9 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         backbone_snapshot: snapshot.display().to_string(),
         family: family.name().into(),
         architecture: form.class().into(),
+        target: req.target.name().into(),
         trust_remote_code: form == Form::Custom,
+        loads_in: form.stacks(family),
         head: info.head.clone(),
         temperature: info.temperature,
         threshold: info.threshold,
@@ -277,7 +289,14 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         val_metrics: info.metrics.val.clone(),
         eval_report: eval_report.clone(),
     };
-    let readme = readme(&card, &prov, &info, &req.license, eval_report.as_ref());
+    let readme = readme(
+        &card,
+        &prov,
+        &info,
+        mlp_hidden,
+        &req.license,
+        eval_report.as_ref(),
+    );
 
     let fail_after = req.fail_after.clone();
     let check = |file: &str| -> Result<()> {
@@ -303,7 +322,8 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         put(MODEL_CARD_FILE, &serde_json::to_vec_pretty(&card)?)?;
         put(PROVENANCE_FILE, &serde_json::to_vec_pretty(&prov)?)?;
         put(README_FILE, readme.as_bytes())?;
-        hf::write_weights(&tmp.join(WEIGHTS_FILE), &snapshot, family, head, &|i, n| {
+        let backbone = SnapshotTensors::open(&snapshot, family)?;
+        hf::write_weights(&tmp.join(WEIGHTS_FILE), &backbone, family, head, &|i, n| {
             pb.set_length(n);
             pb.set_position(i);
         })?;
@@ -332,13 +352,17 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
     })
 }
 
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
+pub use crate::util::hash::sha256_file;
+
+/// The `loads_in` record of an export's `sv72_export.json`.
+pub fn loads_in(dir: &Path) -> Result<Vec<StackSupport>> {
+    let path = dir.join(PROVENANCE_FILE);
+    let prov: Provenance = serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not an sv72 provenance record", path.display()))?;
+    Ok(prov.loads_in)
 }
 
 /// `sha256sum` lines (`<hex>  <name>`) for `files` in `dir`.
@@ -408,11 +432,13 @@ fn fmt_metric(v: Option<&Value>) -> String {
     }
 }
 
-/// The README model card (HF front matter + what the model is, how it was made, how to load it).
+/// The README model card (HF front matter + what the model is, how it was made, how to load it,
+/// which stacks load it).
 fn readme(
     card: &ModelCard,
     prov: &Provenance,
     info: &RunInfo,
+    mlp_hidden: Option<usize>,
     license: &str,
     report: Option<&Value>,
 ) -> String {
@@ -424,6 +450,15 @@ fn readme(
     } else {
         "The backbone weights are Meta's DINOv2, released under the Apache-2.0 licence."
     };
+    // The front matter must name the licence the body says applies: the DINOv3 License is not
+    // one of the Hub's identifiers, so it is `other` with a name and a link.
+    let licence_meta = if dinov3 {
+        "license: other\nlicense_name: dinov3-license\n\
+         license_link: https://ai.meta.com/resources/models-and-libraries/dinov3-license/\n"
+            .to_string()
+    } else {
+        format!("license: {license}\n")
+    };
     let load = if prov.trust_remote_code {
         format!(
             "This export uses custom code (`{MODELING_FILE}`, class `{}`) because transformers \
@@ -434,20 +469,46 @@ fn readme(
              `trust_remote_code=True` and cannot load this model; `sv72 serve` can.**\n",
             prov.architecture,
             if dinov3 {
-                "transformers 5.24 has no `DINOv3ViTForImageClassification`"
+                "transformers has no `DINOv3ViTForImageClassification`"
             } else {
                 "an MLP head"
             }
         )
-    } else {
+    } else if prov.loads_in.iter().all(|s| s.loads && !s.remote_code) {
         format!(
             "This is a standard `{}`; the subnet's reference miner loads it as is:\n\n\
-             ```python\nfrom transformers import pipeline\n\
-             clf = pipeline(\"image-classification\", model=\"DIR\")\n\
+             ```python\nfrom transformers import AutoImageProcessor, \
+             AutoModelForImageClassification, pipeline\n\
+             clf = pipeline(\"image-classification\",\n    \
+             model=AutoModelForImageClassification.from_pretrained(\"DIR\"),\n    \
+             feature_extractor=AutoImageProcessor.from_pretrained(\"DIR\", use_fast=True))\n\
              p = next(r[\"score\"] for r in clf(image) if r[\"label\"] == \"Roadwork\")\n```\n",
             prov.architecture
         )
+    } else {
+        format!(
+            "This is a standard `{}` of current transformers (no remote code):\n\n\
+             ```python\nfrom transformers import pipeline\n\
+             clf = pipeline(\"image-classification\", model=\"DIR\")\n```\n\n\
+             **The subnet's reference miner pins transformers 4.45.2, which has no such class, \
+             and cannot load this model; `sv72 serve` can.**\n",
+            prov.architecture
+        )
     };
+    let mut compat = String::from("| stack | loads | remote code | note |\n|---|---|---|---|\n");
+    for s in &prov.loads_in {
+        compat.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            s.stack,
+            if s.loads { "yes" } else { "no" },
+            if s.remote_code {
+                "trust_remote_code=True"
+            } else {
+                "no"
+            },
+            s.note
+        ));
+    }
     let (metrics, source) = match report.and_then(|r| r.get("overall")) {
         Some(o) => (
             format!(
@@ -482,12 +543,13 @@ fn readme(
             )
         }
     };
-    let head = match info.head.hidden {
-        Some(h) if info.head.kind == "mlp" => format!("MLP (hidden {h}, GELU)"),
-        _ => "linear".to_string(),
+    // From the head itself, not from run.yaml's description of it.
+    let head = match mlp_hidden {
+        Some(h) => format!("MLP (hidden {h}, GELU)"),
+        None => "linear".to_string(),
     };
     format!(
-        "---\nlicense: {license}\nlibrary_name: transformers\npipeline_tag: image-classification\n\
+        "---\n{licence_meta}library_name: transformers\npipeline_tag: image-classification\n\
          tags:\n- image-classification\n- roadwork\n- bittensor\n- natix\n- streetvision\n\
          - subnet-72\n- {family}\n- sv72\n---\n\n\
          # {name} {version}\n\n{description}\n\n\
@@ -506,9 +568,11 @@ fn readme(
          rows with augmentation), synthetic share {synth:.2}, class balance `{balance}`.\n\n\
          ## Evaluation\n\nFrom {source}:\n\n{metrics}\n\
          ## Loading\n\n{load}\n\
+         ## Compatibility\n\nWritten for `sv72 export --target {target}`:\n\n{compat}\n\
          ## Submission\n\n`model_card.json`: version {version}, submitted by `{hotkey}`.\n\n\
          ## Licence\n\n{licence_note}\n",
         family = prov.family,
+        target = prov.target,
         name = card.model_name,
         version = card.version,
         description = card.description,

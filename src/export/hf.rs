@@ -2,13 +2,17 @@
 //! `preprocessor_config.json`, `model.safetensors` (backbone + calibrated classifier) and, for
 //! forms transformers has no class for, `modeling_sv72.py`.
 //!
-//! Linear heads on DINOv2 / DINOv2-with-registers are exactly transformers'
-//! `Dinov2ForImageClassification` / `Dinov2WithRegistersForImageClassification` (a
-//! `Linear(2·hidden, 2)` on `[CLS ; mean of patch tokens]`), so the subnet's reference miner loads
-//! them as they are. DINOv3 (transformers 5.24 has no `DINOv3ViTForImageClassification`) and MLP
-//! heads get the same files plus `modeling_sv72.py` behind an `auto_map`
-//! (`trust_remote_code=True`).
-
+//! Two targets ([`Target`]). The default, [`Target::Subnet`], writes only what the subnet's own
+//! miner loads: its poetry.lock pins transformers 4.45.2, whose only DINO classifier is
+//! `Dinov2ForImageClassification` (a `Linear(2·hidden, 2)` on `[CLS ; mean of patch tokens]`),
+//! and its `AutoImageProcessor.from_pretrained(repo, use_fast=True)` resolves
+//! `ViTImageProcessor` (to `ViTImageProcessorFast`) or, with no `image_processor_type`, the
+//! model type's `BitImageProcessor`, but not an explicit `BitImageProcessor` (it looks for a
+//! `BitImageProcessorFast` that 4.45.2 lacks). Registers, DINOv3 and MLP heads have no 4.45.2
+//! form computing the same function (README, "Export compatibility"), so the subnet target
+//! refuses them before any work. [`Target::Transformers`] writes them for current
+//! transformers: `Dinov2WithRegistersForImageClassification` for a linear head on registers,
+//! `modeling_sv72.py` behind an `auto_map` (`trust_remote_code=True`) for DINOv3 and MLP heads.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -111,6 +115,42 @@ impl Family {
     }
 }
 
+/// Which stack an export is written for (`sv72 export --target`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Target {
+    /// Loads in the subnet miner's pinned stack (transformers 4.45.2) and in current
+    /// transformers, without remote code.
+    #[default]
+    Subnet,
+    /// Current transformers: built-in classes where they exist, else `modeling_sv72.py`
+    /// (`trust_remote_code=True`).
+    Transformers,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Subnet => "subnet",
+            Target::Transformers => "transformers",
+        }
+    }
+}
+
+/// The subnet miner's pinned stack (natixnetwork/streetvision-subnet `poetry.lock`).
+pub const SUBNET_STACK: &str = "transformers 4.45.2 + torch 2.6.0 + pillow 10.4.0";
+/// The current transformers `make compat` checks against (`tools/requirements.txt`).
+pub const CURRENT_STACK: &str = "transformers 5.24.0 + torch 2.15.0";
+
+/// Whether one stack loads an export, and how.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StackSupport {
+    pub stack: String,
+    pub loads: bool,
+    /// Loading needs `trust_remote_code=True` (the subnet miner does not pass it).
+    pub remote_code: bool,
+    pub note: String,
+}
+
 /// Which of the two loadable forms an export takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
@@ -121,11 +161,48 @@ pub enum Form {
 }
 
 impl Form {
-    /// The form for a family and head (`mlp_hidden` is `Some` for MLP heads).
-    pub fn choose(family: Family, mlp_hidden: Option<usize>) -> Self {
-        match (family.builtin_class(), mlp_hidden) {
-            (Some(c), None) => Form::Builtin(c),
-            _ => Form::Custom,
+    /// The form for a family and head (`mlp_hidden` is `Some` for MLP heads) on `target`, or why
+    /// the target cannot take it (naming the target that can).
+    pub fn choose(family: Family, mlp_hidden: Option<usize>, target: Target) -> Result<Self> {
+        match target {
+            Target::Transformers => Ok(match (family.builtin_class(), mlp_hidden) {
+                (Some(c), None) => Form::Builtin(c),
+                _ => Form::Custom,
+            }),
+            Target::Subnet => {
+                if family == Family::Dinov2 && mlp_hidden.is_none() {
+                    return Ok(Form::Builtin("Dinov2ForImageClassification"));
+                }
+                let what = match (family, mlp_hidden) {
+                    (Family::Dinov2, Some(h)) => format!(
+                        "an MLP head (hidden {h}): 4.45.2's Dinov2ForImageClassification has a \
+                         single Linear classifier"
+                    ),
+                    (Family::Dinov2WithRegisters, _) => "a DINOv2-with-registers backbone: \
+                         4.45.2 has no dinov2_with_registers model, and its Dinov2 cannot insert \
+                         register tokens"
+                        .to_string(),
+                    (Family::Dinov3, _) => "a DINOv3 backbone: 4.45.2 has no dinov3_vit model \
+                         (rotary position embeddings, registers)"
+                        .to_string(),
+                    (Family::Dinov2, None) => unreachable!(),
+                };
+                let alt = Form::choose(family, mlp_hidden, Target::Transformers)?;
+                bail!(
+                    "this checkpoint cannot be exported for the subnet's miner ({SUBNET_STACK}): \
+                     it has {what}. Nothing was written. `--target transformers` writes it as \
+                     {} ({}); the subnet's reference miner cannot load that form. To be loadable \
+                     by the subnet miner, train on a plain DINOv2 backbone with \
+                     head.kind = linear.",
+                    alt.class(),
+                    match alt {
+                        Form::Builtin(_) => format!("built-in class, loads in {CURRENT_STACK}"),
+                        Form::Custom => format!(
+                            "modeling_sv72.py, loads in {CURRENT_STACK} with trust_remote_code=True"
+                        ),
+                    }
+                )
+            }
         }
     }
 
@@ -136,10 +213,62 @@ impl Form {
             Form::Custom => CUSTOM_CLASS,
         }
     }
+
+    /// Which stacks load this form of `family` (what `make compat` measured; README's
+    /// compatibility table). The subnet's miner loads an export only where `loads` holds and
+    /// `remote_code` does not: it never passes `trust_remote_code=True`.
+    pub fn stacks(self, family: Family) -> Vec<StackSupport> {
+        let row = |stack: &str, loads: bool, remote_code: bool, note: &str| StackSupport {
+            stack: stack.into(),
+            loads,
+            remote_code,
+            note: note.into(),
+        };
+        match self {
+            Form::Builtin("Dinov2ForImageClassification") => vec![
+                row(
+                    SUBNET_STACK,
+                    true,
+                    false,
+                    "the subnet miner's vit_detector.py loads it",
+                ),
+                row(CURRENT_STACK, true, false, "built-in class"),
+            ],
+            Form::Builtin(c) => vec![
+                row(SUBNET_STACK, false, false, &format!("4.45.2 has no {c}")),
+                row(CURRENT_STACK, true, false, "built-in class"),
+            ],
+            Form::Custom if family == Family::Dinov2 => vec![
+                row(
+                    SUBNET_STACK,
+                    true,
+                    true,
+                    "only with trust_remote_code=True, which the subnet miner does not pass",
+                ),
+                row(CURRENT_STACK, true, true, "trust_remote_code=True"),
+            ],
+            Form::Custom => vec![
+                row(
+                    SUBNET_STACK,
+                    false,
+                    true,
+                    &format!(
+                        "modeling_sv72.py imports transformers' {} module, which 4.45.2 lacks",
+                        family.name()
+                    ),
+                ),
+                row(CURRENT_STACK, true, true, "trust_remote_code=True"),
+            ],
+        }
+    }
 }
 
-/// Folds temperature `T` and threshold `t` into the classifier so that
-/// `softmax(logits)[Roadwork] = sigmoid(z/T − logit(t))`, the probability sv72 serves.
+/// Folds temperature `T` and threshold `t` into the classifier so that the "Roadwork" logit is
+/// `z/T − logit(t)` and the "None" logit is 0, `z` being the trained margin `z1 − z0`. Then
+/// `softmax(logits)[Roadwork]` and `sigmoid(logits[Roadwork])` are both
+/// `sigmoid(z/T − logit(t))`, the probability sv72 serves: transformers' pipeline applies a
+/// softmax to a two-label model without `problem_type`, but a per-logit sigmoid when
+/// `problem_type` is `single_label_classification` (4.45.2) or when asked to.
 /// `weight` is `[2, k]` row-major (PyTorch layout), `bias` `[2]`.
 pub fn fold_calibration(
     weight: &mut [f32],
@@ -156,12 +285,14 @@ pub fn fold_calibration(
     if bias.len() != 2 || !weight.len().is_multiple_of(2) {
         bail!("the classifier must have 2 outputs");
     }
-    let shift = logit(threshold) / 2.0;
-    for w in weight.iter_mut() {
-        *w = (f64::from(*w) / temperature) as f32;
+    let k = weight.len() / 2;
+    let (w0, w1) = weight.split_at_mut(k);
+    for (a, b) in w0.iter_mut().zip(w1.iter_mut()) {
+        *b = ((f64::from(*b) - f64::from(*a)) / temperature) as f32;
+        *a = 0.0;
     }
-    bias[0] = (f64::from(bias[0]) / temperature + shift) as f32;
-    bias[1] = (f64::from(bias[1]) / temperature - shift) as f32;
+    bias[1] = ((f64::from(bias[1]) - f64::from(bias[0])) / temperature - logit(threshold)) as f32;
+    bias[0] = 0.0;
     Ok(())
 }
 
@@ -181,7 +312,11 @@ pub fn build_config(
     obj.insert("id2label".into(), json!({"0": LABELS[0], "1": LABELS[1]}));
     obj.insert("label2id".into(), json!({LABELS[0]: 0, LABELS[1]: 1}));
     obj.insert("num_labels".into(), json!(2));
-    obj.insert("problem_type".into(), json!("single_label_classification"));
+    // No `problem_type`: with `single_label_classification` 4.45.2's pipeline scores each
+    // logit with a sigmoid (see `fold_calibration`, which makes both readings agree anyway).
+    obj.remove("problem_type");
+    // 4.45.2 reads `torch_dtype`, current transformers `dtype`.
+    obj.insert("torch_dtype".into(), json!("float32"));
     obj.insert("dtype".into(), json!("float32"));
     if form == Form::Custom {
         obj.insert(
@@ -203,15 +338,45 @@ pub fn build_config(
 
 /// `preprocessor_config.json` reproducing the recipe the head's features were computed with.
 ///
-/// `processor` runs reuse the snapshot's own file. `validator` runs (exact square resize, no
-/// crop, resize on uint8) become a `BitImageProcessorFast` config for every family: that class
-/// resizes uint8 pixels with torchvision's antialiased kernel before rescaling, exactly the
-/// validator recipe, whereas DINOv3's own processor resizes floats.
-pub fn preprocessor_config(pre: &Preprocess, snapshot: &Path) -> Result<String> {
+/// `validator` runs (exact square resize, no crop, resize on uint8) become a
+/// `ViTImageProcessor` config for every family: with `use_fast=True` both 4.45.2 and current
+/// transformers load `ViTImageProcessorFast`, which resizes uint8 pixels with torchvision's
+/// antialiased kernel and then rescales and normalises in one step, exactly the validator recipe
+/// (DINOv3's own processor resizes floats). `processor` runs reuse the snapshot's own file; for
+/// the subnet target a `BitImageProcessor` loses its `image_processor_type`, so that 4.45.2
+/// takes the model type's processor (`BitImageProcessor`) instead of looking for the
+/// `BitImageProcessorFast` it lacks.
+pub fn preprocessor_config(pre: &Preprocess, snapshot: &Path, target: Target) -> Result<String> {
     if pre.kind != "validator" {
         let path = snapshot.join(PREPROCESSOR_FILE);
-        return std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if target == Target::Transformers {
+            return Ok(text);
+        }
+        let mut v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let obj = v
+            .as_object_mut()
+            .with_context(|| format!("{}: expected a JSON object", path.display()))?;
+        let ty = obj
+            .get("image_processor_type")
+            .and_then(Value::as_str)
+            .unwrap_or("BitImageProcessor");
+        match ty.strip_suffix("Fast").unwrap_or(ty) {
+            "BitImageProcessor" => {
+                obj.remove("image_processor_type");
+            }
+            "ViTImageProcessor" => {
+                obj.insert("image_processor_type".into(), json!("ViTImageProcessor"));
+            }
+            other => bail!(
+                "{}: image_processor_type {other:?} has no form the subnet's miner \
+                 ({SUBNET_STACK}) loads; train with backbone.preprocess = validator",
+                path.display()
+            ),
+        }
+        return Ok(serde_json::to_string_pretty(&v)?);
     }
     let Some((ResizeTo::Exact { height, width }, resample)) = pre.resize else {
         bail!("the validator preprocessing must resize to a fixed size");
@@ -221,11 +386,10 @@ pub fn preprocessor_config(pre: &Preprocess, snapshot: &Path) -> Result<String> 
     }
     let (mean, std) = pre.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
     let v = json!({
-        "image_processor_type": "BitImageProcessorFast",
+        "image_processor_type": "ViTImageProcessor",
         "do_resize": true,
         "size": {"height": height, "width": width},
         "resample": resample_pil(resample),
-        "do_center_crop": false,
         "do_rescale": pre.rescale.is_some(),
         "rescale_factor": 1.0 / 255.0,
         "do_normalize": pre.normalize.is_some(),
@@ -253,51 +417,126 @@ pub fn same_recipe(a: &Preprocess, b: &Preprocess) -> bool {
         && a.order == b.order
 }
 
+/// The backbone tensors an export writes, under transformers' bare backbone names
+/// (`embeddings.cls_token`, `encoder.layer.0.…`, DINOv3's `model.layer.0.…`).
+///
+/// The export takes its backbone from this, not from a file: a frozen backbone reads the
+/// snapshot ([`SnapshotTensors`]); a fine-tuned one (LoRA merged into the weights) hands its own
+/// tensors ([`OwnedTensors`]) and exports to the same built-in classes.
+pub trait BackboneTensors {
+    /// Names and shapes, sorted.
+    fn shapes(&self) -> Result<BTreeMap<String, Vec<usize>>>;
+    /// The values of one tensor as f32, checked against `shape`.
+    fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+}
+
+/// A snapshot's backbone tensors, whatever prefix it stores them under.
+pub struct SnapshotTensors {
+    weights: Weights,
+    /// Bare name -> name in the snapshot.
+    names: BTreeMap<String, (String, Vec<usize>)>,
+}
+
+impl SnapshotTensors {
+    pub fn open(snapshot: &Path, family: Family) -> Result<Self> {
+        let weights = Weights::open(snapshot)?;
+        let root = weights
+            .detect_prefix(family.probe(), family.source_prefixes())
+            .with_context(|| {
+                format!(
+                    "{}: no tensor `{}` under any known prefix: not a {} snapshot",
+                    snapshot.display(),
+                    family.probe(),
+                    family.name()
+                )
+            })?;
+        let mut names = BTreeMap::new();
+        for (name, shape) in weights.shapes()? {
+            let Some(rest) = name.strip_prefix(root) else {
+                continue;
+            };
+            // A snapshot that is already a classifier brings its own head: ours replaces it.
+            if rest.starts_with("classifier.") || rest.starts_with("hidden.") {
+                continue;
+            }
+            // Published DINOv3 checkpoints say `layer.N`; the transformers module is `model.layer.N`.
+            let bare = if family == Family::Dinov3 && rest.starts_with("layer.") {
+                format!("model.{rest}")
+            } else {
+                rest.to_string()
+            };
+            names.insert(bare, (name.clone(), shape));
+        }
+        Ok(Self { weights, names })
+    }
+}
+
+impl BackboneTensors for SnapshotTensors {
+    fn shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
+        Ok(self
+            .names
+            .iter()
+            .map(|(k, (_, s))| (k.clone(), s.clone()))
+            .collect())
+    }
+
+    fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (orig, _) = self
+            .names
+            .get(name)
+            .with_context(|| format!("no backbone tensor {name}"))?;
+        self.weights.f32_shaped(orig, shape)
+    }
+}
+
+/// Backbone tensors held in memory (bare name -> shape, values).
+#[derive(Debug, Clone, Default)]
+pub struct OwnedTensors(pub BTreeMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl BackboneTensors for OwnedTensors {
+    fn shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
+        Ok(self
+            .0
+            .iter()
+            .map(|(k, (s, _))| (k.clone(), s.clone()))
+            .collect())
+    }
+
+    fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (s, v) = self
+            .0
+            .get(name)
+            .with_context(|| format!("no backbone tensor {name}"))?;
+        if s != shape || v.len() != shape.iter().product::<usize>() {
+            bail!(
+                "backbone tensor {name}: shape {s:?} with {} values, expected {shape:?}",
+                v.len()
+            );
+        }
+        Ok(v.clone())
+    }
+}
+
 /// One tensor of the export: its name there, and where its values come from.
 enum Source {
     Backbone(String),
     Owned(Vec<f32>),
 }
 
-/// Writes `model.safetensors`: the snapshot's backbone tensors renamed under `family.prefix()`
-/// (f32), then the head tensors. Tensors are converted and written one at a time, so memory
-/// peaks at one tensor rather than a copy of the model. `progress` is told after each tensor.
+/// Writes `model.safetensors`: the backbone tensors renamed under `family.prefix()` (f32), then
+/// the head tensors. Tensors are converted and written one at a time, so memory peaks at one
+/// tensor rather than a copy of the model. `progress` is told after each tensor.
 pub fn write_weights(
     out: &Path,
-    snapshot: &Path,
+    backbone: &dyn BackboneTensors,
     family: Family,
     head: Vec<NamedTensor>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<()> {
-    let weights = Weights::open(snapshot)?;
-    let root = weights
-        .detect_prefix(family.probe(), family.source_prefixes())
-        .with_context(|| {
-            format!(
-                "{}: no tensor `{}` under any known prefix: not a {} snapshot",
-                snapshot.display(),
-                family.probe(),
-                family.name()
-            )
-        })?;
-    let shapes = weights.shapes()?;
     let mut entries: BTreeMap<String, (Vec<usize>, Source)> = BTreeMap::new();
-    for (name, shape) in &shapes {
-        let Some(rest) = name.strip_prefix(root) else {
-            continue;
-        };
-        // A snapshot that is already a classifier brings its own head: ours replaces it.
-        if rest.starts_with("classifier.") || rest.starts_with("hidden.") {
-            continue;
-        }
-        // Published DINOv3 checkpoints say `layer.N`; the transformers module is `model.layer.N`.
-        let rest = if family == Family::Dinov3 && rest.starts_with("layer.") {
-            format!("model.{rest}")
-        } else {
-            rest.to_string()
-        };
-        let new = format!("{}.{rest}", family.prefix());
-        entries.insert(new, (shape.clone(), Source::Backbone(name.clone())));
+    for (bare, shape) in backbone.shapes()? {
+        let new = format!("{}.{bare}", family.prefix());
+        entries.insert(new, (shape, Source::Backbone(bare)));
     }
     for (name, shape, values) in head {
         entries.insert(name, (shape, Source::Owned(values)));
@@ -327,7 +566,7 @@ pub fn write_weights(
     for (i, (name, (shape, src))) in entries.into_iter().enumerate() {
         let values = match src {
             Source::Owned(v) => v,
-            Source::Backbone(orig) => weights.f32_shaped(&orig, &shape)?,
+            Source::Backbone(bare) => backbone.f32(&bare, &shape)?,
         };
         if values.len() != shape.iter().product::<usize>() {
             bail!("tensor {name}: {} values for shape {shape:?}", values.len());
@@ -399,7 +638,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn folded_softmax_is_the_served_probability() {
+    fn folded_softmax_and_sigmoid_are_the_served_probability() {
         let (t, thr) = (1.7, 0.35);
         let mut w = vec![0.3f32, -0.2, 0.5, 0.1];
         let mut b = vec![0.05f32, -0.1];
@@ -411,19 +650,73 @@ mod tests {
         let want = crate::train::head::served_probability(margin, t, thr);
         fold_calibration(&mut w, &mut b, t, thr).unwrap();
         let (l0, l1) = (z(&w, &b, 0), z(&w, &b, 1));
-        let got = l1.exp() / (l0.exp() + l1.exp());
-        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        let softmax = l1.exp() / (l0.exp() + l1.exp());
+        let sigmoid = 1.0 / (1.0 + (-l1).exp());
+        assert!((softmax - want).abs() < 1e-6, "{softmax} vs {want}");
+        // 4.45.2's pipeline with problem_type = single_label_classification.
+        assert!((sigmoid - want).abs() < 1e-6, "{sigmoid} vs {want}");
+        assert_eq!((w[0], w[1], b[0]), (0.0, 0.0, 0.0));
         assert!(fold_calibration(&mut w, &mut b, 0.0, 0.5).is_err());
         assert!(fold_calibration(&mut w, &mut b, 1.0, 1.0).is_err());
     }
 
     #[test]
-    fn forms() {
+    fn forms_per_target() {
+        let tr = Target::Transformers;
         assert_eq!(
-            Form::choose(Family::Dinov2WithRegisters, None).class(),
+            Form::choose(Family::Dinov2WithRegisters, None, tr)
+                .unwrap()
+                .class(),
             "Dinov2WithRegistersForImageClassification"
         );
-        assert_eq!(Form::choose(Family::Dinov2, Some(8)), Form::Custom);
-        assert_eq!(Form::choose(Family::Dinov3, None), Form::Custom);
+        assert_eq!(
+            Form::choose(Family::Dinov2, Some(8), tr).unwrap(),
+            Form::Custom
+        );
+        assert_eq!(
+            Form::choose(Family::Dinov3, None, tr).unwrap(),
+            Form::Custom
+        );
+        let sub = Target::Subnet;
+        let f = Form::choose(Family::Dinov2, None, sub).unwrap();
+        assert_eq!(f.class(), "Dinov2ForImageClassification");
+        assert!(f
+            .stacks(Family::Dinov2)
+            .iter()
+            .all(|s| s.loads && !s.remote_code));
+        for (family, mlp) in [
+            (Family::Dinov2, Some(8)),
+            (Family::Dinov2WithRegisters, None),
+            (Family::Dinov3, None),
+        ] {
+            let e = format!("{:#}", Form::choose(family, mlp, sub).unwrap_err());
+            assert!(
+                e.contains("--target transformers") && e.contains("4.45.2"),
+                "{e}"
+            );
+            let alt = Form::choose(family, mlp, tr).unwrap();
+            let s = &alt.stacks(family)[0];
+            assert!(
+                !s.loads || s.remote_code,
+                "{alt:?} must not claim the miner loads it"
+            );
+        }
+    }
+
+    #[test]
+    fn subnet_processor_config_drops_bit_type() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(PREPROCESSOR_FILE),
+            r#"{"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 256}}"#,
+        )
+        .unwrap();
+        let pre = Preprocess::from_snapshot(dir.path()).unwrap();
+        let text = preprocessor_config(&pre, dir.path(), Target::Subnet).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(v.get("image_processor_type").is_none(), "{text}");
+        assert_eq!(v["size"]["shortest_edge"], 256);
+        let kept = preprocessor_config(&pre, dir.path(), Target::Transformers).unwrap();
+        assert!(kept.contains("BitImageProcessor"));
     }
 }

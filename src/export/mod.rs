@@ -8,10 +8,10 @@ pub mod hf;
 pub mod push;
 
 pub use build::{
-    check_hotkey, export_checkpoint, next_version, verify_sums, ExportOutcome, ExportRequest,
-    Provenance, DEPLOYED, LATEST, PROVENANCE_FILE, README_FILE, SUMS_FILE,
+    check_hotkey, export_checkpoint, loads_in, next_version, verify_sums, ExportOutcome,
+    ExportRequest, Provenance, DEPLOYED, LATEST, PROVENANCE_FILE, README_FILE, SUMS_FILE,
 };
 pub use card::{ModelCard, Version};
 pub use deploy::{deploy, deployed_target, verify_export};
-pub use hf::{Family, Form};
+pub use hf::{BackboneTensors, Family, Form, OwnedTensors, SnapshotTensors, StackSupport, Target};
 pub use push::{push_folder, PushOptions, PushReport};

@@ -17,7 +17,6 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// Where and how to push.
 #[derive(Clone)]
@@ -100,41 +99,35 @@ struct LocalFile {
 }
 
 fn list_files(dir: &Path) -> Result<Vec<LocalFile>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<LocalFile>) -> Result<()> {
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot list folder {}", dir.display()))?;
-        for e in entries {
-            let e = e.with_context(|| format!("cannot list folder {}", dir.display()))?;
-            let abs = e.path();
-            if e.file_name() == ".git" {
-                continue;
-            }
-            let meta = std::fs::metadata(&abs)
-                .with_context(|| format!("cannot read {}", abs.display()))?;
-            if meta.is_dir() {
-                walk(root, &abs, out)?;
-            } else if meta.is_file() {
-                let rel = abs.strip_prefix(root).unwrap_or(&abs);
-                let path = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_str())
-                    .collect::<Option<Vec<_>>>()
-                    .with_context(|| format!("{} has a non UTF-8 name", abs.display()))?
-                    .join("/");
-                out.push(LocalFile {
-                    path,
-                    abs,
-                    size: meta.len(),
-                    lfs: false,
-                    ignored: false,
-                    sha256: None,
-                });
-            }
-        }
-        Ok(())
-    }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != ".git");
+    for e in walker {
+        let e = e.with_context(|| format!("cannot list folder {}", dir.display()))?;
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let abs = e.into_path();
+        let meta =
+            std::fs::metadata(&abs).with_context(|| format!("cannot read {}", abs.display()))?;
+        let rel = abs.strip_prefix(dir).unwrap_or(&abs);
+        let path = rel
+            .components()
+            .map(|c| c.as_os_str().to_str())
+            .collect::<Option<Vec<_>>>()
+            .with_context(|| format!("{} has a non UTF-8 name", abs.display()))?
+            .join("/");
+        out.push(LocalFile {
+            path,
+            abs,
+            size: meta.len(),
+            lfs: false,
+            ignored: false,
+            sha256: None,
+        });
+    }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     if out.is_empty() {
         bail!("{} has no files to push", dir.display());
@@ -399,19 +392,10 @@ const LFS_JSON: &str = "application/vnd.git-lfs+json";
 
 fn sha256_file(path: &Path, bar: &ProgressBar) -> Result<String> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut r = bar.wrap_read(std::io::BufReader::with_capacity(1 << 20, f));
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::util::hash::sha256_reader(
+        bar.wrap_read(std::io::BufReader::with_capacity(1 << 20, f)),
+        path,
+    )
 }
 
 fn sample_b64(path: &Path) -> Result<String> {

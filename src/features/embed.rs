@@ -15,7 +15,11 @@ use image::DynamicImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::backbone_key;
 use super::cache::{FeatureCache, FeatureRow};
+use crate::backend::{on_device, Device, OnBackend};
+use crate::config::{Config, PreprocessKind};
+use crate::model::hub;
 use crate::model::preprocess::Preprocess;
 use crate::model::FeatureExtractor;
 use crate::util::{fsx, hash, progress};
@@ -201,17 +205,17 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Image files under `dir`, recursively (symlinks followed; a link loop is an error).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p
+    for e in walkdir::WalkDir::new(dir).follow_links(true) {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        let is_image = e
+            .path()
             .extension()
             .and_then(|x| x.to_str())
-            .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
-        {
-            out.push(p);
+            .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
+        if !e.file_type().is_dir() && is_image {
+            out.push(e.into_path());
         }
     }
     Ok(())
@@ -266,12 +270,89 @@ pub struct EmbedJob<'a> {
     pub backbone_key: String,
 }
 
+/// What `sv72 embed` embeds (its flags; `None` takes the `backbone.*` setting).
+#[derive(Debug, Clone)]
+pub struct EmbedRequest {
+    /// Snapshot folder or a model id in the Hugging Face cache.
+    pub backbone: String,
+    /// Image files and folders (searched recursively).
+    pub inputs: Vec<PathBuf>,
+    /// Also every image of this manifest.
+    pub manifest: Option<PathBuf>,
+    pub out: PathBuf,
+    pub dump_pixels: bool,
+    pub device: Option<Device>,
+    pub batch_size: Option<usize>,
+    pub preprocess: Option<PreprocessKind>,
+}
+
+/// What `sv72 embed` did.
+#[derive(Debug)]
+pub struct EmbedOutcome {
+    pub index: EmbedIndex,
+    pub cache_dir: PathBuf,
+    pub cache: super::cache::CacheStats,
+}
+
+/// Runs `sv72 embed`: resolves the backbone and its preprocessing, gathers the inputs and writes
+/// their features (through the feature cache) to `req.out`.
+pub fn embed_to_file(cfg: &Config, req: &EmbedRequest) -> Result<EmbedOutcome> {
+    let snapshot = hub::resolve_backbone(&req.backbone, &cfg.backbone.revision)?;
+    let kind = req.preprocess.unwrap_or(cfg.backbone.preprocess);
+    let preprocess = Preprocess::for_kind(kind, &snapshot, cfg.augment.target_size)?;
+    let mut inputs = collect_inputs(&req.inputs)?;
+    if let Some(m) = &req.manifest {
+        inputs.extend(manifest_inputs(m, &cfg.paths.datasets)?);
+    }
+    if inputs.is_empty() {
+        bail!("no inputs: give image files, folders or --manifest");
+    }
+    let bb_key = backbone_key(&snapshot, &cfg.paths.feature_cache)?;
+    let mut cache = FeatureCache::open(&cfg.paths.feature_cache, &bb_key, &preprocess.id())?;
+    let job = EmbedJob {
+        inputs,
+        preprocess: &preprocess,
+        batch_size: req.batch_size.unwrap_or(cfg.backbone.batch_size),
+        out: req.out.clone(),
+        dump_pixels: req.dump_pixels,
+        backbone_name: req.backbone.clone(),
+        backbone_key: bb_key,
+    };
+    let index = on_device(
+        req.device.unwrap_or(cfg.backbone.device),
+        cfg.backbone.dtype,
+        EmbedOn {
+            snapshot: &snapshot,
+            job: &job,
+            cache: &mut cache,
+        },
+    )?;
+    Ok(EmbedOutcome {
+        index,
+        cache_dir: cache.dir().to_path_buf(),
+        cache: cache.stats(),
+    })
+}
+
+/// [`run_embed`] on the backend `on_device` picks.
+struct EmbedOn<'a> {
+    snapshot: &'a Path,
+    job: &'a EmbedJob<'a>,
+    cache: &'a mut FeatureCache,
+}
+
+impl OnBackend for EmbedOn<'_> {
+    type Out = EmbedIndex;
+    fn run<B: Backend>(self, dev: &B::Device, _name: &str) -> Result<EmbedIndex> {
+        let model = crate::model::load_backbone::<B>(self.snapshot, dev)?;
+        run_embed::<B, _>(model.as_ref(), dev, self.job, self.cache)
+    }
+}
+
+/// The crate-wide rule (`data::decode`): PIL's pixels, EXIF-oriented, alpha dropped.
 fn decode(bytes: &[u8]) -> Result<DynamicImage> {
-    image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .context("cannot read image")?
-        .decode()
-        .context("not a decodable image")
+    let rgb = crate::data::decode::decode_rgb_any(bytes).context("not a decodable image")?;
+    Ok(DynamicImage::ImageRgb8(rgb))
 }
 
 /// The JSON path beside an output `FILE.safetensors`.

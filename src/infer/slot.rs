@@ -156,10 +156,28 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
 
 /// A hash of a path's names, sizes and modification times (0 when it does not exist).
 pub fn fingerprint(path: &Path) -> u64 {
-    fn walk(p: &Path, rel: &str, h: &mut blake3::Hasher, depth: usize) {
-        let Ok(md) = std::fs::metadata(p) else {
-            return;
+    if !path.exists() {
+        return 0;
+    }
+    let mut h = blake3::Hasher::new();
+    let entries = walkdir::WalkDir::new(path)
+        .follow_links(true)
+        .max_depth(4)
+        .sort_by_file_name()
+        .into_iter()
+        // Atomic-write temp files come and go while a writer works.
+        .filter_entry(|e| !e.file_name().to_string_lossy().starts_with(".sv72-"));
+    for e in entries.filter_map(|e| e.ok()) {
+        let Ok(md) = e.metadata() else {
+            continue;
         };
+        let rel: String = e
+            .path()
+            .strip_prefix(path)
+            .unwrap_or(e.path())
+            .iter()
+            .map(|c| format!("/{}", c.to_string_lossy()))
+            .collect();
         h.update(rel.as_bytes());
         h.update(&md.len().to_le_bytes());
         let mtime = md
@@ -169,25 +187,7 @@ pub fn fingerprint(path: &Path) -> u64 {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         h.update(&mtime.to_le_bytes());
-        if md.is_dir() && depth < 4 {
-            let mut names: Vec<_> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-                .unwrap_or_default();
-            names.sort();
-            for n in names {
-                let s = n.to_string_lossy();
-                if s.starts_with(".sv72-") {
-                    continue; // atomic-write temp files
-                }
-                walk(&p.join(&n), &format!("{rel}/{s}"), h, depth + 1);
-            }
-        }
     }
-    if !path.exists() {
-        return 0;
-    }
-    let mut h = blake3::Hasher::new();
-    walk(path, "", &mut h, 0);
     let b = h.finalize();
     u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes")).max(1)
 }
@@ -244,5 +244,24 @@ mod tests {
         assert_eq!(slot.version(), "old");
         assert_eq!(slot.try_swap(Box::new(Const(0.9, "new"))).unwrap(), "new");
         assert_eq!(slot.version(), "new");
+    }
+
+    #[test]
+    fn fingerprint_sees_changes_but_not_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("model");
+        assert_eq!(fingerprint(&m), 0);
+        std::fs::create_dir_all(m.join("sub")).unwrap();
+        std::fs::write(m.join("sub/w.bin"), b"1").unwrap();
+        let a = fingerprint(&m);
+        assert_ne!(a, 0);
+        assert_eq!(fingerprint(&m), a, "unchanged folder, same fingerprint");
+        std::fs::write(m.join(".sv72-tmp-1"), b"partial").unwrap();
+        // Adding a file changes the folder's own mtime; compare against a fresh baseline.
+        let with_tmp = fingerprint(&m);
+        std::fs::write(m.join(".sv72-tmp-1"), b"partial, longer").unwrap();
+        assert_eq!(fingerprint(&m), with_tmp, "temp files are not looked at");
+        std::fs::write(m.join("sub/w.bin"), b"22").unwrap();
+        assert_ne!(fingerprint(&m), with_tmp, "a changed file changes it");
     }
 }

@@ -12,13 +12,12 @@
 //! complete. The token (`HF_TOKEN`) is sent as `Authorization: Bearer` to the endpoint's own
 //! host only (never to a redirect target such as a CDN) and is never printed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::model::weights::{INDEX_FILE, SINGLE_FILE};
 
@@ -468,7 +467,7 @@ fn fetch_file(
             bail!("{what}: got {len} bytes, expected {t} (run again to resume)");
         }
     }
-    let sha = sha256_file(&partial)?;
+    let sha = crate::util::hash::sha256_file(&partial)?;
     if let Some(e) = &etag {
         if e.len() == 64
             && e.chars().all(|c| c.is_ascii_hexdigit())
@@ -484,20 +483,6 @@ fn fetch_file(
         .with_context(|| format!("cannot move the download to {}", blob.display()))?;
     link_into_snapshot(&blob, &snap_file, &blob_name)?;
     Ok((len, true))
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 fn link_into_snapshot(blob: &Path, snap_file: &Path, blob_name: &str) -> Result<()> {

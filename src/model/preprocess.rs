@@ -11,10 +11,10 @@
 //!
 //! Both resamplers are implemented here (bilinear = triangle filter, bicubic = Keys a = -0.5, the
 //! antialiased kernels torch and Pillow share; the filter widens by the scale when downscaling).
-//! RGB conversion follows transformers' `convert_to_rgb`: grey is replicated, transparency is
-//! composited over white with Pillow's integer arithmetic. EXIF orientation is **not** applied —
-//! transformers does not apply it either (`PIL.Image.open` leaves pixels as stored), so neither
-//! does sv72, keeping features identical to the checkpoint's own pipeline.
+//! RGB conversion is the crate-wide rule of `data::decode` (the subnet miner's pipeline:
+//! `exif_transpose` then `convert("RGB")`): grey is replicated, alpha is dropped. The EXIF
+//! orientation is applied when decoding (`data::decode::decode_rgb`), before this module sees
+//! the pixels.
 //!
 //! The fixed "validator" path mirrors what validators send (224×224 JPEG): an image of another
 //! size is resized to the target with antialiased bilinear (what the subnet's
@@ -458,44 +458,11 @@ impl Preprocess {
     }
 }
 
-/// transformers' `convert_to_rgb` for PIL images: transparency composited over white with
-/// Pillow's `alpha_composite` integer arithmetic, grey replicated.
+/// The RGB pixels of a decoded image by the crate-wide rule (`util::pil::convert_rgb`: what
+/// the subnet miner's pipeline does with `convert("RGB")` before the image processor; alpha is
+/// dropped, not composited).
 pub fn to_rgb(img: &DynamicImage) -> RgbImage {
-    match img {
-        DynamicImage::ImageRgb8(rgb) => rgb.clone(),
-        DynamicImage::ImageLumaA8(_)
-        | DynamicImage::ImageRgba8(_)
-        | DynamicImage::ImageLumaA16(_)
-        | DynamicImage::ImageRgba16(_)
-        | DynamicImage::ImageRgba32F(_) => {
-            let rgba = img.to_rgba8();
-            let mut out = RgbImage::new(rgba.width(), rgba.height());
-            for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
-                let a = p[3] as u32;
-                for c in 0..3 {
-                    o[c] = composite_over_white(p[c] as u32, a);
-                }
-            }
-            out
-        }
-        _ => img.to_rgb8(),
-    }
-}
-
-/// Pillow's `ImagingAlphaComposite` with an opaque white background (7 fraction bits,
-/// `SHIFTFORDIV255` rounding).
-fn composite_over_white(v: u32, a: u32) -> u8 {
-    if a == 0 {
-        return 255;
-    }
-    const PREC: u32 = 7;
-    let blend = 255 * (255 - a);
-    let outa255 = a * 255 + blend;
-    let coef1 = a * 255 * 255 * (1 << PREC) / outa255;
-    let coef2 = 255 * (1 << PREC) - coef1;
-    let tmp = v * coef1 + 255 * coef2 + (0x80 << PREC);
-    let div = ((tmp >> 8) + tmp) >> 8;
-    (div >> PREC).min(255) as u8
+    crate::util::pil::convert_rgb(img)
 }
 
 fn planar_u8(rgb: &RgbImage) -> Vec<u8> {
@@ -681,13 +648,6 @@ mod tests {
         assert_eq!(p.resized_size(640, 480), (256, 341));
         assert_eq!(p.resized_size(37, 53), (366, 256));
         assert_eq!(p.output_size(640, 480), (224, 224));
-    }
-
-    #[test]
-    fn composite_matches_pillow_endpoints() {
-        assert_eq!(composite_over_white(10, 255), 10);
-        assert_eq!(composite_over_white(10, 0), 255);
-        assert_eq!(composite_over_white(0, 128), 127);
     }
 
     #[test]

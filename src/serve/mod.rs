@@ -5,11 +5,12 @@
 //! `server` (runtime, accept loop, shutdown), `conn` (per-source cap, timeouts, shedding),
 //! `pipeline` (one request through the checks), `image` (bounded decoding), `response` (the
 //! answers), `predlog` (the prediction log), `metrics` and `ratelog` (Prometheus text, JSON event
-//! lines), `telemetry` how inference (`crate::infer`) reports into them. The validator set comes
-//! from `crate::chain`.
+//! lines), `telemetry` how inference (`crate::infer`) reports into them. `dendrite` is the
+//! validator side (`sv72 query`). The validator set comes from `crate::chain`.
 
 pub mod blacklist;
 pub mod conn;
+pub mod dendrite;
 pub mod image;
 pub mod metrics;
 pub mod options;

@@ -191,12 +191,11 @@ pub const LEVELS: [u8; 4] = [0, 1, 2, 3];
 /// Decodes a manifest row's image file.
 pub fn open_image(row: &ManifestRow, datasets_root: &Path) -> Result<DynamicImage> {
     let p = row.resolve_path(datasets_root);
-    image::ImageReader::open(&p)
-        .with_context(|| format!("cannot open image {} (row {})", p.display(), row.id))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", p.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode image {} (row {})", p.display(), row.id))
+    let bytes = std::fs::read(&p)
+        .with_context(|| format!("cannot open image {} (row {})", p.display(), row.id))?;
+    let rgb = crate::data::decode::decode_rgb_any(&bytes)
+        .with_context(|| format!("cannot decode image {} (row {})", p.display(), row.id))?;
+    Ok(DynamicImage::ImageRgb8(rgb))
 }
 
 /// Makes a training view: the clean image for [`NO_AUG`], otherwise

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod head;
+pub mod stage;
 pub mod tensorboard;
 pub mod tracking;
 pub mod trainer;

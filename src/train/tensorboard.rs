@@ -13,35 +13,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-const CRC32C_POLY: u32 = 0x82F6_3B78;
-
-fn crc32c_table() -> &'static [u32; 256] {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ CRC32C_POLY
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
-        }
-        t
-    })
-}
-
-/// CRC-32C (Castagnoli), as TFRecord uses.
+/// CRC-32C (Castagnoli, the iSCSI polynomial), as TFRecord uses.
 pub fn crc32c(data: &[u8]) -> u32 {
-    let t = crc32c_table();
-    let mut crc = !0u32;
-    for &b in data {
-        crc = t[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    CASTAGNOLI.checksum(data)
 }
 
 /// TFRecord's masked CRC.

@@ -28,6 +28,21 @@ pub fn file_hash(path: &Path) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// Hex sha256 of a file, streamed (Hugging Face's LFS object ids, `SHA256SUMS` lines).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    sha256_reader(f, path)
+}
+
+/// Hex sha256 of everything `r` yields (e.g. a file wrapped by a progress bar); `path` names it
+/// in errors.
+pub fn sha256_reader(mut r: impl Read, path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut r, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
 /// A stable 64-bit number from a string (split assignment, seeds).
 pub fn stable_u64(s: &str) -> u64 {
     let h = blake3::hash(s.as_bytes());
@@ -47,5 +62,10 @@ mod tests {
         let p = dir.path().join("f");
         std::fs::write(&p, b"abc").unwrap();
         assert_eq!(file_hash(&p).unwrap(), content_hash(b"abc"));
+        // FIPS 180-2's "abc" vector.
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -169,10 +169,9 @@ where
 
 /// Decodes an image file, sniffing the format from its bytes (serve keeps `<hash>.img` files).
 pub fn open_any(path: &std::path::Path) -> Result<DynamicImage> {
-    image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode image {}", path.display()))
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    let rgb = crate::data::decode::decode_rgb_any(&bytes)
+        .with_context(|| format!("cannot decode image {}", path.display()))?;
+    Ok(DynamicImage::ImageRgb8(rgb))
 }

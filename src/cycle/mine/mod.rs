@@ -10,6 +10,7 @@
 pub mod diversity;
 pub mod prompts;
 pub mod select;
+pub mod stage;
 pub mod write;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use select::{
     apply_second_model, hardness, merge_cases, reasons_of, select_eval, select_serve, Case,
     Criteria, EvalSelection, Origin, Reason, ServeSelection,
 };
+pub use stage::{parse_since, run_mine_hard, MineRequest};
 pub use write::{write_outputs, Selected, Summary};
 
 use crate::data::decode::{analyze, DecodeLimits};
@@ -110,7 +112,7 @@ fn bump(summary: &mut Summary, key: &str, n: usize) {
 fn inspect(case: &Case, s: &Settings, now: &str) -> Result<Selected> {
     let bytes = std::fs::read(&case.path)?;
     let info = analyze(&bytes, &s.limits).map_err(|r| anyhow::anyhow!("{r:?}"))?;
-    let img = image::load_from_memory(&bytes)?.to_rgb8();
+    let img = crate::data::decode::decode_rgb_any(&bytes)?;
     let attrs = measure(&img);
     let thumb = imageops::thumbnail(&img, write::TILE, write::TILE);
     let label = case.suggested_label();

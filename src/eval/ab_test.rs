@@ -1,0 +1,360 @@
+//! `sv72 ab-test` as a library call: both models resolved (`infer::ModelRef`), run on
+//! byte-identical validator challenges — through one pass of a shared backbone when both are
+//! checkpoints on the same backbone and preprocessing, else each end to end as `serve` loads it —
+//! then compared, decided and reported ([`super::ab`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::ab::{
+    compare, decide, write_ab_report, AbOptions, AbReport, DataRef, ModelRecord, PairedAnswer, Rule,
+};
+use super::challenges::{featurizer_for, ChallengeFeatures};
+use crate::backend::{on_device, Cpu};
+use crate::config::Config;
+use crate::data::manifest::{parse_on, ManifestRow};
+use crate::exit;
+use crate::export::card::{ModelCard, MODEL_CARD_FILE};
+use crate::infer::{model_loader, ModelRef as Model};
+use crate::train::checkpoint::{Checkpoint, BUNDLED_BACKBONE};
+use crate::train::data::{challenge_views, load_challenge, read_split, ViewKey, LEVELS};
+use crate::util::hash::file_hash;
+
+/// How the two models are run on the challenges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mode {
+    /// `features` when both are checkpoints on the same backbone and preprocessing, else `images`.
+    #[default]
+    Auto,
+    /// One pass of the shared backbone through the feature cache, both heads applied to it.
+    Features,
+    /// Each model run end to end (as `serve` loads it) on the same challenge images.
+    Images,
+}
+
+/// What to compare, on what.
+#[derive(Debug, Clone)]
+pub struct AbRequest {
+    /// Model A, the incumbent, and B, the challenger: any model reference.
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// `MANIFEST[:split]`.
+    pub on: String,
+    /// Report folder (default: under `ab_test.out_dir`).
+    pub out: Option<PathBuf>,
+    pub mode: Mode,
+}
+
+/// A finished A/B test.
+#[derive(Debug)]
+pub struct AbOutcome {
+    pub report: AbReport,
+    /// `decision.json`, `report.md`, ... as written.
+    pub files: Vec<PathBuf>,
+}
+
+/// A model argument resolved: its record and, for checkpoints, the loaded head.
+struct Resolved {
+    r: ModelRecord,
+    /// Folder used to load it.
+    load_path: PathBuf,
+    ck: Option<Checkpoint<Cpu>>,
+}
+
+fn resolve(arg: &Path, which: &str) -> Result<Resolved> {
+    if !arg.exists() {
+        bail!(
+            "model {which} {}: no such checkpoint or export (give a checkpoint folder, a `latest` \
+             file, an export folder or exports/deployed)",
+            arg.display()
+        );
+    }
+    let model = Model::resolve(arg).with_context(|| format!("model {which}"))?;
+    let as_ck = match &model {
+        Model::Checkpoint(dir) => Some(dir.clone()),
+        Model::Export(_) => None,
+    };
+    let folder = model.dir().to_path_buf();
+    let canonical = std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone());
+    let card_path = folder.join(MODEL_CARD_FILE);
+    let card = if card_path.is_file() {
+        Some(ModelCard::read(&card_path).with_context(|| format!("model {which}"))?)
+    } else {
+        None
+    };
+    let ck = match &as_ck {
+        Some(dir) => Some(
+            Checkpoint::<Cpu>::load(dir, &Default::default())
+                .with_context(|| format!("model {which} {}", arg.display()))?,
+        ),
+        None => None,
+    };
+    let (kind, id) = match (&card, &ck) {
+        (Some(c), _) => ("export", format!("{}-{}", c.model_name, c.version)),
+        (None, Some(ck)) => ("checkpoint", ck.info.run_id.clone()),
+        (None, None) => ("model", String::new()),
+    };
+    Ok(Resolved {
+        r: ModelRecord {
+            arg: arg.display().to_string(),
+            path: canonical.display().to_string(),
+            kind: kind.into(),
+            id,
+            backbone: ck.as_ref().map(|c| c.info.backbone.name.clone()),
+        },
+        load_path: folder,
+        ck,
+    })
+}
+
+/// Why the shared-features path cannot be used (`None` = it can).
+fn features_blocker(a: &Resolved, b: &Resolved) -> Option<String> {
+    let (Some(ca), Some(cb)) = (&a.ck, &b.ck) else {
+        return Some("A or B is not an sv72 checkpoint (head.safetensors + run.yaml)".into());
+    };
+    if [&ca.dir, &cb.dir]
+        .iter()
+        .any(|d| d.join(BUNDLED_BACKBONE).join("config.json").is_file())
+    {
+        return Some("A or B bundles its own backbone".into());
+    }
+    let (ia, ib) = (&ca.info.backbone, &cb.info.backbone);
+    if ia.weights_hash != ib.weights_hash {
+        return Some(format!(
+            "different backbones ({} {} vs {} {})",
+            ia.name, ia.weights_hash, ib.name, ib.weights_hash
+        ));
+    }
+    if ia.preprocess != ib.preprocess {
+        return Some(format!(
+            "different preprocessing ({} vs {})",
+            ia.preprocess, ib.preprocess
+        ));
+    }
+    None
+}
+
+/// A challenge view with A's and B's served probabilities.
+type Paired = (ViewKey, f64, f64);
+
+/// Both heads on one pass of the shared backbone (through the feature cache).
+fn answers_by_features(
+    cfg: &Config,
+    a: &Checkpoint<Cpu>,
+    b: &Checkpoint<Cpu>,
+    rows: &[&ManifestRow],
+    views: &[ViewKey],
+) -> Result<(Vec<Paired>, usize)> {
+    let mut fz = featurizer_for(a, &cfg.paths.feature_cache)?;
+    let job = ChallengeFeatures {
+        cfg,
+        fz: &mut fz,
+        rows,
+        views,
+        seed: cfg.ab_test.seed,
+        latency: None,
+    };
+    let (set, kept, skipped, _) = on_device(cfg.backbone.device, cfg.backbone.dtype, job)?;
+    let cpu = Default::default();
+    let pa = a.predict_proba(&set.x, &cpu)?;
+    let pb = b.predict_proba(&set.x, &cpu)?;
+    if pa.len() != kept.len() || pb.len() != kept.len() {
+        bail!(
+            "internal: {} views but {}/{} answers",
+            kept.len(),
+            pa.len(),
+            pb.len()
+        );
+    }
+    Ok((
+        kept.into_iter()
+            .zip(pa.into_iter().zip(pb))
+            .map(|(v, (x, y))| (v, x, y))
+            .collect(),
+        skipped,
+    ))
+}
+
+/// Each model run end to end on the same challenge images, made once per chunk.
+fn answers_by_images(
+    cfg: &Config,
+    a: &Resolved,
+    b: &Resolved,
+    rows: &[&ManifestRow],
+    views: &[ViewKey],
+) -> Result<(Vec<Paired>, usize, String, String)> {
+    let loader = model_loader(cfg, cfg.backbone.device)?;
+    let mut pa =
+        loader(&a.load_path).with_context(|| format!("cannot load model A {}", a.r.arg))?;
+    let mut pb =
+        loader(&b.load_path).with_context(|| format!("cannot load model B {}", b.r.arg))?;
+    let root = &cfg.paths.datasets;
+    let seed = cfg.ab_test.seed;
+    let bar = crate::util::progress::bar(views.len() as u64, "ab-test");
+    let mut out = Vec::with_capacity(views.len());
+    let mut skipped = 0;
+    for chunk in views.chunks(cfg.backbone.batch_size.max(1)) {
+        let made: Vec<Option<RgbImage>> = chunk
+            .par_iter()
+            .map(|v| {
+                load_challenge(rows[v.row], v, root, &cfg.augment, seed)
+                    .ok()
+                    .map(|im| im.to_rgb8())
+            })
+            .collect();
+        let (kept, images): (Vec<&ViewKey>, Vec<RgbImage>) = chunk
+            .iter()
+            .zip(made)
+            .filter_map(|(v, im)| im.map(|im| (v, im)))
+            .unzip();
+        skipped += chunk.len() - kept.len();
+        if !images.is_empty() {
+            let ya = pa.predict(&images).context("model A")?;
+            let yb = pb.predict(&images).context("model B")?;
+            if ya.len() != images.len() || yb.len() != images.len() {
+                bail!(
+                    "a model answered {}/{} times for {} images",
+                    ya.len(),
+                    yb.len(),
+                    images.len()
+                );
+            }
+            for ((v, x), y) in kept.into_iter().zip(ya).zip(yb) {
+                out.push((v.clone(), f64::from(x), f64::from(y)));
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if out.is_empty() {
+        bail!("none of the {} challenges could be made", views.len());
+    }
+    Ok((out, skipped, pa.version(), pb.version()))
+}
+
+fn slug(id: &str) -> String {
+    let s: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        "model".into()
+    } else {
+        s
+    }
+}
+
+/// Runs an A/B test: both models on the same challenges, the paired statistics, the decision,
+/// and the report written to `req.out` (default `<ab_test.out_dir>/<time>-<A>-vs-<B>/`).
+pub fn run_ab_test(cfg: &Config, req: &AbRequest) -> Result<AbOutcome> {
+    let rule = Rule::from_config(&cfg.ab_test)?;
+    let (name, split) = parse_on(&req.on)?;
+    let (path, owned) = read_split(&cfg.paths.datasets, &name, split, "ab-test")?;
+    let rows: Vec<&ManifestRow> = owned.iter().collect();
+    let mut a = resolve(&req.a, "A")?;
+    let mut b = resolve(&req.b, "B")?;
+    let blocker = features_blocker(&a, &b);
+    let use_features = match (req.mode, &blocker) {
+        (Mode::Images, _) => false,
+        (Mode::Auto, Some(_)) => false,
+        (_, None) => true,
+        (Mode::Features, Some(why)) => bail!("--mode features: {why}; use --mode images"),
+    };
+    let draws = cfg.ab_test.draws_per_image.max(1);
+    let views = challenge_views(rows.len(), &LEVELS, draws, cfg.ab_test.seed, &cfg.augment);
+    eprintln!(
+        "ab-test: {} challenges ({} {split} images x levels 0-3 x {draws} draw(s)), mode {}",
+        views.len(),
+        rows.len(),
+        if use_features { "features" } else { "images" }
+    );
+    let (pairs, skipped) = match (use_features, &a.ck, &b.ck) {
+        (true, Some(ca), Some(cb)) => answers_by_features(cfg, ca, cb, &rows, &views)?,
+        _ => {
+            let (p, s, va, vb) = answers_by_images(cfg, &a, &b, &rows, &views)?;
+            for (m, v) in [(&mut a, va), (&mut b, vb)] {
+                if m.r.id.is_empty() {
+                    m.r.id = v;
+                }
+            }
+            (p, s)
+        }
+    };
+    if skipped > 0 {
+        eprintln!("ab-test: warning: {skipped} challenge(s) could not be made and were skipped for both models");
+    }
+    let answers: Vec<PairedAnswer> = pairs
+        .into_iter()
+        .map(|(v, pa, pb)| {
+            let r = rows[v.row];
+            PairedAnswer {
+                id: r.id.clone(),
+                label: r.label,
+                source: r.source,
+                generator: r.generator.clone(),
+                level: v.level,
+                draw: v.draw,
+                prob_a: pa,
+                prob_b: pb,
+            }
+        })
+        .collect();
+    let opts = AbOptions {
+        resamples: cfg.ab_test.bootstrap,
+        seed: cfg.ab_test.seed,
+        level_probs: cfg.augment.level_probs,
+        score_sequences: cfg.eval.score_sequences,
+        resample_sequences: cfg.ab_test.bootstrap_score_sequences,
+    };
+    let spinner = crate::util::progress::spinner("ab-test: bootstrap");
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let stats = compare(&answers, &opts)?;
+    spinner.finish_and_clear();
+    for w in &stats.warnings {
+        eprintln!("ab-test: warning: {w}");
+    }
+    let decision = decide(&stats, &rule);
+    let exit_code = if decision.promote {
+        exit::OK
+    } else {
+        exit::AB_KEEP
+    };
+    let report = AbReport {
+        created_at: chrono::Utc::now().to_rfc3339(),
+        data: DataRef {
+            manifest: path.display().to_string(),
+            manifest_hash: file_hash(&path)?,
+            split: split.to_string(),
+            seed: cfg.ab_test.seed,
+            draws_per_image: draws,
+            levels: LEVELS.to_vec(),
+            skipped,
+        },
+        mode: if use_features { "features" } else { "images" }.into(),
+        stats,
+        rule: cfg.ab_test.clone(),
+        decision,
+        exit_code,
+        a: a.r,
+        b: b.r,
+    };
+    let out = req.out.clone().unwrap_or_else(|| {
+        cfg.ab_test.out_dir.join(format!(
+            "{}-{}-vs-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+            slug(&report.a.id),
+            slug(&report.b.id)
+        ))
+    });
+    let files = write_ab_report(&out, &report, &answers)?;
+    Ok(AbOutcome { report, files })
+}
