@@ -20,7 +20,7 @@ SV72    := $(BIN) --set backbone.model=$(DEMO_BACKBONE) --set paths.exports=$(DE
 	--set cycle.model_card=$(DEMO_EXPORTS)/deployed/model_card.json --set ab_test.out_dir=$(DEMO)/abtests \
 	--set serve.prediction_log=$(DEMO)/predictions.jsonl
 
-.PHONY: all build demo demo-serve test bench lint fmt clean-demo compat
+.PHONY: all build demo demo-serve test serve-check bench lint fmt clean-demo compat
 
 all: build
 
@@ -66,6 +66,11 @@ demo-serve:
 
 test:
 	SV72_NO_PROGRESS=1 $(CARGO) test --locked
+
+# The load and abuse suite of `sv72 serve` (tests/serve_load.rs; a few minutes, loopback only).
+# SV72_ANCHOR_PYTHON=<python with tools/requirements-anchor.txt> adds the official-axon anchor.
+serve-check:
+	SV72_NO_PROGRESS=1 $(CARGO) test --release --locked --test main serve_load:: -- --ignored --nocapture --test-threads=1
 
 bench:
 	$(CARGO) bench --locked

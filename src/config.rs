@@ -564,7 +564,7 @@ impl Default for EvalConfig {
     }
 }
 
-/// `sv72 serve` settings.
+/// `sv72 serve` settings. Every limit of the axon lives here (see the README's serve section).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
@@ -575,16 +575,59 @@ pub struct ServeConfig {
     pub wallet_hotkey: String,
     /// Metagraph snapshot (hotkey, uid, stake, validator_permit).
     pub metagraph: PathBuf,
+    /// How often the metagraph file is checked for changes.
+    pub metagraph_poll_ms: u64,
     pub min_stake: f64,
-    pub max_batch: usize,
-    pub max_wait_ms: u64,
-    pub max_body_bytes: usize,
-    pub max_image_pixels: u64,
     /// Deployed export that serve loads and watches for hot swaps.
     pub model: PathBuf,
-    /// Answer for an image that cannot be decoded.
+    /// Answer for an image that cannot be decoded or scored in time.
     pub fallback_prediction: f64,
+    /// Send the image back in the response body as the Python axon does (doubles traffic).
+    pub echo_image: bool,
+    /// Images per predictor call at most.
+    pub max_batch: usize,
+    /// Wait for a fuller batch at most this long.
+    pub max_wait_ms: u64,
+    /// Images waiting for inference at most; beyond it the lowest stake is shed (503).
+    pub queue_capacity: usize,
+    /// Every accepted query is answered within this time from its head (the fallback if
+    /// decoding or inference is not done); further shortened by a smaller `timeout` header.
+    pub answer_deadline_ms: u64,
+    /// Open connections at most; at the cap the oldest idle or never-verified one is closed to
+    /// make room.
+    pub max_connections: usize,
+    /// Open connections per source address (IPv4, or IPv6 /64) at most; more are refused.
+    pub max_connections_per_ip: usize,
+    /// A request head must arrive whole within this time of its first byte (of the connection
+    /// for its first request).
+    pub header_timeout_ms: u64,
+    /// Keep-alive connections with no request in progress are closed after this (keep it above
+    /// aiohttp's 15 s pool idle time, or the validator's reuse can race the close).
+    pub idle_timeout_ms: u64,
+    /// Time allowed to receive the body once the checks passed.
+    pub body_timeout_ms: u64,
+    /// Size cap of the request head.
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    /// In-flight requests get this long to finish at shutdown.
+    pub shutdown_grace_ms: u64,
+    /// Images with more pixels (read from the header, before any pixel is decoded) get the
+    /// fallback.
+    pub max_image_pixels: u64,
+    /// Images above this many pixels take the large-image lane.
+    pub large_image_pixels: u64,
+    /// Large images being decoded or waiting for inference at most (bounds memory).
+    pub max_large_images: usize,
+    /// Small images being decoded or waiting for inference at most.
+    pub max_small_images: usize,
+    /// `hotkey:uuid` nonce keys remembered at most.
+    pub max_nonce_keys: usize,
+    /// JSON-lines prediction log; low-confidence images go to `low_confidence/` beside it.
     pub prediction_log: PathBuf,
+    /// Disk cap of the low-confidence image folder, in MiB.
+    pub low_confidence_cap_mb: u64,
+    /// Log lines per rejection reason per second at most; the rest are counted in the next.
+    pub rejection_log_per_s: u32,
 }
 
 impl Default for ServeConfig {
@@ -595,14 +638,31 @@ impl Default for ServeConfig {
             wallet_name: "default".into(),
             wallet_hotkey: "default".into(),
             metagraph: "metagraph.json".into(),
+            metagraph_poll_ms: 5000,
             min_stake: 1000.0,
-            max_batch: 16,
-            max_wait_ms: 5,
-            max_body_bytes: 16 * 1024 * 1024,
-            max_image_pixels: 40_000_000,
             model: "exports/deployed".into(),
             fallback_prediction: 0.5,
+            echo_image: false,
+            max_batch: 16,
+            max_wait_ms: 5,
+            queue_capacity: 256,
+            answer_deadline_ms: 7500,
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            header_timeout_ms: 5000,
+            idle_timeout_ms: 20_000,
+            body_timeout_ms: 5000,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+            max_image_pixels: 16 * 1024 * 1024,
+            large_image_pixels: 1024 * 1024,
+            max_large_images: 2,
+            max_small_images: 64,
+            max_nonce_keys: 100_000,
             prediction_log: "logs/predictions.jsonl".into(),
+            low_confidence_cap_mb: 512,
+            rejection_log_per_s: 5,
         }
     }
 }

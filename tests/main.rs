@@ -21,4 +21,5 @@ mod mix;
 mod plots;
 mod publish;
 mod serve;
+mod serve_load;
 mod train;
