@@ -8,6 +8,7 @@
 
 pub mod augment;
 pub mod backend;
+pub mod bench;
 pub mod chain;
 pub mod cli;
 pub mod config;
