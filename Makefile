@@ -20,7 +20,7 @@ SV72    := $(BIN) --set backbone.model=$(DEMO_BACKBONE) --set paths.exports=$(DE
 	--set cycle.model_card=$(DEMO_EXPORTS)/deployed/model_card.json --set ab_test.out_dir=$(DEMO)/abtests \
 	--set serve.prediction_log=$(DEMO)/predictions.jsonl
 
-.PHONY: all build demo demo-serve test serve-check bench lint fmt clean-demo compat
+.PHONY: all build demo demo-serve test serve-check bench lint fmt clean-demo compat gpu-bundle
 
 all: build
 
@@ -74,6 +74,21 @@ serve-check:
 
 bench:
 	$(CARGO) bench --locked
+
+# The GPU check's bundle (issue #11): the CUDA `sv72` and backbone test binaries, stripped, the
+# backbone fixtures and tools/gpu_check.sh, in dist/gpu-check/ — everything the check needs on a
+# GPU machine without network or registry. Run there: `dist/gpu-check/gpu_check.sh OUT_DIR`.
+GPU_BUNDLE ?= dist/gpu-check
+gpu-bundle:
+	$(CARGO) build --release --locked --features cuda --bin sv72
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/fixtures
+	cp $(or $(CARGO_TARGET_DIR),target)/release/sv72 $(GPU_BUNDLE)/sv72
+	cp "$$($(CARGO) test --release --locked --features cuda --test main --no-run --message-format=json \
+	  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)" $(GPU_BUNDLE)/backbone-tests
+	strip $(GPU_BUNDLE)/sv72 $(GPU_BUNDLE)/backbone-tests
+	cp -r tests/fixtures/backbones tests/fixtures/images $(GPU_BUNDLE)/fixtures/
+	cp tools/gpu_check.sh $(GPU_BUNDLE)/
+	@du -sh $(GPU_BUNDLE)
 
 # Developer tool (downloads torch twice): exports every fixture family x head, loads each as the
 # subnet's miner does in its pinned stack (transformers 4.45.2) and in current transformers,

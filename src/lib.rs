@@ -9,6 +9,7 @@
 
 pub mod augment;
 pub mod backend;
+pub mod bench;
 pub mod chain;
 pub mod cli;
 pub mod config;

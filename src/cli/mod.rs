@@ -10,6 +10,7 @@ use crate::config::Config;
 
 pub mod ab_test;
 pub mod args;
+pub mod bench;
 pub mod demo_data;
 pub mod deploy;
 pub mod econ;
@@ -81,6 +82,8 @@ pub enum Command {
     FetchBackbone(fetch_backbone::Args),
     /// Generate the embedded demo data set (procedural road scenes).
     DemoData(demo_data::Args),
+    /// Time the backbone forward (img/s, ms/batch, memory) and the decode + preprocess cost.
+    Bench(bench::Args),
 }
 
 /// What every subcommand receives besides its own flags.
@@ -166,6 +169,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::MineHard(a) => mine_hard::run(a, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),
         Command::FetchBackbone(a) => fetch_backbone::run(a, &ctx),
+        Command::Bench(a) => bench::run(a, &ctx),
         Command::DemoData(a) => demo_data::run(a, &ctx),
     }
 }
