@@ -28,7 +28,7 @@ use burn::module::{AutodiffModule, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation, ElementConversion, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -214,19 +214,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         if self.head_dropout <= 0.0 {
             return None;
         }
-        let keep = 1.0 - self.head_dropout;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead);
-        let v: Vec<f32> = (0..m * hidden)
-            .map(|_| {
-                if rng.random::<f64>() < keep {
-                    (1.0 / keep) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Some(Tensor::from_data(
-            TensorData::new(v, [m, hidden]),
+        Some(super::trainer::dropout_mask::<B>(
+            &mut rng,
+            [m, hidden],
+            1.0 - self.head_dropout,
             &self.device,
         ))
     }
