@@ -122,10 +122,12 @@ fn features_blocker(a: &Resolved, b: &Resolved) -> Option<String> {
         return Some("A or B bundles its own backbone".into());
     }
     let (ia, ib) = (&ca.info.backbone, &cb.info.backbone);
-    if ia.weights_hash != ib.weights_hash {
+    // A fine-tuned backbone's key includes its trained tensors.
+    let (ka, kb) = (ca.info.features_key(), cb.info.features_key());
+    if ka != kb {
         return Some(format!(
-            "different backbones ({} {} vs {} {})",
-            ia.name, ia.weights_hash, ib.name, ib.weights_hash
+            "different backbones ({} {ka} vs {} {kb})",
+            ia.name, ib.name
         ));
     }
     if ia.preprocess != ib.preprocess {
