@@ -709,6 +709,57 @@ mod openai {
         assert!(again.cost_usd.is_some_and(|c| (c - 0.04).abs() < 1e-9));
     }
 
+    /// A paid request that outlasts `timeout_s` may have been carried out: it fails once, is not
+    /// sent again in the run, and the re-run asks for it again.
+    #[test]
+    fn a_timed_out_paid_request_is_not_repeated() {
+        let d = tempfile::tempdir().unwrap();
+        let src_bytes = png(504, 40, 30);
+        let src = d.path().join("src.png");
+        std::fs::write(&src, &src_bytes).unwrap();
+        let prompts = write_prompts(d.path(), &src);
+        let s = server(src_bytes);
+        s.log.lock().unwrap().inject = HashMap::from([(
+            "a barrier at dusk".to_string(),
+            vec![Inject::Slow(Duration::from_millis(1600))],
+        )]);
+        let mut cfg = config(GenBackend::Openai, &format!("{}/v1", s.base));
+        cfg.model = Some("gpt-image-1".into());
+        let req = GenerateRequest {
+            prompts,
+            out: d.path().join("out"),
+            label: None,
+            limit: None,
+        };
+        let key = Secret::new(KEY);
+        let t = Instant::now();
+        let r = generate::run(&req, &cfg, key.clone()).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        assert_eq!(r.generated, 2);
+        assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+        assert_eq!(r.failures[0].prompt_id, "p3");
+        assert!(
+            r.failures[0].error.contains("not repeated"),
+            "{}",
+            r.failures[0].error
+        );
+        let calls = |p: &str| {
+            s.log
+                .lock()
+                .unwrap()
+                .calls
+                .iter()
+                .filter(|c| c.1 == p)
+                .count()
+        };
+        assert_eq!(calls("a barrier at dusk"), 1);
+        let again = generate::run(&req, &cfg, key).unwrap();
+        assert_eq!((again.generated, again.skipped_done), (1, 2));
+        assert_eq!(calls("a barrier at dusk"), 2);
+        // The server may still be finishing the slow answer; the checks it made so far hold.
+        assert!(s.log.lock().unwrap().problems.is_empty());
+    }
+
     /// The key comes from the environment and never reaches the output, even when the server
     /// echoes it in an error.
     #[test]
@@ -766,6 +817,8 @@ mod comfyui {
         seed: u64,
         polls: u32,
         posts: u32,
+        /// Never leaves the queue (a hung server).
+        stuck: bool,
     }
 
     #[derive(Default)]
@@ -775,6 +828,8 @@ mod comfyui {
         jobs: HashMap<String, Job>,
         /// Image file name -> seed.
         files: HashMap<String, u64>,
+        /// Jobs of this prompt text never finish.
+        stuck_prompt: Option<String>,
     }
 
     fn workflow(name: &str) -> PathBuf {
@@ -795,8 +850,13 @@ mod comfyui {
             .to_string();
             st.log.calls.push((route.clone(), r.path.clone()));
             if route != "/prompt" {
-                if let Some(resp) = st.log.take_injection(&route).and_then(injected) {
-                    return resp;
+                if let Some(i) = st.log.take_injection(&route) {
+                    // Not holding the state while a slow answer sleeps.
+                    drop(st);
+                    if let Some(resp) = injected(i) {
+                        return resp;
+                    }
+                    st = state.lock().unwrap();
                 }
             }
             match (r.method.as_str(), route.as_str()) {
@@ -818,6 +878,16 @@ mod comfyui {
                     resp_json(200, json!({"name": name, "subfolder": "", "type": "input"}))
                 }
                 ("POST", "/prompt") => {
+                    // A refusal (429/503) comes before the job is queued; a lost answer after.
+                    if let Some(Inject::Status(code)) = st
+                        .log
+                        .inject
+                        .get("/prompt")
+                        .and_then(|v| v.first().copied())
+                    {
+                        st.log.take_injection("/prompt");
+                        return injected(Inject::Status(code)).unwrap();
+                    }
                     let v = r.json();
                     let wf = &v["prompt"];
                     let id = v["prompt_id"].as_str().unwrap_or("").to_string();
@@ -859,10 +929,15 @@ mod comfyui {
                             "negative not filled",
                         );
                     }
+                    let stuck = st
+                        .stuck_prompt
+                        .as_ref()
+                        .is_some_and(|p| wf["6"]["inputs"]["text"] == json!(p));
                     let job = st.jobs.entry(id.clone()).or_insert(Job {
                         seed,
                         polls: 0,
                         posts: 0,
+                        stuck,
                     });
                     job.posts += 1;
                     if job.posts > 1 {
@@ -882,7 +957,7 @@ mod comfyui {
                     let pending: Vec<Value> = st
                         .jobs
                         .iter()
-                        .filter(|(_, j)| j.polls < 2)
+                        .filter(|(_, j)| j.polls < 2 || j.stuck)
                         .map(|(id, _)| json!([1, id, {}, {}, []]))
                         .collect();
                     resp_json(200, json!({"queue_running": [], "queue_pending": pending}))
@@ -892,7 +967,7 @@ mod comfyui {
                     let Some(job) = st.jobs.get_mut(&id) else {
                         return resp_json(200, json!({}));
                     };
-                    if job.polls < 2 {
+                    if job.polls < 2 || job.stuck {
                         job.polls += 1;
                         return resp_json(200, json!({}));
                     }
@@ -995,6 +1070,74 @@ mod comfyui {
             "a finished job was queued again"
         );
         assert_eq!(read_csv(&out.join(generate::CSV_FILE)).len(), 3);
+    }
+
+    /// A 429 on /prompt is asked again (nothing was queued), a /view that outlasts the timeout is
+    /// fetched again (a read), and a job that never finishes fails after `timeout_s` without
+    /// stopping the others or being queued twice.
+    #[test]
+    fn rate_limit_slow_view_and_a_hung_job() {
+        let d = tempfile::tempdir().unwrap();
+        let src_bytes = png(503, 40, 30);
+        let src = d.path().join("src.png");
+        std::fs::write(&src, &src_bytes).unwrap();
+        let prompts = write_prompts(d.path(), &src);
+        let state = Arc::new(Mutex::new(State {
+            stuck_prompt: Some("a barrier at dusk".into()),
+            ..Default::default()
+        }));
+        state.lock().unwrap().log.inject = HashMap::from([
+            ("/prompt".to_string(), vec![Inject::Status(429)]),
+            (
+                "/view".to_string(),
+                vec![Inject::Slow(Duration::from_millis(1600))],
+            ),
+        ]);
+        let base = server(state.clone());
+        let mut cfg = config(GenBackend::Comfyui, &base);
+        cfg.comfyui.workflow = Some(workflow("sdxl-t2i.json"));
+        cfg.comfyui.workflow_i2i = Some(workflow("sdxl-i2i.json"));
+        cfg.comfyui.poll_ms = 20;
+        cfg.timeout_s = 1;
+        let out = d.path().join("out");
+        let req = GenerateRequest {
+            prompts,
+            out: out.clone(),
+            label: None,
+            limit: None,
+        };
+        let t = Instant::now();
+        let r = generate::run(&req, &cfg, None).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        let st = state.lock().unwrap();
+        assert!(st.log.problems.is_empty(), "{:#?}", st.log.problems);
+        assert_eq!(r.generated, 2, "{:?}", r.failures);
+        assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+        assert_eq!(r.failures[0].prompt_id, "p3");
+        assert!(
+            r.failures[0].error.contains("not finished after 1 s"),
+            "{}",
+            r.failures[0].error
+        );
+        assert!(st.jobs.values().all(|j| j.posts == 1), "a job queued twice");
+        let count = |route: &str| st.log.calls.iter().filter(|c| c.0 == route).count();
+        // 3 jobs queued once each, plus the refused one.
+        assert_eq!(count("/prompt"), 4);
+        // 2 images fetched, plus the one that timed out.
+        assert_eq!(count("/view"), 3);
+        let rows = read_csv(&out.join(generate::CSV_FILE));
+        assert_eq!(
+            rows.iter()
+                .map(|r| r.prompt_id.as_str())
+                .collect::<Vec<_>>(),
+            ["p1", "p2"]
+        );
+        for row in &rows {
+            assert_eq!(
+                std::fs::read(out.join(&row.path)).unwrap(),
+                png(row.seed.unwrap(), 64, 48)
+            );
+        }
     }
 
     #[test]
