@@ -17,11 +17,13 @@
 //!   stay separate and keep their splits; bridges are reported because their members are near
 //!   duplicates of images in the other groups too.
 //!
-//! Two more links count as distance 0, on top of pHash: images sharing a *group key* (the value
-//! of a grouping column, e.g. the video a frame came from), and an image-to-image child and its
-//! *parent* (by content id; a parent may live in another dataset's manifest, given as
-//! `external`). So frames of one video, and generated variants of an image, always share the
-//! split of the group they join, however many ingests they arrive over.
+//! Two more links, on top of pHash: images sharing a *group key* (the value of a grouping column,
+//! e.g. the video a frame came from), and an image-to-image child and its *parent* (by content
+//! id; a parent may live in another dataset's manifest, given as `external`). They rank before
+//! every pHash link, even an exact one, when a bridge picks the group to join: a frame that also
+//! looks like another video's frame stays with its own video. So frames of one video, and
+//! generated variants of an image, always share the split of the group they join, however many
+//! ingests they arrive over.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -198,7 +200,8 @@ pub fn assign_groups<'a>(
         index.insert(m.phash);
     }
     let mut uf = UnionFind::new(new.len());
-    // Closest existing neighbour of each new image: (distance, group).
+    // Closest existing neighbour of each new image: (rank, group), rank 0 for a key or parent
+    // link and 1 + Hamming distance for a pHash one.
     let mut nearest_old: Vec<Option<(u32, &'a str)>> = vec![None; new.len()];
     let mut touched: Vec<BTreeSet<&'a str>> = vec![BTreeSet::new(); new.len()];
     // Group keys and ids, for the distance-0 links.
@@ -246,7 +249,7 @@ pub fn assign_groups<'a>(
         for &(j, d) in &hits {
             let j = j as usize;
             if j < n_old {
-                link_old(i, existing[j].group, d, &mut touched);
+                link_old(i, existing[j].group, d + 1, &mut touched);
             } else if j - n_old != i {
                 uf.union(i, j - n_old);
             }
@@ -503,6 +506,40 @@ mod tests {
         assert_eq!((a[5].group.as_str(), a[5].split), ("gext", Split::Val));
         assert_eq!(a[6].group, "lone");
         assert!(g.bridges.is_empty());
+    }
+
+    /// A frame of video 7 that is also an exact pHash copy of a frame in a group named earlier
+    /// ("aa") still joins its video's group.
+    #[test]
+    fn a_group_key_outranks_an_exact_phash_match() {
+        let cfg = SplitConfig::default();
+        let existing = [
+            ExistingMember {
+                id: "e1",
+                phash: 0xABCD,
+                group: "aa",
+                split: Split::Val,
+                key: Some("video:3"),
+            },
+            ExistingMember {
+                id: "e2",
+                phash: u64::MAX,
+                group: "zz",
+                split: Split::Train,
+                key: Some("video:7"),
+            },
+        ];
+        let new = [NewMember {
+            key: Some("video:7"),
+            ..NewMember::new("n", 0xABCD)
+        }];
+        let g = assign_groups(&existing, &new, 4, &cfg, &ExternalParents::new());
+        assert_eq!(
+            (g.assignments[0].group.as_str(), g.assignments[0].split),
+            ("zz", Split::Train)
+        );
+        assert_eq!(g.bridges.len(), 1);
+        assert_eq!(g.bridges[0].touched, vec!["aa", "zz"]);
     }
 
     #[test]
