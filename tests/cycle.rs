@@ -703,6 +703,17 @@ fn example_config_loads_and_expands() {
         format!("{out}/{}", sv72::generate::CSV_FILE),
         steps[3].args[4]
     );
+    // The commented-out finetune alternative of the training step.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let alt = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("#  - [finetune"))
+        .expect("the finetune alternative is in the example");
+    let alt: Vec<Vec<String>> =
+        serde_yaml::from_str(&format!("- [finetune{alt}")).expect("it is a YAML step");
+    let mut steps = steps;
+    steps.extend(sv72::cycle::pipeline::expand_steps(&alt, submitted(), &env).unwrap());
+    assert_eq!(steps.last().unwrap().args[2], "mix-20260101");
     // Every step must be a command line this binary accepts, so the example cannot rot when a
     // subcommand's flags change.
     use clap::Parser;

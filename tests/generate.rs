@@ -1138,6 +1138,28 @@ mod comfyui {
                 png(row.seed.unwrap(), 64, 48)
             );
         }
+        drop(st);
+
+        // The hung job is still queued on the server; once it finishes, the re-run collects it
+        // instead of queueing a copy.
+        for j in state.lock().unwrap().jobs.values_mut() {
+            j.stuck = false;
+        }
+        let again = generate::run(&req, &cfg, None).unwrap();
+        assert_eq!(
+            (again.generated, again.skipped_done, again.failures.len()),
+            (1, 2, 0),
+            "{:?}",
+            again.failures
+        );
+        let st = state.lock().unwrap();
+        assert!(st.log.problems.is_empty(), "{:#?}", st.log.problems);
+        assert_eq!(st.jobs.len(), 3);
+        assert!(
+            st.jobs.values().all(|j| j.posts == 1),
+            "the hung job was queued again"
+        );
+        assert_eq!(read_csv(&out.join(generate::CSV_FILE)).len(), 3);
     }
 
     #[test]
