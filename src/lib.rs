@@ -18,6 +18,7 @@ pub mod exit;
 pub mod export;
 pub mod features;
 pub mod infer;
+pub mod judge;
 pub mod keys;
 pub mod metrics;
 pub mod model;

@@ -1497,3 +1497,81 @@ mod checkpoint_model {
         server.shutdown().unwrap();
     }
 }
+
+/// The VLM judge behind the real axon protocol (issue #15): an uncertain answer is blended with
+/// the stand-in judge's opinion; with the judge slowed to 20 s the answer still leaves within
+/// the inference budget, as the base answer.
+mod judged {
+    use super::*;
+    use crate::judge::{logprobs, says, Canned, StandIn};
+
+    fn judge_for(server: &StandIn, dir: &Path) -> Arc<sv72::judge::Judge> {
+        let cfg = sv72::config::JudgeConfig {
+            endpoint: server.endpoint(),
+            model: "stand-in-vl".into(),
+            reserve_ms: 300,
+            log: dir.join("judge.jsonl"),
+            ..Default::default()
+        };
+        sv72::judge::Judge::from_config(&cfg).unwrap().unwrap()
+    }
+
+    fn serve_with(k: &Keys, judge: Arc<sv72::judge::Judge>, budget: Duration) -> Server {
+        let slot = ModelSlot::new(Box::new(Const(0.5)), Arc::new(Metrics::new()));
+        let mg = Arc::new(MetagraphHandle::fixed(Metagraph::from_neurons(neurons(k))));
+        let mut o = options(&k.axon, None);
+        o.inference_timeout = budget;
+        o.judge = Some(judge);
+        Server::start(o, mg, slot).unwrap()
+    }
+
+    fn image_hash() -> String {
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(image_b64())
+            .unwrap();
+        blake3::hash(&b).to_hex().to_string()
+    }
+
+    #[test]
+    fn uncertain_answers_are_judged_and_a_slow_judge_never_makes_them_late() {
+        let k = keys();
+        let t = tempfile::tempdir().unwrap();
+        let img = image_b64();
+        let ask = |server: &Server| {
+            let s = Signed::new(&k.validator, &k.axon);
+            let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img);
+            let start = Instant::now();
+            let p = accepted(&send(server.addr(), &s.build(b)));
+            (p, start.elapsed())
+        };
+
+        let good = StandIn::start(HashMap::from([(
+            image_hash(),
+            Canned::Reply(logprobs(0.9), Duration::ZERO),
+        )]));
+        let server = serve_with(&k, judge_for(&good, t.path()), Duration::from_secs(5));
+        // 0.5 * 0.5 + 0.5 * 0.9.
+        let (p, _) = ask(&server);
+        assert!((p - 0.7).abs() < 1e-5, "{p}");
+        assert_eq!(good.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        server.shutdown().unwrap();
+        let log = std::fs::read_to_string(t.path().join("judge.jsonl")).unwrap();
+        let line: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+        assert_eq!(line["base"], 0.5, "{log}");
+        assert!((line["judge"].as_f64().unwrap() - 0.9).abs() < 1e-9, "{log}");
+        assert_eq!(line["image_hash"], image_hash());
+
+        let slow = StandIn::start(HashMap::from([(
+            image_hash(),
+            Canned::Reply(says("yes"), Duration::from_secs(20)),
+        )]));
+        let budget = Duration::from_millis(1500);
+        let server = serve_with(&k, judge_for(&slow, t.path()), budget);
+        for _ in 0..2 {
+            let (p, took) = ask(&server);
+            assert_eq!(p, 0.5);
+            assert!(took < budget + Duration::from_millis(300), "{took:?}");
+        }
+        server.shutdown().unwrap();
+    }
+}

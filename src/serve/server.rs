@@ -68,6 +68,9 @@ pub struct ServeOptions {
     pub metagraph_poll: Duration,
     /// Shut down on SIGINT/SIGTERM.
     pub handle_signals: bool,
+    /// The VLM judge asked about answers in its band (`judge:` in the config), within what is
+    /// left of `inference_timeout`.
+    pub judge: Option<Arc<crate::judge::Judge>>,
 }
 
 impl ServeOptions {
@@ -116,6 +119,7 @@ impl ServeOptions {
             shutdown_grace: Duration::from_secs(10),
             metagraph_poll: Duration::from_secs(5),
             handle_signals: false,
+            judge: None,
         })
     }
 }
@@ -762,6 +766,7 @@ async fn forward(
     image_b64: String,
     stake: f64,
 ) -> Result<Forwarded, Reject> {
+    let started = Instant::now();
     let fallback = state.opts.fallback_prediction;
     let max_bytes = state.opts.max_image_bytes;
     let max_pixels = state.opts.max_image_pixels;
@@ -795,7 +800,14 @@ async fn forward(
     };
     let rx = state.batcher.submit(img, stake);
     match tokio::time::timeout(state.opts.inference_timeout, rx).await {
-        Ok(Ok(Outcome::Scored(p))) => Ok((p, hash, true, Some((bytes, b64)))),
+        Ok(Ok(Outcome::Scored(p))) => {
+            let deadline = started + state.opts.inference_timeout;
+            let p = match &state.opts.judge {
+                Some(j) if j.wants(p) => judged(j, &bytes, &hash, p, deadline).await,
+                _ => p,
+            };
+            Ok((p, hash, true, Some((bytes, b64))))
+        }
         Ok(Ok(Outcome::Fallback(p))) => Ok((p, hash, false, Some((bytes, b64)))),
         Ok(Ok(Outcome::Shed)) => Err(reject(
             h,
@@ -812,6 +824,24 @@ async fn forward(
             );
             Ok((fallback, hash, false, Some((bytes, b64))))
         }
+    }
+}
+
+/// The judge's answer for a scored image, or `base` when it is not back by `deadline` (the
+/// judge keeps its own deadline; the timeout here only guards against a stuck blocking pool).
+async fn judged(
+    j: &Arc<crate::judge::Judge>,
+    bytes: &[u8],
+    hash: &str,
+    base: f32,
+    deadline: Instant,
+) -> f32 {
+    let (j, bytes, hash) = (j.clone(), bytes.to_vec(), hash.to_string());
+    let task = tokio::task::spawn_blocking(move || j.judge(&bytes, &hash, base, deadline).answer);
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, task).await {
+        Ok(Ok(p)) => p,
+        _ => base,
     }
 }
 
