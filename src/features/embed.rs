@@ -349,7 +349,6 @@ impl OnBackend for EmbedOn<'_> {
     }
 }
 
-
 /// The crate-wide rule (`data::decode`): PIL's pixels, EXIF-oriented, alpha dropped.
 fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     let rgb = crate::data::decode::decode_rgb_any(bytes).context("not a decodable image")?;
