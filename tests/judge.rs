@@ -120,7 +120,9 @@ fn serve_one(
             len = v.trim().parse().unwrap_or(0);
         }
         if lower.starts_with("authorization:") {
-            auth.lock().unwrap().push(line["authorization:".len()..].trim().to_string());
+            auth.lock()
+                .unwrap()
+                .push(line["authorization:".len()..].trim().to_string());
         }
     }
     let mut body = vec![0u8; len];
@@ -220,7 +222,13 @@ fn canned_answers_are_blended_cached_and_logged_with_the_key_kept_secret() {
     // "Yes." = answer_confidence 0.9; blend 0.5 * 0.4 + 0.5 * 0.9 = 0.65.
     let out = j.judge(&yes, &hy, 0.4, dl());
     assert!((out.answer - 0.65).abs() < 1e-6, "{out:?}");
-    assert_eq!(out.verdict, Verdict::Judged { judge: 0.9, cached: false });
+    assert_eq!(
+        out.verdict,
+        Verdict::Judged {
+            judge: 0.9,
+            cached: false
+        }
+    );
     // logprobs 0.8 beside base 0.6 → 0.7.
     let out = j.judge(&lp, &hl, 0.6, dl());
     assert!((out.answer - 0.7).abs() < 1e-5, "{out:?}");
@@ -230,17 +238,38 @@ fn canned_answers_are_blended_cached_and_logged_with_the_key_kept_secret() {
     assert_eq!(server.calls.load(Ordering::Relaxed), 3);
     // Second time: from the cache, no call.
     let out = j.judge(&yes, &hy, 0.3, dl());
-    assert_eq!(out.verdict, Verdict::Judged { judge: 0.9, cached: true });
+    assert_eq!(
+        out.verdict,
+        Verdict::Judged {
+            judge: 0.9,
+            cached: true
+        }
+    );
     assert_eq!(server.calls.load(Ordering::Relaxed), 3);
 
     // The request: the prompt, the image as a data URL, logprobs asked, the key as a bearer.
     let bodies = server.bodies.lock().unwrap().clone();
     let b = &bodies[0];
     assert_eq!(b["model"], "stand-in-vl");
-    assert!(b.pointer("/messages/0/content/0/text").unwrap().as_str().unwrap().contains("roadwork"));
-    assert!(b.pointer("/messages/0/content/1/image_url/url").unwrap().as_str().unwrap().starts_with("data:image/jpeg;base64,"));
+    assert!(b
+        .pointer("/messages/0/content/0/text")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .contains("roadwork"));
+    assert!(b
+        .pointer("/messages/0/content/1/image_url/url")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/jpeg;base64,"));
     assert_eq!(b["logprobs"], true);
-    assert!(server.auth.lock().unwrap().iter().all(|a| a == &format!("Bearer {secret}")));
+    assert!(server
+        .auth
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|a| a == &format!("Bearer {secret}")));
 
     // Every judged answer logged with both opinions; the key nowhere.
     let lines = read_log(&log);
@@ -258,11 +287,23 @@ fn canned_answers_are_blended_cached_and_logged_with_the_key_kept_secret() {
 fn slow_failing_and_malformed_endpoints_give_the_base_answer_in_time() {
     let t = tempfile::tempdir().unwrap();
     let cases: Vec<(u8, Canned, &str)> = vec![
-        (10, Canned::Reply(says("yes"), Duration::from_secs(20)), "late"),
+        (
+            10,
+            Canned::Reply(says("yes"), Duration::from_secs(20)),
+            "late",
+        ),
         (11, Canned::Status(500), "HTTP 500"),
         (12, Canned::Malformed("<html>oops</html>"), "not JSON"),
-        (13, Canned::Reply(says("perhaps"), Duration::ZERO), "neither yes nor no"),
-        (14, Canned::Reply(serde_json::json!({"choices": []}), Duration::ZERO), "choices[0]"),
+        (
+            13,
+            Canned::Reply(says("perhaps"), Duration::ZERO),
+            "neither yes nor no",
+        ),
+        (
+            14,
+            Canned::Reply(serde_json::json!({"choices": []}), Duration::ZERO),
+            "choices[0]",
+        ),
         (15, Canned::Close, "failed"),
     ];
     let server = StandIn::start(
@@ -296,8 +337,18 @@ fn slow_failing_and_malformed_endpoints_give_the_base_answer_in_time() {
     // No time left at all: not even a call.
     let (bytes, hash) = image(10);
     let before = server.calls.load(Ordering::Relaxed);
-    let out = j.judge(&bytes, &hash, 0.5, Instant::now() + Duration::from_millis(100));
-    assert_eq!(out.verdict, Verdict::Unjudged { reason: "no_time".into() });
+    let out = j.judge(
+        &bytes,
+        &hash,
+        0.5,
+        Instant::now() + Duration::from_millis(100),
+    );
+    assert_eq!(
+        out.verdict,
+        Verdict::Unjudged {
+            reason: "no_time".into()
+        }
+    );
     assert_eq!(server.calls.load(Ordering::Relaxed), before);
     assert_eq!(read_log(&log).len(), cases.len() + 1);
 }
@@ -348,14 +399,22 @@ fn breaker_opens_on_failures_and_closes_after_a_good_trial() {
     let j = Judge::from_config(&cfg).unwrap().unwrap();
     let dl = || Instant::now() + Duration::from_secs(3);
     for _ in 0..3 {
-        assert!(matches!(j.judge(&bad, &hb, 0.5, dl()).verdict, Verdict::Unjudged { .. }));
+        assert!(matches!(
+            j.judge(&bad, &hb, 0.5, dl()).verdict,
+            Verdict::Unjudged { .. }
+        ));
     }
     assert_eq!(j.breaker_state(), "open");
     let calls = server.calls.load(Ordering::Relaxed);
     assert_eq!(calls, 3);
     // Open: even a good image is not sent.
     let out = j.judge(&good, &hg, 0.5, dl());
-    assert_eq!(out.verdict, Verdict::Unjudged { reason: "breaker_open".into() });
+    assert_eq!(
+        out.verdict,
+        Verdict::Unjudged {
+            reason: "breaker_open".into()
+        }
+    );
     assert_eq!(server.calls.load(Ordering::Relaxed), calls);
     // After the cooldown one trial goes out; it succeeds and the breaker closes.
     std::thread::sleep(Duration::from_millis(cfg.breaker_cooldown_ms + 50));
@@ -376,7 +435,10 @@ fn concurrency_cap_answers_unjudged_when_full() {
     let (slow, hs) = image(40);
     let (fast, hf) = image(41);
     let server = StandIn::start(HashMap::from([
-        (hs.clone(), Canned::Reply(says("yes"), Duration::from_millis(800))),
+        (
+            hs.clone(),
+            Canned::Reply(says("yes"), Duration::from_millis(800)),
+        ),
         (hf.clone(), Canned::Reply(says("yes"), Duration::ZERO)),
     ]));
     let t = tempfile::tempdir().unwrap();
@@ -384,15 +446,26 @@ fn concurrency_cap_answers_unjudged_when_full() {
     cfg.max_concurrency = 1;
     let j = Judge::from_config(&cfg).unwrap().unwrap();
     let j2 = j.clone();
-    let h = std::thread::spawn(move || j2.judge(&slow, &hs, 0.5, Instant::now() + Duration::from_secs(3)));
+    let h = std::thread::spawn(move || {
+        j2.judge(&slow, &hs, 0.5, Instant::now() + Duration::from_secs(3))
+    });
     // Wait (bounded) until the slow call reached the stand-in.
     let end = Instant::now() + Duration::from_secs(3);
     while server.calls.load(Ordering::Relaxed) == 0 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));
     }
     let out = j.judge(&fast, &hf, 0.5, Instant::now() + Duration::from_secs(3));
-    assert_eq!(out.verdict, Verdict::Unjudged { reason: "busy".into() });
+    assert_eq!(
+        out.verdict,
+        Verdict::Unjudged {
+            reason: "busy".into()
+        }
+    );
     assert!(matches!(h.join().unwrap().verdict, Verdict::Judged { .. }));
     // The slot is free again.
-    assert!(matches!(j.judge(&fast, &hf, 0.5, Instant::now() + Duration::from_secs(3)).verdict, Verdict::Judged { .. }));
+    assert!(matches!(
+        j.judge(&fast, &hf, 0.5, Instant::now() + Duration::from_secs(3))
+            .verdict,
+        Verdict::Judged { .. }
+    ));
 }

@@ -1558,7 +1558,10 @@ mod judged {
         let log = std::fs::read_to_string(t.path().join("judge.jsonl")).unwrap();
         let line: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
         assert_eq!(line["base"], 0.5, "{log}");
-        assert!((line["judge"].as_f64().unwrap() - 0.9).abs() < 1e-9, "{log}");
+        assert!(
+            (line["judge"].as_f64().unwrap() - 0.9).abs() < 1e-9,
+            "{log}"
+        );
         assert_eq!(line["image_hash"], image_hash());
 
         let slow = StandIn::start(HashMap::from([(

@@ -46,20 +46,43 @@ fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
         code(
             d,
             &[
-                "ingest", "--name", name, "--folder", folder, "--source", source,
-                "--generator", generator,
+                "ingest",
+                "--name",
+                name,
+                "--folder",
+                folder,
+                "--source",
+                source,
+                "--generator",
+                generator,
             ],
             0,
         );
     }
     code(
         d,
-        &["synth-mix", "--real", "real", "--synthetic", "synth", "--name", "mix"],
+        &[
+            "synth-mix",
+            "--real",
+            "real",
+            "--synthetic",
+            "synth",
+            "--name",
+            "mix",
+        ],
         0,
     );
     code(
         d,
-        &["train-head", "--manifest", "mix", "--epochs", "2", "--views", "1"],
+        &[
+            "train-head",
+            "--manifest",
+            "mix",
+            "--epochs",
+            "2",
+            "--views",
+            "1",
+        ],
         0,
     );
 
@@ -68,14 +91,24 @@ fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
     code(
         d,
         &[
-            "ab-test", "checkpoints/latest", "plain.yaml", "--on", "mix:test", "--out", "plain",
+            "ab-test",
+            "checkpoints/latest",
+            "plain.yaml",
+            "--on",
+            "mix:test",
+            "--out",
+            "plain",
         ],
         3,
     );
     let plain = decision(&d.join("plain"));
     assert_eq!(plain.mode, "images");
     assert_eq!(plain.b.kind, "spec");
-    assert!(plain.b.id.ends_with("~identity/meanlogit"), "{}", plain.b.id);
+    assert!(
+        plain.b.id.ends_with("~identity/meanlogit"),
+        "{}",
+        plain.b.id
+    );
     assert_eq!((plain.stats.mcnemar.b, plain.stats.mcnemar.c), (0, 0));
     assert_eq!(plain.stats.delta.accuracy.estimate, 0.0);
     let lat = plain.latency.as_ref().expect("latency in images mode");
@@ -89,23 +122,42 @@ fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
     )
     .unwrap();
     let out = code(d, &["calibrate", "tta.yaml", "--on", "mix"], 0);
-    assert!(out.contains("temperature") && out.contains("threshold"), "{out}");
+    assert!(
+        out.contains("temperature") && out.contains("threshold"),
+        "{out}"
+    );
     let spec = ModelSpec::read(&d.join("tta.yaml")).unwrap();
-    assert!(spec.calibrated_on.as_deref().unwrap().contains("val"), "{spec:?}");
+    assert!(
+        spec.calibrated_on.as_deref().unwrap().contains("val"),
+        "{spec:?}"
+    );
     assert!(spec.calibration.temperature > 0.0);
     assert_eq!(spec.view_spec().per_image(), 6);
     let md = code(
         d,
         &[
-            "ab-test", "checkpoints/latest", "tta.yaml", "--on", "mix:test", "--out", "tta",
-            "--set", "ab_test.min_gain=-2", "--set", "ab_test.require_ci_above_zero=false",
+            "ab-test",
+            "checkpoints/latest",
+            "tta.yaml",
+            "--on",
+            "mix:test",
+            "--out",
+            "tta",
+            "--set",
+            "ab_test.min_gain=-2",
+            "--set",
+            "ab_test.require_ci_above_zero=false",
         ],
         0,
     );
     assert!(md.contains("latency per answer"), "{md}");
     let tta = decision(&d.join("tta"));
     assert_eq!(tta.stats.answers, plain.stats.answers);
-    assert!(tta.b.id.contains("identity+hflip+grid2/top3"), "{}", tta.b.id);
+    assert!(
+        tta.b.id.contains("identity+hflip+grid2/top3"),
+        "{}",
+        tta.b.id
+    );
     let report = std::fs::read_to_string(d.join("tta/report.md")).unwrap();
     assert!(report.contains("latency per answer"), "{report}");
 
@@ -120,7 +172,10 @@ fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
     let im = image::RgbImage::from_pixel(64, 48, image::Rgb([90, 120, 60]));
     let y = p.predict(&[im.clone(), im]).unwrap();
     assert_eq!(y.len(), 2);
-    assert!(y.iter().all(|v| (0.0..=1.0).contains(v)) && y[0] == y[1], "{y:?}");
+    assert!(
+        y.iter().all(|v| (0.0..=1.0).contains(v)) && y[0] == y[1],
+        "{y:?}"
+    );
 
     // A spec is not a checkpoint for commands that need one, with a clear error.
     let e = code(d, &["calibrate", "checkpoints/latest", "--on", "mix"], 1);

@@ -29,7 +29,10 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     args.device.apply(&mut cfg);
     let out = calibrate_spec(&cfg, &args.spec, &args.on)?;
     if out.skipped > 0 {
-        eprintln!("calibrate: warning: {} challenge(s) could not be made", out.skipped);
+        eprintln!(
+            "calibrate: warning: {} challenge(s) could not be made",
+            out.skipped
+        );
     }
     println!(
         "{}: temperature {:.4}, threshold {:.4} ({} challenges)",

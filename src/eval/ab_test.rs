@@ -13,8 +13,8 @@ use super::ab::{
     compare, decide, write_ab_report, AbOptions, AbReport, DataRef, ModelRecord, PairLatency,
     PairedAnswer, Rule,
 };
-use super::Latency;
 use super::challenges::{featurizer_for, ChallengeFeatures};
+use super::Latency;
 use crate::backend::{on_device, Cpu};
 use crate::config::Config;
 use crate::data::manifest::{parse_on, ManifestRow};
@@ -201,7 +201,9 @@ fn probe_latency(
             t.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    Ok(Latency::from_samples(device, ta).zip(Latency::from_samples(device, tb)).map(|(a, b)| PairLatency { a, b }))
+    Ok(Latency::from_samples(device, ta)
+        .zip(Latency::from_samples(device, tb))
+        .map(|(a, b)| PairLatency { a, b }))
 }
 
 /// Each model run end to end on the same challenge images, made once per chunk.

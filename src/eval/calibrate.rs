@@ -64,22 +64,30 @@ pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<Calibr
     let base: Box<dyn Predictor> = if spec.is_ensemble() {
         let mut members = Vec::new();
         for (i, p) in spec.member_paths(spec_path)?.iter().enumerate() {
-            members.push(loader(p).with_context(|| {
-                format!("model spec {}: members[{i}]", spec_path.display())
-            })?);
+            members
+                .push(loader(p).with_context(|| {
+                    format!("model spec {}: members[{i}]", spec_path.display())
+                })?);
         }
         let n = members.len();
         let mut ens = EnsemblePredictor::new(members, Stacking::equal(n))?;
         // Pass 1: the stacking weights on the members' own answers.
         let (mut probs, mut labels) = (Vec::new(), Vec::new());
-        each_chunk(cfg, &rows, &keys, seed, "calibrate: stacking", |kept, images| {
-            let per = ens.member_probs(images)?;
-            for (j, v) in kept.iter().enumerate() {
-                probs.push(per.iter().map(|m| m[j]).collect::<Vec<f64>>());
-                labels.push(rows[v.row].label);
-            }
-            Ok(())
-        })?;
+        each_chunk(
+            cfg,
+            &rows,
+            &keys,
+            seed,
+            "calibrate: stacking",
+            |kept, images| {
+                let per = ens.member_probs(images)?;
+                for (j, v) in kept.iter().enumerate() {
+                    probs.push(per.iter().map(|m| m[j]).collect::<Vec<f64>>());
+                    labels.push(rows[v.row].label);
+                }
+                Ok(())
+            },
+        )?;
         let stacking = fit_stacking(&probs, &labels)?;
         ens.set_stacking(stacking.clone())?;
         spec.stacking = Some(stacking);

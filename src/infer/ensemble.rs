@@ -95,7 +95,11 @@ impl EnsemblePredictor {
     /// Replaces the stacking (after fitting it).
     pub fn set_stacking(&mut self, s: Stacking) -> Result<()> {
         if s.weights.len() != self.members.len() {
-            bail!("stacking has {} weights for {} members", s.weights.len(), self.members.len());
+            bail!(
+                "stacking has {} weights for {} members",
+                s.weights.len(),
+                self.members.len()
+            );
         }
         self.stacking = s;
         Ok(())
@@ -245,11 +249,19 @@ mod tests {
     #[test]
     fn separable_and_degenerate_cases_stay_finite_or_error() {
         // Perfectly separable by member 1: large but finite weights thanks to the ridge.
-        let probs: Vec<Vec<f64>> = (0..20).map(|i| vec![if i < 10 { 0.2 } else { 0.8 }, 0.5]).collect();
+        let probs: Vec<Vec<f64>> = (0..20)
+            .map(|i| vec![if i < 10 { 0.2 } else { 0.8 }, 0.5])
+            .collect();
         let labels: Vec<u8> = (0..20).map(|i| u8::from(i >= 10)).collect();
         let s = fit_stacking(&probs, &labels).unwrap();
-        assert!(s.weights[0] > 1.0 && s.weights.iter().all(|w| w.is_finite()), "{s:?}");
-        assert!(fit_stacking(&probs, &[1; 20]).unwrap_err().to_string().contains("one class"));
+        assert!(
+            s.weights[0] > 1.0 && s.weights.iter().all(|w| w.is_finite()),
+            "{s:?}"
+        );
+        assert!(fit_stacking(&probs, &[1; 20])
+            .unwrap_err()
+            .to_string()
+            .contains("one class"));
         assert!(fit_stacking(&[], &[]).is_err());
     }
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::model_ref::{is_spec_file, ModelRef};
 use super::ensemble::Stacking;
+use super::model_ref::{is_spec_file, ModelRef};
 use super::views::{Aggregate, Calibration, View, ViewSpec};
 use crate::util::fsx;
 
@@ -37,7 +37,10 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacking: Option<Stacking>,
     /// Test-time views (default: the image as sent).
-    #[serde(default = "identity_only", with = "serde_yaml::with::singleton_map_recursive")]
+    #[serde(
+        default = "identity_only",
+        with = "serde_yaml::with::singleton_map_recursive"
+    )]
     pub views: Vec<View>,
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     pub aggregate: Aggregate,
@@ -197,7 +200,10 @@ mod tests {
             ("members: [a, b]\nstacking: {weights: [1]}\n", "2 members"),
             ("model: x\nviews: [sideways]\n", "views"),
             ("model: x\nviews: [{centre: 2.0}]\n", "crop scale"),
-            ("model: x\ncalibration: {temperature: -1, threshold: 0.5}\n", "temperature"),
+            (
+                "model: x\ncalibration: {temperature: -1, threshold: 0.5}\n",
+                "temperature",
+            ),
             ("model: x\nextra: 1\n", "extra"),
         ] {
             std::fs::write(&p, text).unwrap();

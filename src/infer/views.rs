@@ -61,7 +61,8 @@ impl View {
     /// Appends this entry's views of `im` to `out`.
     pub fn make(&self, im: &RgbImage, out: &mut Vec<RgbImage>) {
         let (w, h) = im.dimensions();
-        let crop = |x: u32, y: u32, cw: u32, ch: u32| imageops::crop_imm(im, x, y, cw, ch).to_image();
+        let crop =
+            |x: u32, y: u32, cw: u32, ch: u32| imageops::crop_imm(im, x, y, cw, ch).to_image();
         match *self {
             View::Identity => out.push(im.clone()),
             View::Hflip => out.push(imageops::flip_horizontal(im)),
@@ -340,7 +341,10 @@ mod tests {
     fn each_view_cuts_the_hand_computed_pixels() {
         // 4 wide, 2 high:  0 1 2 3 / 4 5 6 7
         let im = indexed(4, 2);
-        assert_eq!(views(View::Identity, &im), vec![vec![0, 1, 2, 3, 4, 5, 6, 7]]);
+        assert_eq!(
+            views(View::Identity, &im),
+            vec![vec![0, 1, 2, 3, 4, 5, 6, 7]]
+        );
         assert_eq!(views(View::Hflip, &im), vec![vec![3, 2, 1, 0, 7, 6, 5, 4]]);
         // 0.5 → 2×1 in the middle: x 1..3, y 0 (floor((2-1)/2) = 0).
         assert_eq!(views(View::Centre(0.5), &im), vec![vec![1, 2]]);
@@ -461,7 +465,9 @@ mod tests {
         // a: identity 0.4, hflip 0.4, corners 0.8, 0, 0.8, 0 → mean 0.4; b: 0.2 everywhere.
         assert!((out[0] - 0.4).abs() < 1e-5, "{out:?}");
         assert!((out[1] - 0.2).abs() < 1e-5, "{out:?}");
-        assert!(vp.version().starts_with("red~identity+hflip+corners0.5/meanprob"));
+        assert!(vp
+            .version()
+            .starts_with("red~identity+hflip+corners0.5/meanprob"));
         assert!(vp.predict(&[]).unwrap().is_empty());
     }
 

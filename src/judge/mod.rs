@@ -206,7 +206,13 @@ impl Judge {
         }
     }
 
-    fn judge_inner(self: &Arc<Self>, image: &[u8], hash: &str, base: f32, deadline: Instant) -> Judged {
+    fn judge_inner(
+        self: &Arc<Self>,
+        image: &[u8],
+        hash: &str,
+        base: f32,
+        deadline: Instant,
+    ) -> Judged {
         if let Some(&p) = self.lock_cache().map.get(hash) {
             return self.blended(base, p, true);
         }
@@ -366,7 +372,9 @@ struct Slot(Arc<AtomicUsize>);
 impl Slot {
     fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
         count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Slot(count.clone()))
     }
@@ -412,9 +420,19 @@ mod tests {
     #[test]
     fn weight_fit_finds_the_known_answer() {
         // A useless judge (always 0.5) gets weight 0; a perfect one beside a coin-flip base, 1.
-        let useless: Vec<_> = (0..20).map(|i| (if i % 2 == 0 { 0.8 } else { 0.2 }, 0.5, (i % 2 == 0) as u8)).collect();
+        let useless: Vec<_> = (0..20)
+            .map(|i| (if i % 2 == 0 { 0.8 } else { 0.2 }, 0.5, (i % 2 == 0) as u8))
+            .collect();
         assert_eq!(fit_weight(&useless), 0.0);
-        let perfect: Vec<_> = (0..20).map(|i| (0.5, if i % 2 == 0 { 0.99 } else { 0.01 }, (i % 2 == 0) as u8)).collect();
+        let perfect: Vec<_> = (0..20)
+            .map(|i| {
+                (
+                    0.5,
+                    if i % 2 == 0 { 0.99 } else { 0.01 },
+                    (i % 2 == 0) as u8,
+                )
+            })
+            .collect();
         assert_eq!(fit_weight(&perfect), 1.0);
         // Base 0.6 and judge 1.0 for positives, base 0.4 and judge 0 for negatives, but one
         // in five labels flipped: the loss is minimised where the blend says 0.8 / 0.2,
@@ -426,7 +444,11 @@ mod tests {
             let (b, j) = if pos { (0.6, 1.0) } else { (0.4, 0.0) };
             mixed.push((b, j, (pos != flipped) as u8));
         }
-        assert!((fit_weight(&mixed) - 0.5).abs() < 0.011, "{}", fit_weight(&mixed));
+        assert!(
+            (fit_weight(&mixed) - 0.5).abs() < 0.011,
+            "{}",
+            fit_weight(&mixed)
+        );
     }
 
     use std::path::PathBuf;
@@ -438,16 +460,27 @@ mod tests {
             log: PathBuf::new(),
             ..Default::default()
         };
-        assert!(Judge::from_config(&JudgeConfig::default()).unwrap().is_none());
+        assert!(Judge::from_config(&JudgeConfig::default())
+            .unwrap()
+            .is_none());
         c.band = [0.7, 0.3];
-        assert!(Judge::from_config(&c).unwrap_err().to_string().contains("judge.band"));
+        assert!(Judge::from_config(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("judge.band"));
         c.band = [0.3, 0.7];
         c.weight = 2.0;
-        assert!(Judge::from_config(&c).unwrap_err().to_string().contains("judge.weight"));
+        assert!(Judge::from_config(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("judge.weight"));
         c.weight = 0.5;
         c.api_key_env = "SV72_TEST_JUDGE_KEY_UNSET".into();
         let e = Judge::from_config(&c).unwrap_err().to_string();
-        assert!(e.contains("SV72_TEST_JUDGE_KEY_UNSET") && e.contains("not set"), "{e}");
+        assert!(
+            e.contains("SV72_TEST_JUDGE_KEY_UNSET") && e.contains("not set"),
+            "{e}"
+        );
         // A key given through the environment never shows in Debug.
         c.api_key_env = "PATH".into();
         let j = Judge::from_config(&c).unwrap().unwrap();

@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn text_answers() {
         assert_eq!(reply_probability(&content("Yes."), 0.9).unwrap(), 0.9);
-        assert!((reply_probability(&content(" no, none") , 0.9).unwrap() - 0.1).abs() < 1e-12);
+        assert!((reply_probability(&content(" no, none"), 0.9).unwrap() - 0.1).abs() < 1e-12);
         for bad in ["maybe", "", "42"] {
             assert!(reply_probability(&content(bad), 0.9).is_err(), "{bad}");
         }
