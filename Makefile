@@ -13,11 +13,14 @@ DEMO_BACKBONE ?= tests/fixtures/backbones/dinov2_reg4_s36
 # Demo exports, A/B reports and cycle state stay under $(DEMO) so `make clean-demo` never touches
 # a miner's own exports/.
 DEMO_EXPORTS := $(DEMO)/exports
+# The demo fine-tune: the whole tiny backbone with a linear head (it is random, so LoRA on it has
+# little to adapt).
+DEMO_FINETUNE ?= --mode full --set finetune.lr=0.002 --set finetune.batch_size=16
 SV72    := $(BIN) --set backbone.model=$(DEMO_BACKBONE) --set paths.exports=$(DEMO_EXPORTS) \
 	--set cycle.model_card=$(DEMO_EXPORTS)/deployed/model_card.json --set ab_test.out_dir=$(DEMO)/abtests \
 	--set serve.prediction_log=$(DEMO)/predictions.jsonl
 
-.PHONY: all build demo demo-serve test bench lint fmt clean-demo compat
+.PHONY: all build demo demo-serve test serve-check bench lint fmt clean-demo compat gpu-bundle
 
 all: build
 
@@ -43,6 +46,10 @@ demo: build
 	$(SV72) train-head --manifest demo-mix --set head.kind=mlp
 	$(SV72) ab-test $(DEMO_EXPORTS)/deployed checkpoints/latest --on demo-mix:test; rc=$$?; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; echo "ab-test exit $$rc (0 = promote, 3 = keep)"
+	$(SV72) finetune --manifest demo-mix $(DEMO_FINETUNE)
+	$(SV72) eval --on demo-mix:test
+	$(SV72) ab-test $(DEMO_EXPORTS)/deployed checkpoints/latest --on demo-mix:test; rc=$$?; \
+	  [ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; echo "finetune ab-test exit $$rc (0 = promote, 3 = keep)"
 	$(MAKE) --no-print-directory demo-serve
 	$(SV72) retrain-check --calendar $(DEMO)/cycle.ics
 	$(SV72) mine-hard --eval checkpoints/$$(cat $(DEMO)/deployed.run) --max-cases 16 --out $(DEMO)/hard
@@ -60,8 +67,28 @@ demo-serve:
 test:
 	SV72_NO_PROGRESS=1 $(CARGO) test --locked
 
+# The load and abuse suite of `sv72 serve` (tests/serve_load.rs; a few minutes, loopback only).
+# SV72_ANCHOR_PYTHON=<python with tools/requirements-anchor.txt> adds the official-axon anchor.
+serve-check:
+	SV72_NO_PROGRESS=1 $(CARGO) test --release --locked --test main serve_load:: -- --ignored --nocapture --test-threads=1
+
 bench:
 	$(CARGO) bench --locked
+
+# The GPU check's bundle (issue #11): the CUDA `sv72` and backbone test binaries, stripped, the
+# backbone fixtures and tools/gpu_check.sh, in dist/gpu-check/ — everything the check needs on a
+# GPU machine without network or registry. Run there: `dist/gpu-check/gpu_check.sh OUT_DIR`.
+GPU_BUNDLE ?= dist/gpu-check
+gpu-bundle:
+	$(CARGO) build --release --locked --features cuda --bin sv72
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/fixtures
+	cp $(or $(CARGO_TARGET_DIR),target)/release/sv72 $(GPU_BUNDLE)/sv72
+	cp "$$($(CARGO) test --release --locked --features cuda --test main --no-run --message-format=json \
+	  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)" $(GPU_BUNDLE)/backbone-tests
+	strip $(GPU_BUNDLE)/sv72 $(GPU_BUNDLE)/backbone-tests
+	cp -r tests/fixtures/backbones tests/fixtures/images $(GPU_BUNDLE)/fixtures/
+	cp tools/gpu_check.sh $(GPU_BUNDLE)/
+	@du -sh $(GPU_BUNDLE)
 
 # Developer tool (downloads torch twice): exports every fixture family x head, loads each as the
 # subnet's miner does in its pinned stack (transformers 4.45.2) and in current transformers,

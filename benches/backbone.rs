@@ -7,101 +7,14 @@
 //!
 //! `SV72_BENCH_SECS` (default 6) sets the measuring time per line.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use rand::{Rng, SeedableRng};
-use safetensors::Dtype;
 use sv72::model::activation::gelu_erf;
 use sv72::model::dinov2::Dinov2Model;
 use sv72::model::FeatureExtractor;
-
-const CONFIG: &str = r#"{
-  "architectures": ["Dinov2WithRegistersModel"],
-  "model_type": "dinov2_with_registers",
-  "hidden_size": 384, "num_attention_heads": 6, "num_hidden_layers": 12, "mlp_ratio": 4,
-  "hidden_act": "gelu", "image_size": 518, "patch_size": 14, "num_channels": 3,
-  "num_register_tokens": 4, "layer_norm_eps": 1e-06, "layerscale_value": 1.0,
-  "qkv_bias": true, "use_swiglu_ffn": false
-}"#;
-
-/// Writes a random ViT-S/14-reg4 snapshot (hub tensor names) into `dir`.
-fn write_snapshot(dir: &Path) {
-    let (d, layers, mlp, grid) = (384usize, 12usize, 1536usize, 37usize);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("embeddings.cls_token".into(), vec![1, 1, d]),
-        ("embeddings.mask_token".into(), vec![1, d]),
-        ("embeddings.register_tokens".into(), vec![1, 4, d]),
-        (
-            "embeddings.position_embeddings".into(),
-            vec![1, 1 + grid * grid, d],
-        ),
-        (
-            "embeddings.patch_embeddings.projection.weight".into(),
-            vec![d, 3, 14, 14],
-        ),
-        (
-            "embeddings.patch_embeddings.projection.bias".into(),
-            vec![d],
-        ),
-        ("layernorm.weight".into(), vec![d]),
-        ("layernorm.bias".into(), vec![d]),
-    ];
-    for i in 0..layers {
-        let p = format!("encoder.layer.{i}.");
-        for lin in ["query", "key", "value"] {
-            shapes.push((format!("{p}attention.attention.{lin}.weight"), vec![d, d]));
-            shapes.push((format!("{p}attention.attention.{lin}.bias"), vec![d]));
-        }
-        shapes.push((format!("{p}attention.output.dense.weight"), vec![d, d]));
-        shapes.push((format!("{p}attention.output.dense.bias"), vec![d]));
-        shapes.push((format!("{p}mlp.fc1.weight"), vec![mlp, d]));
-        shapes.push((format!("{p}mlp.fc1.bias"), vec![mlp]));
-        shapes.push((format!("{p}mlp.fc2.weight"), vec![d, mlp]));
-        shapes.push((format!("{p}mlp.fc2.bias"), vec![d]));
-        for n in ["norm1", "norm2"] {
-            shapes.push((format!("{p}{n}.weight"), vec![d]));
-            shapes.push((format!("{p}{n}.bias"), vec![d]));
-        }
-        shapes.push((format!("{p}layer_scale1.lambda1"), vec![d]));
-        shapes.push((format!("{p}layer_scale2.lambda1"), vec![d]));
-    }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(72);
-    let bufs: Vec<(String, Vec<u8>, Vec<usize>)> = shapes
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            // Norm weights and layer scales near 1, everything else small.
-            let centre = if name.ends_with("norm1.weight")
-                || name.ends_with("norm2.weight")
-                || name == "layernorm.weight"
-                || name.ends_with("lambda1")
-            {
-                1.0
-            } else {
-                0.0
-            };
-            let bytes = (0..n)
-                .flat_map(|_| (centre + rng.random_range(-0.04f32..0.04)).to_le_bytes())
-                .collect();
-            (name, bytes, shape)
-        })
-        .collect();
-    let views: HashMap<String, safetensors::tensor::TensorView<'_>> = bufs
-        .iter()
-        .map(|(n, b, s)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
-                .expect("consistent tensor");
-            (n.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))
-        .expect("write snapshot");
-    std::fs::write(dir.join("config.json"), CONFIG).expect("write config");
-}
 
 fn bench<B: Backend>(label: &str, dir: &Path, device: B::Device, secs: f64) {
     let model: Dinov2Model<B> = Dinov2Model::load(dir, &device).expect("load ViT-S/14-reg4");
@@ -226,7 +139,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6.0);
     let dir = tempfile::tempdir().expect("temp dir");
-    write_snapshot(dir.path());
+    // The same random ViT-S/14-reg4 snapshot `sv72 bench --backbone vits14-reg` loads.
+    sv72::bench::write_random_snapshot("vits14-reg", dir.path()).expect("write snapshot");
     if std::env::var("SV72_BENCH_OPS").is_ok_and(|v| v == "1") {
         bench_ops::<burn::backend::Flex>("flex", Default::default(), secs / 4.0);
         #[cfg(feature = "ndarray")]

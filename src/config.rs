@@ -125,6 +125,7 @@ pub struct Config {
     pub backbone: BackboneConfig,
     pub head: HeadConfig,
     pub train: TrainConfig,
+    pub finetune: FinetuneConfig,
     pub eval: EvalConfig,
     pub serve: ServeConfig,
     pub ab_test: AbTestConfig,
@@ -133,6 +134,7 @@ pub struct Config {
     pub cycle: CycleConfig,
     pub mine_hard: MineHardConfig,
     pub judge: JudgeConfig,
+    pub econ: EconConfig,
 }
 
 /// Where artifacts live on disk.
@@ -364,6 +366,184 @@ impl Default for TrainConfig {
     }
 }
 
+/// What `sv72 finetune` trains besides the head.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FinetuneMode {
+    /// Low-rank adapters on the attention projections (and optionally the MLP).
+    Lora,
+    /// The last `partial_blocks` blocks and the final norm.
+    Partial,
+    /// Every backbone weight.
+    Full,
+}
+
+impl FinetuneMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lora => "lora",
+            Self::Partial => "partial",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// The validation metric early stopping (and the kept epoch) follows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EarlyStop {
+    /// Expected subnet score of the validation challenges.
+    Score,
+    /// Matthews correlation of the validation challenges.
+    Mcc,
+}
+
+/// Activation checkpointing of the autodiff graph (burn-autodiff's strategies).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    /// Keep every activation the backward pass needs.
+    None,
+    /// Recompute memory-bound (elementwise) activations in the backward pass instead of storing
+    /// them (`BalancedCheckpointing`).
+    Balanced,
+}
+
+/// LoRA adapter settings of `sv72 finetune`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    /// Scaling is `alpha / rank`, as PEFT's.
+    pub alpha: f64,
+    /// Dropout on the adapters' input (PEFT's `lora_dropout`).
+    pub dropout: f64,
+    /// Also adapt the MLP projections (fc1/fc2, gate/up/down).
+    pub mlp: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            mlp: false,
+        }
+    }
+}
+
+/// `sv72 finetune` settings: the backbone itself trained on augmented images (issue #14).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub mode: FinetuneMode,
+    pub epochs: usize,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Forward passes whose gradients are summed per optimiser step.
+    pub grad_accum: usize,
+    /// Optimiser steps per epoch; 0 = one pass over the train split.
+    pub steps_per_epoch: usize,
+    /// Peak learning rate of the top of the backbone (final norm, last block's adapters).
+    pub lr: f64,
+    /// Peak learning rate of the head; `null` = `lr`.
+    pub head_lr: Option<f64>,
+    /// Layer-wise decay: block `i` of `L` learns at `lr · layer_decay^(L - i)`, the embeddings
+    /// at `lr · layer_decay^(L + 1)`.
+    pub layer_decay: f64,
+    /// AdamW decoupled weight decay on matrices (not biases, norms, layer scales, tokens).
+    pub weight_decay: f64,
+    /// Linear warm-up in optimiser steps, then cosine decay to 0.
+    pub warmup_steps: usize,
+    /// Global gradient-norm clip (0 = off).
+    pub max_grad_norm: f64,
+    pub label_smoothing: f64,
+    pub lora: LoraConfig,
+    /// `partial`: how many of the last blocks train.
+    pub partial_blocks: usize,
+    pub early_stop: EarlyStop,
+    /// Epochs without a better validation metric before stopping (0 = never stop early).
+    pub patience: usize,
+    pub seed: u64,
+    pub checkpointing: Checkpointing,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            mode: FinetuneMode::Lora,
+            epochs: 10,
+            batch_size: 32,
+            grad_accum: 1,
+            steps_per_epoch: 0,
+            lr: 1e-3,
+            head_lr: None,
+            layer_decay: 0.75,
+            weight_decay: 0.05,
+            warmup_steps: 20,
+            max_grad_norm: 1.0,
+            label_smoothing: 0.0,
+            lora: LoraConfig::default(),
+            partial_blocks: 2,
+            early_stop: EarlyStop::Score,
+            patience: 3,
+            seed: 72,
+            checkpointing: Checkpointing::None,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Cross-field checks, with the key in each message.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            bail!("finetune.epochs, finetune.batch_size and finetune.grad_accum must be > 0");
+        }
+        for (k, v) in [
+            ("finetune.lr", Some(self.lr)),
+            ("finetune.head_lr", self.head_lr),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    bail!("{k} = {v} must be > 0");
+                }
+            }
+        }
+        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            bail!(
+                "finetune.layer_decay = {} must be within (0, 1]",
+                self.layer_decay
+            );
+        }
+        if !(self.weight_decay >= 0.0 && self.max_grad_norm >= 0.0) {
+            bail!("finetune.weight_decay and finetune.max_grad_norm must be >= 0");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "finetune.label_smoothing = {} must be within [0, 1)",
+                self.label_smoothing
+            );
+        }
+        if self.mode == FinetuneMode::Lora && self.lora.rank == 0 {
+            bail!("finetune.lora.rank must be > 0");
+        }
+        if !(self.lora.alpha.is_finite() && self.lora.alpha > 0.0) {
+            bail!("finetune.lora.alpha = {} must be > 0", self.lora.alpha);
+        }
+        if !(0.0..1.0).contains(&self.lora.dropout) {
+            bail!(
+                "finetune.lora.dropout = {} must be within [0, 1)",
+                self.lora.dropout
+            );
+        }
+        if self.mode == FinetuneMode::Partial && self.partial_blocks == 0 {
+            bail!("finetune.partial_blocks must be > 0 for finetune.mode = partial");
+        }
+        Ok(())
+    }
+}
+
 /// `sv72 eval` settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -385,7 +565,7 @@ impl Default for EvalConfig {
     }
 }
 
-/// `sv72 serve` settings.
+/// `sv72 serve` settings. Every limit of the axon lives here (see the README's serve section).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
@@ -396,16 +576,59 @@ pub struct ServeConfig {
     pub wallet_hotkey: String,
     /// Metagraph snapshot (hotkey, uid, stake, validator_permit).
     pub metagraph: PathBuf,
+    /// How often the metagraph file is checked for changes.
+    pub metagraph_poll_ms: u64,
     pub min_stake: f64,
-    pub max_batch: usize,
-    pub max_wait_ms: u64,
-    pub max_body_bytes: usize,
-    pub max_image_pixels: u64,
     /// Deployed export that serve loads and watches for hot swaps.
     pub model: PathBuf,
-    /// Answer for an image that cannot be decoded.
+    /// Answer for an image that cannot be decoded or scored in time.
     pub fallback_prediction: f64,
+    /// Send the image back in the response body as the Python axon does (doubles traffic).
+    pub echo_image: bool,
+    /// Images per predictor call at most.
+    pub max_batch: usize,
+    /// Wait for a fuller batch at most this long.
+    pub max_wait_ms: u64,
+    /// Images waiting for inference at most; beyond it the lowest stake is shed (503).
+    pub queue_capacity: usize,
+    /// Every accepted query is answered within this time from its head (the fallback if
+    /// decoding or inference is not done); further shortened by a smaller `timeout` header.
+    pub answer_deadline_ms: u64,
+    /// Open connections at most; at the cap the oldest idle or never-verified one is closed to
+    /// make room.
+    pub max_connections: usize,
+    /// Open connections per source address (IPv4, or IPv6 /64) at most; more are refused.
+    pub max_connections_per_ip: usize,
+    /// A request head must arrive whole within this time of its first byte (of the connection
+    /// for its first request).
+    pub header_timeout_ms: u64,
+    /// Keep-alive connections with no request in progress are closed after this (keep it above
+    /// aiohttp's 15 s pool idle time, or the validator's reuse can race the close).
+    pub idle_timeout_ms: u64,
+    /// Time allowed to receive the body once the checks passed.
+    pub body_timeout_ms: u64,
+    /// Size cap of the request head.
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    /// In-flight requests get this long to finish at shutdown.
+    pub shutdown_grace_ms: u64,
+    /// Images with more pixels (read from the header, before any pixel is decoded) get the
+    /// fallback.
+    pub max_image_pixels: u64,
+    /// Images above this many pixels take the large-image lane.
+    pub large_image_pixels: u64,
+    /// Large images being decoded or waiting for inference at most (bounds memory).
+    pub max_large_images: usize,
+    /// Small images being decoded or waiting for inference at most.
+    pub max_small_images: usize,
+    /// `hotkey:uuid` nonce keys remembered at most.
+    pub max_nonce_keys: usize,
+    /// JSON-lines prediction log; low-confidence images go to `low_confidence/` beside it.
     pub prediction_log: PathBuf,
+    /// Disk cap of the low-confidence image folder, in MiB.
+    pub low_confidence_cap_mb: u64,
+    /// Log lines per rejection reason per second at most; the rest are counted in the next.
+    pub rejection_log_per_s: u32,
 }
 
 impl Default for ServeConfig {
@@ -416,14 +639,31 @@ impl Default for ServeConfig {
             wallet_name: "default".into(),
             wallet_hotkey: "default".into(),
             metagraph: "metagraph.json".into(),
+            metagraph_poll_ms: 5000,
             min_stake: 1000.0,
-            max_batch: 16,
-            max_wait_ms: 5,
-            max_body_bytes: 16 * 1024 * 1024,
-            max_image_pixels: 40_000_000,
             model: "exports/deployed".into(),
             fallback_prediction: 0.5,
+            echo_image: false,
+            max_batch: 16,
+            max_wait_ms: 5,
+            queue_capacity: 256,
+            answer_deadline_ms: 7500,
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            header_timeout_ms: 5000,
+            idle_timeout_ms: 20_000,
+            body_timeout_ms: 5000,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+            max_image_pixels: 16 * 1024 * 1024,
+            large_image_pixels: 1024 * 1024,
+            max_large_images: 2,
+            max_small_images: 64,
+            max_nonce_keys: 100_000,
             prediction_log: "logs/predictions.jsonl".into(),
+            low_confidence_cap_mb: 512,
+            rejection_log_per_s: 5,
         }
     }
 }
@@ -673,6 +913,61 @@ impl Default for JudgeConfig {
     }
 }
 
+/// `sv72 econ`: what mining earns and costs. Chain figures are read live; these are the
+/// miner's own prices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EconConfig {
+    /// Subtensor node (URL or network name), as for `metagraph sync`.
+    pub endpoint: String,
+    pub netuid: u16,
+    /// TAO in USD (not on chain). `null`: read `price_url`, or pass `--tao-usd`.
+    pub tao_usd: Option<f64>,
+    /// JSON endpoint giving TAO/USD, e.g. CoinGecko's simple price API (`null` = none).
+    pub price_url: Option<String>,
+    /// JSON pointer (RFC 6901) to the number in the `price_url` answer.
+    pub price_pointer: String,
+    /// Length of one retraining cycle: per-cycle costs are spread over it.
+    pub cycle_days: f64,
+    /// Serving box (the axon), running around the clock.
+    pub serving_usd_per_hour: f64,
+    /// Training (embed, train-head, finetune, eval) per cycle …
+    pub training_hours_per_cycle: f64,
+    /// … on a box at this price.
+    pub training_usd_per_hour: f64,
+    /// Synthetic images generated per cycle …
+    pub images_per_cycle: f64,
+    /// … at this price each.
+    pub generation_usd_per_image: f64,
+    /// Storage (datasets, features, checkpoints, HF).
+    pub storage_usd_per_month: f64,
+    /// The registration burn is spread over this many days of mining.
+    pub registration_days: f64,
+    /// Default output folder of report.md, report.json and the plot.
+    pub out_dir: PathBuf,
+}
+
+impl Default for EconConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "finney".into(),
+            netuid: 72,
+            tao_usd: None,
+            price_url: None,
+            price_pointer: "/bittensor/usd".into(),
+            cycle_days: 60.0,
+            serving_usd_per_hour: 0.25,
+            training_hours_per_cycle: 8.0,
+            training_usd_per_hour: 2.0,
+            images_per_cycle: 5000.0,
+            generation_usd_per_image: 0.002,
+            storage_usd_per_month: 5.0,
+            registration_days: 60.0,
+            out_dir: "econ".into(),
+        }
+    }
+}
+
 impl Config {
     /// Loads `path` (or the embedded default when `None`) and applies `key.path=value` overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
@@ -736,10 +1031,37 @@ impl Config {
                 self.mix.synthetic_fraction
             );
         }
+        let e = &self.econ;
+        for (k, v) in [
+            ("econ.cycle_days", e.cycle_days),
+            ("econ.registration_days", e.registration_days),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{k} = {v} must be a positive number of days");
+            }
+        }
+        for (k, v) in [
+            ("econ.serving_usd_per_hour", e.serving_usd_per_hour),
+            ("econ.training_hours_per_cycle", e.training_hours_per_cycle),
+            ("econ.training_usd_per_hour", e.training_usd_per_hour),
+            ("econ.images_per_cycle", e.images_per_cycle),
+            ("econ.generation_usd_per_image", e.generation_usd_per_image),
+            ("econ.storage_usd_per_month", e.storage_usd_per_month),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{k} = {v} must be a number >= 0");
+            }
+        }
+        if let Some(p) = e.tao_usd {
+            if !(p.is_finite() && p > 0.0) {
+                bail!("econ.tao_usd = {p} must be a positive price in USD (or null)");
+            }
+        }
         let p: f64 = self.augment.level_probs.iter().sum();
         if (p - 1.0).abs() > 1e-6 || self.augment.level_probs.iter().any(|x| *x < 0.0) {
             bail!("augment.level_probs must be non-negative and sum to 1 (got {p})");
         }
+        self.finetune.validate()?;
         Ok(())
     }
 }

@@ -1,18 +1,21 @@
 //! sv72: a NATIX StreetVision (Bittensor subnet 72) miner toolkit.
 //!
 //! Library layout, imports flowing downwards only:
-//! `cli` → `cycle` (retrain-check, register, mine-hard) → `serve` (the axon) → `eval` (reports,
-//! A/B) → `export` (Hugging Face folder, deploy, push) → `infer` (model references, predictors,
-//! hot swap, batching) → `train` → `features` → `model`, `data` → `augment` → `chain` (SCALE,
-//! JSON-RPC, metagraph), `metrics`, `keys`, `backend`, `config`, `exit`, `util`.
+//! `cli` → `econ` (earnings from the chain against costs) → `cycle` (retrain-check, register,
+//! mine-hard) → `serve` (the axon) → `eval` (reports, A/B) → `export` (Hugging Face folder,
+//! deploy, push) → `infer` (model references, predictors, hot swap, batching) → `train` →
+//! `features` → `model`, `data` → `augment` → `chain` (SCALE, JSON-RPC, metagraph, subnet
+//! economics), `metrics`, `keys`, `backend`, `config`, `exit`, `util`.
 
 pub mod augment;
 pub mod backend;
+pub mod bench;
 pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod cycle;
 pub mod data;
+pub mod econ;
 pub mod eval;
 pub mod exit;
 pub mod export;

@@ -2,6 +2,9 @@
 //! under tests/fixtures/backbones/, made by `tools/backbone_fixtures.py` (DINOv2, DINOv2 with
 //! registers) and `tools/backbone_fixtures_dinov3.py` (DINOv3).
 
+#[cfg(feature = "cuda")]
+#[path = "backbones/cuda.rs"]
+mod cuda;
 #[path = "backbones/dinov2.rs"]
 mod dinov2;
 #[path = "backbones/dinov3.rs"]

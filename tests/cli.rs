@@ -24,6 +24,7 @@ fn help_lists_every_subcommand() {
         "embed",
         "fetch-backbone",
         "metagraph",
+        "econ",
         "demo-data",
     ] {
         assert!(text.contains(cmd), "--help does not list {cmd}:\n{text}");

@@ -24,7 +24,7 @@ use sv72::serve::{Metrics, ModelSlot, ServeOptions, Server};
 
 // ---------- predictors built in the test ----------
 
-struct Const(f32);
+pub(crate) struct Const(pub(crate) f32);
 impl Predictor for Const {
     fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
         Ok(vec![self.0; images.len()])
@@ -35,7 +35,7 @@ impl Predictor for Const {
 }
 
 /// Mean red channel / 255: depends on the image, so a mixed-up batch would show.
-struct MeanRed;
+pub(crate) struct MeanRed;
 impl Predictor for MeanRed {
     fn predict(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
         Ok(images
@@ -79,15 +79,15 @@ impl Predictor for Slow {
 
 // ---------- keys and the validator set ----------
 
-struct Keys {
-    axon: SigningKey,
-    validator: SigningKey,
-    low_stake: SigningKey,
-    no_permit: SigningKey,
-    unknown: SigningKey,
+pub(crate) struct Keys {
+    pub(crate) axon: SigningKey,
+    pub(crate) validator: SigningKey,
+    pub(crate) low_stake: SigningKey,
+    pub(crate) no_permit: SigningKey,
+    pub(crate) unknown: SigningKey,
 }
 
-fn keys() -> Keys {
+pub(crate) fn keys() -> Keys {
     let k = |b: u8| SigningKey::from_seed(&[b; 32]).unwrap();
     Keys {
         axon: k(1),
@@ -98,7 +98,7 @@ fn keys() -> Keys {
     }
 }
 
-fn neurons(k: &Keys) -> Vec<Neuron> {
+pub(crate) fn neurons(k: &Keys) -> Vec<Neuron> {
     let n = |key: &SigningKey, uid, stake, permit| Neuron {
         hotkey: key.ss58(),
         uid,
@@ -113,7 +113,7 @@ fn neurons(k: &Keys) -> Vec<Neuron> {
     ]
 }
 
-fn options(axon: &SigningKey, log: Option<PathBuf>) -> ServeOptions {
+pub(crate) fn options(axon: &SigningKey, log: Option<PathBuf>) -> ServeOptions {
     let cfg = ServeConfig {
         host: "127.0.0.1".into(),
         port: 0,
@@ -126,38 +126,72 @@ fn options(axon: &SigningKey, log: Option<PathBuf>) -> ServeOptions {
     };
     let mut o = ServeOptions::from_config(&cfg, axon.ss58()).unwrap();
     o.prediction_log = log;
-    o.header_read_timeout = Duration::from_millis(1500);
+    o.connections.header_timeout = Duration::from_millis(1500);
     o.body_read_timeout = Duration::from_millis(500);
     o.metagraph_poll = Duration::from_millis(100);
     o.shutdown_grace = Duration::from_secs(5);
     o
 }
 
-fn start(k: &Keys, p: Box<dyn Predictor>, log: Option<PathBuf>) -> (Server, Arc<ModelSlot>) {
+pub(crate) fn start(
+    k: &Keys,
+    p: Box<dyn Predictor>,
+    log: Option<PathBuf>,
+) -> (Server, Arc<ModelSlot>) {
+    start_with(k, p, options(&k.axon, log))
+}
+
+pub(crate) fn start_with(
+    k: &Keys,
+    p: Box<dyn Predictor>,
+    o: ServeOptions,
+) -> (Server, Arc<ModelSlot>) {
     let slot = ModelSlot::new(p, Arc::new(Metrics::new()));
     let mg = Arc::new(MetagraphHandle::fixed(Metagraph::from_neurons(neurons(k))));
-    let s = Server::start(options(&k.axon, log), mg, slot.clone()).unwrap();
+    let s = Server::start(o, mg, slot.clone()).unwrap();
     (s, slot)
+}
+
+/// A TCP connection to `addr` from `127.0.0.<last>`: a distinct source on loopback.
+pub(crate) fn connect_from(last: u8, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::from(([127, 0, 0, last], 0)).into())?;
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    Ok(s.into())
+}
+
+/// True when the server closed `s` (EOF or reset) within `within`.
+fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 // ---------- a dendrite-like client ----------
 
-struct Req {
-    method: &'static str,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Req {
+    pub(crate) method: &'static str,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 #[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Resp {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "body is not JSON ({e}): {:?}",
@@ -179,7 +213,7 @@ impl Resp {
     }
 }
 
-fn image_b64() -> String {
+pub(crate) fn image_b64() -> String {
     let bytes = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_224x224.jpg"),
     )
@@ -188,7 +222,13 @@ fn image_b64() -> String {
 }
 
 /// The body the real dendrite sends (Python's JSON spacing, all fields).
-fn synapse_body(d: &SigningKey, axon: &SigningKey, nonce: u64, uuid: &str, image: &str) -> Vec<u8> {
+pub(crate) fn synapse_body(
+    d: &SigningKey,
+    axon: &SigningKey,
+    nonce: u64,
+    uuid: &str,
+    image: &str,
+) -> Vec<u8> {
     let v = json!({"name": "ImageSynapse", "timeout": 9.0, "total_size": 3178, "header_size": 0,
         "dendrite": {"status_code": null, "status_message": null, "process_time": null,
                      "ip": "203.0.113.7", "port": null, "version": 9012002, "nonce": nonce,
@@ -200,21 +240,21 @@ fn synapse_body(d: &SigningKey, axon: &SigningKey, nonce: u64, uuid: &str, image
     v.to_string().into_bytes()
 }
 
-struct Signed<'a> {
-    dendrite: &'a SigningKey,
+pub(crate) struct Signed<'a> {
+    pub(crate) dendrite: &'a SigningKey,
     /// The axon hotkey put into the signed message.
-    sign_for: String,
+    pub(crate) sign_for: String,
     /// The `bt_header_axon_hotkey` header value.
-    axon_header: String,
-    nonce: u64,
-    uuid: String,
-    body_hash: String,
-    signature: Option<String>,
-    timeout: &'static str,
+    pub(crate) axon_header: String,
+    pub(crate) nonce: u64,
+    pub(crate) uuid: String,
+    pub(crate) body_hash: String,
+    pub(crate) signature: Option<String>,
+    pub(crate) timeout: &'static str,
 }
 
 impl<'a> Signed<'a> {
-    fn new(dendrite: &'a SigningKey, axon: &SigningKey) -> Self {
+    pub(crate) fn new(dendrite: &'a SigningKey, axon: &SigningKey) -> Self {
         Self {
             dendrite,
             sign_for: axon.ss58(),
@@ -227,7 +267,7 @@ impl<'a> Signed<'a> {
         }
     }
 
-    fn build(&self, body: Vec<u8>) -> Req {
+    pub(crate) fn build(&self, body: Vec<u8>) -> Req {
         let msg = signature_message(
             self.nonce as i128,
             &self.dendrite.ss58(),
@@ -267,7 +307,7 @@ impl<'a> Signed<'a> {
     }
 }
 
-fn write_req(s: &mut TcpStream, r: &Req, keep_alive: bool) {
+pub(crate) fn write_req(s: &mut TcpStream, r: &Req, keep_alive: bool) {
     let mut head = format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n", r.method, r.path);
     for (k, v) in &r.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -281,7 +321,7 @@ fn write_req(s: &mut TcpStream, r: &Req, keep_alive: bool) {
     s.write_all(&r.body).unwrap();
 }
 
-fn read_resp(reader: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
+pub(crate) fn read_resp(reader: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status: u16 = line
@@ -314,14 +354,14 @@ fn read_resp(reader: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     })
 }
 
-fn send(addr: SocketAddr, r: &Req) -> Resp {
+pub(crate) fn send(addr: SocketAddr, r: &Req) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write_req(&mut s, r, false);
     read_resp(&mut BufReader::new(s)).unwrap()
 }
 
-fn accepted(resp: &Resp) -> f64 {
+pub(crate) fn accepted(resp: &Resp) -> f64 {
     assert_eq!(
         resp.status,
         200,
@@ -655,7 +695,10 @@ fn bodies_limits_and_routes() {
     let r = send(addr, &bare("GET", "/metrics"));
     let text = String::from_utf8(r.body).unwrap();
     for needle in [
-        "sv72_requests_total{status=\"200\"}",
+        "sv72_requests_total{route=\"ImageSynapse\",status=\"200\",outcome=\"scored\"}",
+        "sv72_requests_total{route=\"ImageSynapse\",status=\"200\",outcome=\"fallback\"}",
+        "sv72_fallbacks_total{reason=\"decode_failed\"}",
+        "sv72_connections_total{outcome=\"accepted\"}",
         "sv72_rejections_total{reason=\"bad_json\"}",
         "sv72_request_latency_seconds_bucket{le=\"+Inf\"}",
         "sv72_batch_size_count",
@@ -679,7 +722,7 @@ fn bodies_limits_and_routes() {
         "{first}"
     );
 
-    // Slow client: a head that never ends is cut after header_read_timeout (1.5 s here).
+    // Slow client: a head that never ends is cut after header_timeout (1.5 s here).
     let t = Instant::now();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -928,6 +971,291 @@ fn load_1000_requests_32_concurrent() {
     );
     assert_eq!(lat.len(), total);
     assert_eq!(errors.load(Ordering::Relaxed), 0);
+    server.shutdown().unwrap();
+}
+
+/// One dendrite (one signer, one uuid) sending from 8 threads at once, out of order: every
+/// request passes once; every replay, concurrent or not, is refused.
+#[test]
+fn concurrent_reordered_nonces_pass_and_replays_fail() {
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(Const(0.7)), None);
+    let addr = server.addr();
+    let img = image_b64();
+    let uuid = "one-dendrite".to_string();
+    let t0 = now_ns() as u64;
+    // 64 requests, nonces 1 ms apart, sent newest first in 8 interleaved streams.
+    let reqs: Vec<Req> = (0..64u64)
+        .rev()
+        .map(|i| {
+            let mut s = Signed::new(&k.validator, &k.axon);
+            s.nonce = t0 + i * 1_000_000;
+            s.uuid = uuid.clone();
+            s.build(synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img))
+        })
+        .collect();
+    let reqs = Arc::new(reqs);
+    let run = |copies: usize| -> Vec<u16> {
+        let handles: Vec<_> = (0..8)
+            .map(|w| {
+                let reqs = reqs.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    for (i, r) in reqs.iter().enumerate() {
+                        // Each thread takes every 8th request; with copies = 2 every request is
+                        // also sent by the next thread, at about the same moment.
+                        if (0..copies).any(|c| i % 8 == (w + c) % 8) {
+                            out.push(send(addr, r).status);
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    };
+    let first = run(1);
+    assert_eq!(first.len(), 64);
+    assert!(first.iter().all(|s| *s == 200), "{first:?}");
+    let m = server.metrics().clone();
+    assert!(m.nonces_reordered.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        m.rejections("stale_nonce") + m.rejections("replayed_nonce"),
+        0
+    );
+    // Replays, two copies of each at once: all refused.
+    let again = run(2);
+    assert_eq!(again.len(), 128);
+    assert!(again.iter().all(|s| *s == 401), "{again:?}");
+    assert_eq!(m.rejections("replayed_nonce"), 128);
+    // New requests interleaved with concurrent duplicates: exactly one of each pair passes.
+    let fresh: Vec<Req> = (0..16u64)
+        .map(|i| {
+            let mut s = Signed::new(&k.validator, &k.axon);
+            s.nonce = t0 + 100_000_000 + i * 1_000_000;
+            s.uuid = uuid.clone();
+            s.build(synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img))
+        })
+        .collect();
+    let fresh = Arc::new(fresh);
+    let pairs: Vec<_> = (0..2)
+        .map(|_| {
+            let fresh = fresh.clone();
+            std::thread::spawn(move || {
+                fresh
+                    .iter()
+                    .map(|r| send(addr, r).status)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let got: Vec<Vec<u16>> = pairs.into_iter().map(|h| h.join().unwrap()).collect();
+    for (i, (a, b)) in got[0].iter().zip(&got[1]).enumerate() {
+        let mut pair = [*a, *b];
+        pair.sort();
+        assert_eq!(pair, [200, 401], "request {i}");
+    }
+    server.shutdown().unwrap();
+}
+
+/// A full inference queue answers the fallback with 200 (an error would score 0).
+#[test]
+fn full_queue_answers_the_fallback() {
+    let k = keys();
+    let mut o = options(&k.axon, None);
+    o.queue_capacity = 1;
+    o.max_batch = 1;
+    let (server, _slot) = start_with(&k, Box::new(Slow(Duration::from_millis(300), 0.8)), o);
+    let addr = server.addr();
+    let img = Arc::new(image_b64());
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let img = img.clone();
+            std::thread::spawn(move || {
+                let k = keys();
+                let s = Signed::new(&k.validator, &k.axon);
+                let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img);
+                accepted(&send(addr, &s.build(b)))
+            })
+        })
+        .collect();
+    let got: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(got.contains(&0.5) && got.contains(&0.8), "{got:?}");
+    assert!(server.metrics().fallbacks.get(&["queue_full"]) >= 1);
+    server.shutdown().unwrap();
+}
+
+/// Connections over the per-source cap are closed at once; other sources are served.
+#[test]
+fn per_source_connection_cap() {
+    let k = keys();
+    let mut o = options(&k.axon, None);
+    o.connections.max_per_ip = 4;
+    let (server, _slot) = start_with(&k, Box::new(Const(0.7)), o);
+    let addr = server.addr();
+    let mut held: Vec<TcpStream> = (0..4).map(|_| connect_from(2, addr).unwrap()).collect();
+    // Let the accept loop register them before the fifth arrives.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fifth = connect_from(2, addr).unwrap();
+    assert!(closed_by_server(&mut fifth, Duration::from_secs(2)));
+    for s in &mut held {
+        assert!(
+            !closed_by_server(s, Duration::from_millis(20)),
+            "a held one was closed"
+        );
+    }
+    let s = Signed::new(&k.validator, &k.axon);
+    let req = s.build(synapse_body(
+        &k.validator,
+        &k.axon,
+        s.nonce,
+        &s.uuid,
+        &image_b64(),
+    ));
+    let mut c = connect_from(3, addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write_req(&mut c, &req, false);
+    accepted(&read_resp(&mut BufReader::new(c)).unwrap());
+    let m = server.metrics().clone();
+    assert!(m.connections.get(&["per_ip_limit"]) >= 1);
+    server.shutdown().unwrap();
+}
+
+/// At the global cap a validator's new connection takes the place of the oldest idle,
+/// never-verified one; a connection that carried a verified query outlives the attackers'.
+#[test]
+fn full_server_sheds_unverified_connections_first() {
+    let k = keys();
+    let mut o = options(&k.axon, None);
+    o.connections.max_connections = 6;
+    let (server, _slot) = start_with(&k, Box::new(Const(0.7)), o);
+    let addr = server.addr();
+    let img = image_b64();
+    let signed = || {
+        let s = Signed::new(&k.validator, &k.axon);
+        s.build(synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img))
+    };
+    // A validator's keep-alive connection that carried one verified query.
+    let v = connect_from(3, addr).unwrap();
+    v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut vw = v.try_clone().unwrap();
+    let mut vr = BufReader::new(v);
+    write_req(&mut vw, &signed(), true);
+    accepted(&read_resp(&mut vr).unwrap());
+    // Attackers fill every other place, then keep connecting from several sources.
+    let mut attackers = Vec::new();
+    for i in 0..12u8 {
+        attackers.push(connect_from(10 + i % 3, addr).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The validator's connection is still there and answers.
+    write_req(&mut vw, &signed(), true);
+    accepted(&read_resp(&mut vr).unwrap());
+    // A new validator connection still gets in and is answered.
+    let r = {
+        let mut c = connect_from(4, addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write_req(&mut c, &signed(), false);
+        read_resp(&mut BufReader::new(c)).unwrap()
+    };
+    accepted(&r);
+    // The first attackers were shed (closed by the server), the newest are still open.
+    assert!(closed_by_server(&mut attackers[0], Duration::from_secs(2)));
+    let m = server.metrics().clone();
+    assert!(m.connections_closed.get(&["shed"]) >= 7, "{}", m.render());
+    server.shutdown().unwrap();
+}
+
+/// A keep-alive connection may idle longer than the head timeout; a head that dribbles in is
+/// cut at the head timeout from its first byte.
+#[test]
+fn idle_keep_alive_outlives_the_head_timeout() {
+    let k = keys();
+    let mut o = options(&k.axon, None);
+    o.connections.header_timeout = Duration::from_millis(300);
+    o.connections.idle_timeout = Duration::from_secs(3);
+    let (server, _slot) = start_with(&k, Box::new(Const(0.7)), o);
+    let addr = server.addr();
+    let img = image_b64();
+    let signed = || {
+        let s = Signed::new(&k.validator, &k.axon);
+        s.build(synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img))
+    };
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    write_req(&mut w, &signed(), true);
+    accepted(&read_resp(&mut r).unwrap());
+    std::thread::sleep(Duration::from_millis(900));
+    write_req(&mut w, &signed(), true);
+    accepted(&read_resp(&mut r).unwrap());
+    // A head sent one byte at a time never completes: closed about 300 ms after it began.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    let mut cut = false;
+    for b in b"POST /ImageSynapse HTTP/1.1\r\nHost: x\r\n"
+        .iter()
+        .cycle()
+        .take(40)
+    {
+        if slow.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if closed_by_server(&mut slow, Duration::from_millis(1)) {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "slow head not cut");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(server.metrics().connections_closed.get(&["header_timeout"]) >= 1);
+    server.shutdown().unwrap();
+}
+
+/// `/healthz` and `/metrics` are probes, not queries; answers are counted by route and outcome.
+#[test]
+fn probes_are_not_counted_as_queries() {
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(Const(0.7)), None);
+    let addr = server.addr();
+    let bare = |path: &str| Req {
+        method: "GET",
+        path: path.into(),
+        headers: vec![],
+        body: vec![],
+    };
+    for p in ["/healthz", "/metrics", "/healthz"] {
+        assert_eq!(send(addr, &bare(p)).status, 200);
+    }
+    let m = server.metrics().clone();
+    assert_eq!(m.requests.total(), 0);
+    assert_eq!(m.probes.get(&["healthz"]), 2);
+    let s = Signed::new(&k.validator, &k.axon);
+    accepted(&send(
+        addr,
+        &s.build(synapse_body(
+            &k.validator,
+            &k.axon,
+            s.nonce,
+            &s.uuid,
+            &image_b64(),
+        )),
+    ));
+    let bad = Signed::new(&k.unknown, &k.axon);
+    assert_eq!(send(addr, &bad.build(b"{}".to_vec())).status, 403);
+    assert_eq!(m.requests.get(&["ImageSynapse", "200", "scored"]), 1);
+    assert_eq!(m.requests.get(&["ImageSynapse", "403", "rejected"]), 1);
+    assert_eq!(m.requests.total(), 2);
     server.shutdown().unwrap();
 }
 
@@ -1218,8 +1546,12 @@ mod checkpoint_model {
         watcher.join().unwrap();
     }
 
-    /// Reads the child's stderr until `sv72 serve` says where it listens.
-    fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
+    /// Reads the child's stderr until `sv72 serve` says where it listens; every line read is
+    /// kept in `lines`.
+    fn listening_addr(
+        child: &mut std::process::Child,
+        lines: Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> SocketAddr {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -1227,8 +1559,9 @@ mod checkpoint_model {
                 if let Some(rest) = line.strip_prefix("sv72 serve: listening on ") {
                     let _ = tx.send(Ok(rest.split_whitespace().next().unwrap().to_string()));
                 } else if line.starts_with("error") {
-                    let _ = tx.send(Err(line));
+                    let _ = tx.send(Err(line.clone()));
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
@@ -1269,7 +1602,8 @@ mod checkpoint_model {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let addr = listening_addr(&mut serve);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let addr = listening_addr(&mut serve, log.clone());
         let query = |seed: &str| {
             Command::new(bin)
                 .current_dir(tmp.path())
@@ -1318,6 +1652,21 @@ mod checkpoint_model {
         let err = String::from_utf8_lossy(&unknown.stderr);
         assert!(err.contains("403"), "{err}");
         assert!(status.success(), "serve exited with {status}");
+        // The refusal left one structured line: reason, hotkey, source address.
+        let unknown_key = k.unknown.ss58();
+        let lines = log.lock().unwrap().clone();
+        let line = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "request_rejected")
+            .unwrap_or_else(|| panic!("no request_rejected line in {lines:#?}"));
+        assert_eq!(line["reason"], "blacklist_unknown_hotkey");
+        assert_eq!(line["status"], 403);
+        assert_eq!(line["hotkey"], unknown_key);
+        assert!(
+            line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
         // `--print-hotkey` gives the key the metagraph must list.
         let out = Command::new(bin)
             .args(["query", "--print-hotkey", "--hotkey-seed", &seed])

@@ -1,56 +1,106 @@
-"""PyTorch eager baseline for `cargo bench --bench backbone`: same ViT-S/14 + 4 registers config
-(facebook/dinov2-with-registers-small shapes, random weights), 224x224, f32, 2 threads.
+"""PyTorch eager comparator for `sv72 bench` (and `cargo bench --bench backbone`): the same
+named sizes with random weights, square input, the same batch sizes, median ms per batch,
+images/s and CPU time over wall time (cores busy) per line.
 
-    /root/.venvs/sv72tools/bin/python tools/bench_torch_vit.py [--secs 6]
+    /work/venvs/perf/bin/python tools/bench_torch_vit.py --backbone vits14-reg --batch 1,8 \
+        [--threads 2] [--secs 6] [--device cpu|cuda] [--dtype f32|f16|bf16] [--attn sdpa,eager]
 
-Prints one line per attention implementation (`sdpa`, the transformers default, and `eager`)
-and batch size.
+Named sizes as `sv72 bench`: vits14, vits14-reg, vitb14, vitl14, dinov3-vits16, dinov3-vitl16.
 """
 
 import argparse
+import os
+import resource
+import statistics
 import time
 
 import torch
-from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-CONFIG = dict(
-    hidden_size=384,
-    num_attention_heads=6,
-    num_hidden_layers=12,
-    mlp_ratio=4,
-    hidden_act="gelu",
-    image_size=518,
-    patch_size=14,
-    num_register_tokens=4,
-    layer_norm_eps=1e-6,
-    layerscale_value=1.0,
-)
+SIZES = {
+    "vits14": (384, 6, 12, 1536, 0),
+    "vits14-reg": (384, 6, 12, 1536, 4),
+    "vitb14": (768, 12, 12, 3072, 0),
+    "vitl14": (1024, 16, 24, 4096, 0),
+    "dinov3-vits16": (384, 6, 12, 1536, 4),
+    "dinov3-vitl16": (1024, 16, 24, 4096, 4),
+}
+
+
+def build(name: str, attn: str):
+    d, heads, layers, mlp, regs = SIZES[name]
+    if name.startswith("dinov3"):
+        from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+        cfg = DINOv3ViTConfig(
+            hidden_size=d, num_attention_heads=heads, num_hidden_layers=layers,
+            intermediate_size=mlp, num_register_tokens=regs, patch_size=16, image_size=224,
+            hidden_act="gelu", layerscale_value=1.0, query_bias=True, key_bias=False,
+            value_bias=True, proj_bias=True, mlp_bias=True, rope_theta=100.0,
+            attn_implementation=attn,
+        )
+        return DINOv3ViTModel(cfg)
+    common = dict(
+        hidden_size=d, num_attention_heads=heads, num_hidden_layers=layers, mlp_ratio=mlp // d,
+        hidden_act="gelu", image_size=518, patch_size=14, layer_norm_eps=1e-6,
+        layerscale_value=1.0, attn_implementation=attn,
+    )
+    if regs:
+        from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+        return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**common, num_register_tokens=regs))
+    from transformers import Dinov2Config, Dinov2Model
+
+    return Dinov2Model(Dinov2Config(**common))
+
+
+def cpu_time() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--backbone", default="vits14-reg", choices=sorted(SIZES))
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--secs", type=float, default=6.0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
+    ap.add_argument("--attn", default="sdpa,eager")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(72)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ViT-S/14 + 4 registers, 224x224, f32")
-    for attn in ("sdpa", "eager"):
-        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**CONFIG, attn_implementation=attn)).eval()
-        for batch in (1, 8):
-            x = torch.randn(batch, 3, 224, 224)
-            with torch.no_grad():
-                for _ in range(3):
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.backbone}, "
+        f"{args.image_size}x{args.image_size}, {args.dtype}, {args.device}"
+    )
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    for attn in args.attn.split(","):
+        model = build(args.backbone, attn).eval().to(args.device, dtype)
+        for batch in (int(b) for b in args.batch.split(",")):
+            x = torch.randn(batch, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
+            with torch.inference_mode():
+                for _ in range(2):
                     model(pixel_values=x)
-                iters, start = 0, time.perf_counter()
-                while iters < 3 or time.perf_counter() - start < args.secs:
+                sync()
+                times, wall0, cpu0 = [], time.perf_counter(), cpu_time()
+                while len(times) < 3 or time.perf_counter() - wall0 < args.secs:
+                    t = time.perf_counter()
                     model(pixel_values=x)
-                    iters += 1
-                dt = time.perf_counter() - start
+                    sync()
+                    times.append(time.perf_counter() - t)
+                wall, cpu = time.perf_counter() - wall0, cpu_time() - cpu0
+            ms = statistics.median(times) * 1e3
             print(
-                f"torch-{attn:<6} batch {batch}: {dt * 1e3 / iters:8.1f} ms/batch  "
-                f"{batch * iters / dt:7.2f} images/s  ({iters} iters)"
+                f"torch-{attn:<6} batch {batch:>3}: {ms:9.1f} ms/batch {batch * 1e3 / ms:8.2f} images/s"
+                f"  cores {cpu / wall:4.2f}  ({len(times)} iters)",
+                flush=True,
             )
+    print(f"peak host memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     main()

@@ -11,47 +11,17 @@ subtensor `pallets/subtensor/src/rpc_info/neuron_info.rs` (NeuronInfoLite) and `
     /tmp/btvenv/bin/python tools/make_metagraph_fixture.py
 """
 
-import hashlib
 import json
+import sys
 from pathlib import Path
 
 import bt_decode
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale_fixture import compact, key, neuron_lite as encode_neuron_lite, ss58, vec  # noqa: E402
+
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "metagraph"
 NETUID = 72
-
-B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-
-
-def ss58(key: bytes) -> str:
-    raw = bytes([42]) + key
-    raw += hashlib.blake2b(b"SS58PRE" + raw, digest_size=64).digest()[:2]
-    n = int.from_bytes(raw, "big")
-    s = ""
-    while n:
-        n, r = divmod(n, 58)
-        s = B58[r] + s
-    return "1" * (len(raw) - len(raw.lstrip(b"\0"))) + s
-
-
-def compact(v: int) -> bytes:
-    if v < 1 << 6:
-        return bytes([v << 2])
-    if v < 1 << 14:
-        return ((v << 2) | 1).to_bytes(2, "little")
-    if v < 1 << 30:
-        return ((v << 2) | 2).to_bytes(4, "little")
-    n = max(4, (v.bit_length() + 7) // 8)
-    return bytes([((n - 4) << 2) | 3]) + v.to_bytes(n, "little")
-
-
-def vec(items) -> bytes:
-    items = list(items)
-    return compact(len(items)) + b"".join(items)
-
-
-def key(seed: int) -> bytes:
-    return hashlib.sha256(bytes([seed])).digest()
 
 
 # uid, hotkey, coldkey, permit, [(coldkey, alpha rao)], total stake rao, emission, last_update
@@ -63,18 +33,7 @@ NEURONS = [
 
 
 def neuron_lite(uid, hot, cold, permit, stake, emission, last_update) -> bytes:
-    b = hot + cold + compact(uid) + compact(NETUID) + b"\x01"
-    # AxonInfo
-    b += (5_000_000 + uid).to_bytes(8, "little") + (800).to_bytes(4, "little")
-    b += (0xC0A80001 + uid).to_bytes(16, "little") + (8091).to_bytes(2, "little") + bytes([4, 4, 0, 0])
-    # PrometheusInfo
-    b += (7).to_bytes(8, "little") + (1).to_bytes(4, "little") + (0).to_bytes(16, "little")
-    b += (9090).to_bytes(2, "little") + bytes([4])
-    b += vec(c + compact(a) for c, a in stake)
-    b += compact(0) + compact(emission)  # rank, emission
-    b += compact(65535) + compact(1234) + compact(0) + compact(40000) + compact(77)
-    b += compact(last_update) + bytes([permit]) + compact(65535)
-    return b
+    return encode_neuron_lite(uid, hot, cold, NETUID, permit, stake, emission, last_update)
 
 
 def subnet_state() -> bytes:

@@ -177,6 +177,50 @@ impl RpcClient {
             .map_err(|e| e.into_anyhow(&self.shown(), method))
     }
 
+    /// The node's best block: its number and hash. Reads that must agree are pinned to it.
+    pub fn best_block(&self) -> Result<(u64, String)> {
+        let shown = self.shown();
+        let hash = self.call("chain_getBlockHash", json!([]))?;
+        let block_hash = hash
+            .as_str()
+            .filter(|h| h.starts_with("0x"))
+            .with_context(|| {
+                format!("{shown} answered chain_getBlockHash with {hash}, not a hash")
+            })?
+            .to_string();
+        let header = self.call("chain_getHeader", json!([block_hash]))?;
+        let block = header
+            .get("number")
+            .and_then(parse_block_number)
+            .with_context(|| {
+                format!(
+                    "{shown} answered chain_getHeader without a block number: {}",
+                    snippet(&header.to_string())
+                )
+            })?;
+        Ok((block, block_hash))
+    }
+
+    /// Calls runtime API function `runtime_fn` (e.g. `SwapRuntimeApi_current_alpha_price`) with
+    /// SCALE-encoded `args` through `state_call` at `block_hash`. The inner `Err` is the node's
+    /// refusal (an RPC error, e.g. a runtime without that API); the outer one a transport failure
+    /// or an answer that is not SCALE bytes.
+    pub fn state_call(
+        &self,
+        runtime_fn: &str,
+        args: &[u8],
+        block_hash: &str,
+    ) -> Result<Result<Vec<u8>, Refusal>> {
+        let arg = format!("0x{}", hex::encode(args));
+        match self.try_call("state_call", json!([runtime_fn, arg, block_hash])) {
+            Ok(v) => bytes_of(&v).map(Ok).with_context(|| {
+                format!("the answer of {} to state_call {runtime_fn}", self.shown())
+            }),
+            Err(CallError::Transport(e)) => Err(e),
+            Err(CallError::Rpc { code, message }) => Ok(Err(Refusal { code, message })),
+        }
+    }
+
     /// Calls a runtime API function through `state_call` at `block_hash`, falling back to the
     /// node's custom RPC `legacy_method` (`[netuid, at]`) when the runtime call is refused.
     /// Returns the SCALE bytes.
@@ -187,15 +231,10 @@ impl RpcClient {
         netuid: u16,
         block_hash: &str,
     ) -> Result<Vec<u8>> {
-        let arg = format!("0x{}", hex::encode(netuid.to_le_bytes()));
         let shown = self.shown();
-        let first = match self.try_call("state_call", json!([runtime_fn, arg, block_hash])) {
-            Ok(v) => {
-                return bytes_of(&v)
-                    .with_context(|| format!("the answer of {shown} to state_call {runtime_fn}"))
-            }
-            Err(CallError::Transport(e)) => return Err(e),
-            Err(CallError::Rpc { code, message }) => (code, message),
+        let first = match self.state_call(runtime_fn, &netuid.to_le_bytes(), block_hash)? {
+            Ok(bytes) => return Ok(bytes),
+            Err(refusal) => refusal,
         };
         match self.try_call(legacy_method, json!([netuid, block_hash])) {
             Ok(v) => {
@@ -203,13 +242,33 @@ impl RpcClient {
             }
             Err(CallError::Transport(e)) => Err(e),
             Err(CallError::Rpc { code, message }) => bail!(
-                "subtensor node {shown} refused state_call {runtime_fn} (RPC error {}: {}) and \
+                "subtensor node {shown} refused state_call {runtime_fn} ({first}) and \
                  {legacy_method} (RPC error {code}: {message}); is it a subtensor node with \
-                 netuid {netuid}?",
-                first.0,
-                first.1
+                 netuid {netuid}?"
             ),
         }
+    }
+}
+
+/// A node's RPC error answer to a call (e.g. a runtime that lacks the API called).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: i64,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RPC error {}: {}", self.code, self.message)
+    }
+}
+
+/// A block number as `chain_getHeader` gives it (`0x` hex string) or as a plain number.
+fn parse_block_number(v: &Value) -> Option<u64> {
+    match v {
+        Value::String(s) => u64::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! SCALE decoding of the subtensor runtime answers sv72 reads (`NeuronInfoLite`,
-//! `SubnetState`), checked byte for byte so a changed runtime layout is an error, not garbage.
+//! SCALE decoding of the subtensor runtime answers sv72 reads (`NeuronInfoLite`, `SubnetState`,
+//! `DynamicInfo`, `SubnetInfov2`, the swap price), checked byte for byte so a changed runtime
+//! layout is an error, not garbage.
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -367,6 +368,210 @@ pub fn decode_subnet_state(bytes: &[u8]) -> Result<Option<SubnetState>> {
     };
     r.finish("the subnet state")?;
     Ok(state)
+}
+
+/// `Option<T>`: a tag byte 0 (None) or 1 (Some) before `T`.
+fn option<'a, T>(
+    r: &mut ScaleReader<'a>,
+    what: &str,
+    f: impl FnOnce(&mut ScaleReader<'a>) -> Result<T>,
+) -> Result<Option<T>> {
+    let at = r.position();
+    match r.u8(what)? {
+        0 => Ok(None),
+        1 => f(r).map(Some),
+        b => bail!(
+            "malformed SCALE payload: Option tag of `{what}` at byte {at} is {b:#04x}, not 0 or 1"
+        ),
+    }
+}
+
+/// A `Vec<u8>` read as text (lossy UTF-8: names and links never stop a report).
+fn bytes_text(r: &mut ScaleReader, what: &str) -> Result<String> {
+    let n = r.vec_len(what, 1)?;
+    Ok(String::from_utf8_lossy(r.take(n, what)?).into_owned())
+}
+
+/// A `Vec<Compact<u8>>` read as text: how `DynamicInfo` encodes the subnet name and symbol.
+fn compact_text(r: &mut ScaleReader, what: &str) -> Result<String> {
+    let bytes = r.vec(what, 1, |r| {
+        let at = r.position();
+        let v = r.compact(what)?;
+        u8::try_from(v).map_err(|_| {
+            anyhow!("malformed SCALE payload: `{what}` at byte {at} holds {v}, not a byte")
+        })
+    })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `SubnetIdentityV3` (`pallets/subtensor/src/lib.rs`): what the subnet owner says about it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubnetIdentity {
+    pub subnet_name: String,
+    pub github_repo: String,
+    pub subnet_contact: String,
+    pub subnet_url: String,
+    pub discord: String,
+    pub description: String,
+    pub logo_url: String,
+    pub additional: String,
+}
+
+impl SubnetIdentity {
+    fn decode(r: &mut ScaleReader) -> Result<Self> {
+        Ok(Self {
+            subnet_name: bytes_text(r, "identity.subnet_name")?,
+            github_repo: bytes_text(r, "identity.github_repo")?,
+            subnet_contact: bytes_text(r, "identity.subnet_contact")?,
+            subnet_url: bytes_text(r, "identity.subnet_url")?,
+            discord: bytes_text(r, "identity.discord")?,
+            description: bytes_text(r, "identity.description")?,
+            logo_url: bytes_text(r, "identity.logo_url")?,
+            additional: bytes_text(r, "identity.additional")?,
+        })
+    }
+}
+
+/// `DynamicInfo<AccountId32>` (`pallets/subtensor/src/rpc_info/dynamic_info.rs`): the subnet's
+/// pool and emission flows. Balances in rao; per-block flows are per block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicInfo {
+    pub netuid: u16,
+    pub owner_hotkey: [u8; 32],
+    pub owner_coldkey: [u8; 32],
+    pub subnet_name: String,
+    pub token_symbol: String,
+    pub tempo: u16,
+    pub last_step: u64,
+    pub blocks_since_last_step: u64,
+    /// No longer computed by the runtime (always 0).
+    pub emission: u64,
+    /// Alpha in the pool (reserve).
+    pub alpha_in: u64,
+    /// Alpha outside the pool (staked).
+    pub alpha_out: u64,
+    /// TAO in the pool (reserve).
+    pub tao_in: u64,
+    /// Alpha minted per block for miners, validators and the owner.
+    pub alpha_out_emission: u64,
+    /// Alpha injected into the pool per block.
+    pub alpha_in_emission: u64,
+    /// TAO injected into the pool per block.
+    pub tao_in_emission: u64,
+    pub pending_alpha_emission: u64,
+    pub pending_root_emission: u64,
+    pub subnet_volume: u128,
+    pub network_registered_at: u64,
+    pub subnet_identity: Option<SubnetIdentity>,
+    /// `SubnetMovingPrice`, an `I96F32` (raw bits: value × 2³²), TAO per alpha.
+    pub moving_price_bits: i128,
+}
+
+impl DynamicInfo {
+    /// The moving price in TAO per alpha.
+    pub fn moving_price(&self) -> f64 {
+        self.moving_price_bits as f64 / 4_294_967_296.0
+    }
+}
+
+/// Decodes the answer of `get_dynamic_info`: `Option<DynamicInfo<AccountId32>>`, all bytes used.
+pub fn decode_dynamic_info(bytes: &[u8]) -> Result<Option<DynamicInfo>> {
+    let mut r = ScaleReader::new(bytes);
+    let info = option(&mut r, "Option<DynamicInfo>", |r| {
+        Ok(DynamicInfo {
+            netuid: r.compact_u16("netuid")?,
+            owner_hotkey: r.account("owner_hotkey")?,
+            owner_coldkey: r.account("owner_coldkey")?,
+            subnet_name: compact_text(r, "subnet_name")?,
+            token_symbol: compact_text(r, "token_symbol")?,
+            tempo: r.compact_u16("tempo")?,
+            last_step: r.compact_u64("last_step")?,
+            blocks_since_last_step: r.compact_u64("blocks_since_last_step")?,
+            emission: r.compact_u64("emission")?,
+            alpha_in: r.compact_u64("alpha_in")?,
+            alpha_out: r.compact_u64("alpha_out")?,
+            tao_in: r.compact_u64("tao_in")?,
+            alpha_out_emission: r.compact_u64("alpha_out_emission")?,
+            alpha_in_emission: r.compact_u64("alpha_in_emission")?,
+            tao_in_emission: r.compact_u64("tao_in_emission")?,
+            pending_alpha_emission: r.compact_u64("pending_alpha_emission")?,
+            pending_root_emission: r.compact_u64("pending_root_emission")?,
+            subnet_volume: r.compact("subnet_volume")?,
+            network_registered_at: r.compact_u64("network_registered_at")?,
+            subnet_identity: option(r, "subnet_identity", SubnetIdentity::decode)?,
+            moving_price_bits: r.u128("moving_price")? as i128,
+        })
+    })?;
+    r.finish("the dynamic info")?;
+    Ok(info)
+}
+
+/// `SubnetInfov2<AccountId32>` (`pallets/subtensor/src/rpc_info/subnet_info.rs`): the subnet's
+/// registration and epoch parameters. `burn` (rao) is what registering a UID costs now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetInfo {
+    pub netuid: u16,
+    pub rho: u16,
+    pub kappa: u16,
+    pub difficulty: u64,
+    /// Blocks a new registration is safe from deregistration.
+    pub immunity_period: u16,
+    pub max_allowed_validators: u16,
+    pub min_allowed_weights: u16,
+    pub max_weights_limit: u16,
+    pub scaling_law_power: u16,
+    /// UIDs registered now.
+    pub subnetwork_n: u16,
+    pub max_allowed_uids: u16,
+    pub blocks_since_last_step: u64,
+    pub tempo: u16,
+    pub network_modality: u16,
+    pub network_connect: Vec<[u16; 2]>,
+    pub emission_value: u64,
+    pub burn: u64,
+    pub owner: [u8; 32],
+    pub identity: Option<SubnetIdentity>,
+}
+
+/// Decodes the answer of `get_subnet_info_v2`: `Option<SubnetInfov2<AccountId32>>`, all bytes
+/// used.
+pub fn decode_subnet_info(bytes: &[u8]) -> Result<Option<SubnetInfo>> {
+    let mut r = ScaleReader::new(bytes);
+    let info = option(&mut r, "Option<SubnetInfov2>", |r| {
+        Ok(SubnetInfo {
+            netuid: r.compact_u16("netuid")?,
+            rho: r.compact_u16("rho")?,
+            kappa: r.compact_u16("kappa")?,
+            difficulty: r.compact_u64("difficulty")?,
+            immunity_period: r.compact_u16("immunity_period")?,
+            max_allowed_validators: r.compact_u16("max_allowed_validators")?,
+            min_allowed_weights: r.compact_u16("min_allowed_weights")?,
+            max_weights_limit: r.compact_u16("max_weights_limit")?,
+            scaling_law_power: r.compact_u16("scaling_law_power")?,
+            subnetwork_n: r.compact_u16("subnetwork_n")?,
+            max_allowed_uids: r.compact_u16("max_allowed_uids")?,
+            blocks_since_last_step: r.compact_u64("blocks_since_last_step")?,
+            tempo: r.compact_u16("tempo")?,
+            network_modality: r.compact_u16("network_modality")?,
+            network_connect: r.vec("network_connect", 4, |r| {
+                Ok([r.u16("network_connect")?, r.u16("network_connect")?])
+            })?,
+            emission_value: r.compact_u64("emission_value")?,
+            burn: r.compact_u64("burn")?,
+            owner: r.account("owner")?,
+            identity: option(r, "identity", SubnetIdentity::decode)?,
+        })
+    })?;
+    r.finish("the subnet info")?;
+    Ok(info)
+}
+
+/// Decodes a bare `u64` answer (`SwapRuntimeApi_current_alpha_price`: rao of TAO per alpha).
+pub fn decode_u64(bytes: &[u8], what: &str) -> Result<u64> {
+    let mut r = ScaleReader::new(bytes);
+    let v = r.u64(what)?;
+    r.finish(what)?;
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -18,10 +18,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::metagraph::Neuron;
-use super::rpc::{snippet, RpcClient, FINNEY_ENDPOINT};
+use super::rpc::{RpcClient, FINNEY_ENDPOINT};
 use super::scale::{decode_neurons_lite, decode_subnet_state, NeuronInfoLite, SubnetState};
 use crate::keys::{ss58_encode, SS58_FORMAT};
 
@@ -135,14 +134,6 @@ pub fn neurons_from_chain(
     Ok(out)
 }
 
-fn parse_block_number(v: &Value) -> Option<u64> {
-    match v {
-        Value::String(s) => u64::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok(),
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    }
-}
-
 /// Reads the subnet's neurons at the node's best block. `step` is told what is being fetched
 /// (for a spinner).
 pub fn fetch_snapshot(opts: &SyncOptions, mut step: impl FnMut(&str)) -> Result<Snapshot> {
@@ -151,22 +142,7 @@ pub fn fetch_snapshot(opts: &SyncOptions, mut step: impl FnMut(&str)) -> Result<
 
     step("best block");
     // Both reads are pinned to one block so hotkeys and stakes agree.
-    let hash = client.call("chain_getBlockHash", json!([]))?;
-    let block_hash = hash
-        .as_str()
-        .filter(|h| h.starts_with("0x"))
-        .with_context(|| format!("{shown} answered chain_getBlockHash with {hash}, not a hash"))?
-        .to_string();
-    let header = client.call("chain_getHeader", json!([block_hash]))?;
-    let block = header
-        .get("number")
-        .and_then(parse_block_number)
-        .with_context(|| {
-            format!(
-                "{shown} answered chain_getHeader without a block number: {}",
-                snippet(&header.to_string())
-            )
-        })?;
+    let (block, block_hash) = client.best_block()?;
 
     step("neurons");
     let bytes = client.runtime_bytes(

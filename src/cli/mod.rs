@@ -10,13 +10,16 @@ use crate::config::Config;
 
 pub mod ab_test;
 pub mod args;
+pub mod bench;
 pub mod calibrate;
 pub mod demo_data;
 pub mod deploy;
+pub mod econ;
 pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod fetch_backbone;
+pub mod finetune;
 pub mod ingest;
 pub mod metagraph;
 pub mod mine_hard;
@@ -50,6 +53,8 @@ pub enum Command {
     SynthMix(synth_mix::Args),
     /// Train a classification head on cached backbone features.
     TrainHead(train_head::Args),
+    /// Fine-tune the backbone itself (LoRA, last blocks, or full) with a head on augmented images.
+    Finetune(finetune::Args),
     /// Evaluate a checkpoint as validators score it.
     Eval(eval::Args),
     /// Paired comparison of two checkpoints; decides promote or keep.
@@ -70,6 +75,8 @@ pub enum Command {
     Metagraph(metagraph::Args),
     /// Check the deployed model's age and drift (for cron); optionally run the retraining pipeline.
     RetrainCheck(retrain_check::Args),
+    /// What mining earns by rank (chain figures) against your costs, and whether it pays.
+    Econ(econ::Args),
     /// Pick hard cases from serve logs and eval outputs for labelling and generation.
     MineHard(mine_hard::Args),
     /// Compute backbone features for images, folders or a manifest into a safetensors file.
@@ -78,6 +85,8 @@ pub enum Command {
     FetchBackbone(fetch_backbone::Args),
     /// Generate the embedded demo data set (procedural road scenes).
     DemoData(demo_data::Args),
+    /// Time the backbone forward (img/s, ms/batch, memory) and the decode + preprocess cost.
+    Bench(bench::Args),
 }
 
 /// What every subcommand receives besides its own flags.
@@ -149,6 +158,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ingest(a) => ingest::run(a, &ctx),
         Command::SynthMix(a) => synth_mix::run(a, &ctx),
         Command::TrainHead(a) => train_head::run(a, &ctx),
+        Command::Finetune(a) => finetune::run(a, &ctx),
         Command::Eval(a) => eval::run(a, &ctx),
         Command::AbTest(a) => ab_test::run(a, &ctx),
         Command::Calibrate(a) => calibrate::run(a, &ctx),
@@ -159,9 +169,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Query(a) => query::run(a, &ctx),
         Command::Metagraph(a) => metagraph::run(a, &ctx),
         Command::RetrainCheck(a) => retrain_check::run(a, &ctx),
+        Command::Econ(a) => econ::run(a, &ctx),
         Command::MineHard(a) => mine_hard::run(a, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),
         Command::FetchBackbone(a) => fetch_backbone::run(a, &ctx),
+        Command::Bench(a) => bench::run(a, &ctx),
         Command::DemoData(a) => demo_data::run(a, &ctx),
     }
 }

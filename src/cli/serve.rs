@@ -69,7 +69,7 @@ pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Resu
     if let Some(p) = args.port {
         opts.addr.set_port(p);
     }
-    opts.echo_image = args.echo_image;
+    opts.echo_image |= args.echo_image;
     opts.handle_signals = true;
     opts.judge = crate::judge::Judge::from_config(&ctx.config.judge)?;
     let mg_path = args

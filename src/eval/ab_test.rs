@@ -125,10 +125,12 @@ fn features_blocker(a: &Resolved, b: &Resolved) -> Option<String> {
         return Some("A or B bundles its own backbone".into());
     }
     let (ia, ib) = (&ca.info.backbone, &cb.info.backbone);
-    if ia.weights_hash != ib.weights_hash {
+    // A fine-tuned backbone's key includes its trained tensors.
+    let (ka, kb) = (ca.info.features_key(), cb.info.features_key());
+    if ka != kb {
         return Some(format!(
-            "different backbones ({} {} vs {} {})",
-            ia.name, ia.weights_hash, ib.name, ib.weights_hash
+            "different backbones ({} {ka} vs {} {kb})",
+            ia.name, ib.name
         ));
     }
     if ia.preprocess != ib.preprocess {
@@ -195,11 +197,12 @@ fn probe_latency(
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
     for im in images.iter().take(LATENCY_SAMPLES) {
         let one = std::slice::from_ref(im);
-        for (p, t) in [(&mut *pa, &mut ta), (&mut *pb, &mut tb)] {
-            let start = std::time::Instant::now();
-            p.predict(one)?;
-            t.push(start.elapsed().as_secs_f64() * 1e3);
-        }
+        let start = std::time::Instant::now();
+        pa.predict(one)?;
+        ta.push(start.elapsed().as_secs_f64() * 1e3);
+        let start = std::time::Instant::now();
+        pb.predict(one)?;
+        tb.push(start.elapsed().as_secs_f64() * 1e3);
     }
     Ok(Latency::from_samples(device, ta)
         .zip(Latency::from_samples(device, tb))

@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::data::manifest::ManifestRow;
 use crate::features::embed::extract_rows;
 use crate::features::featurizer::Featurizer;
-use crate::model::load_backbone;
 use crate::train::data::{gather, head_input, load_challenge, open_image, ViewKey};
 use crate::train::{Checkpoint, FeatureSet};
 
@@ -39,10 +38,10 @@ impl OnBackend for ChallengeFeatures<'_> {
     type Out = ChallengeFeaturesOut;
     fn run<B: Backend>(self, dev: &B::Device, name: &str) -> Result<ChallengeFeaturesOut> {
         let cfg = self.cfg;
-        let model = load_backbone::<B>(&self.fz.snapshot, dev)?;
+        let model = self.fz.load_backbone::<B>(dev)?;
         let root = &cfg.paths.datasets;
         let (set, kept, skipped) = gather::<B, _, _>(
-            model.as_ref(),
+            &model,
             dev,
             self.rows,
             self.views,
@@ -72,7 +71,7 @@ impl OnBackend for ChallengeFeatures<'_> {
             let t = Instant::now();
             let px = self.fz.preprocess.pixel_values(&img)?;
             let (h, w) = self.fz.preprocess.output_size(img.width(), img.height());
-            let f = extract_rows::<B, _>(model.as_ref(), dev, px, 1, h as usize, w as usize)?;
+            let f = extract_rows::<B, _>(&model, dev, px, 1, h as usize, w as usize)?;
             let x = f.first().map(head_input).unwrap_or_default();
             let p = ck.predict_proba(&x, &cpu)?;
             let elapsed = t.elapsed().as_secs_f64() * 1e3;
@@ -121,5 +120,8 @@ pub fn featurizer_for(ck: &Checkpoint<Cpu>, cache_root: &Path) -> Result<Featuri
             ck.dir.display()
         );
     }
-    Ok(fz)
+    match crate::train::checkpoint::finetune_overlay(&ck.dir, &ck.info)? {
+        None => Ok(fz),
+        Some(o) => fz.with_finetuned(o, &ck.info.features_key(), cache_root),
+    }
 }

@@ -1,94 +1,18 @@
 //! PNG plots for the eval and A/B reports (plotters, embedded font: see [`crate::util::plot`]).
 //! Each has a title, labelled axes with ticks and, where it shows more than one series, a legend.
 
-use std::ops::Range;
 use std::path::Path;
 
 use anyhow::Result;
-use plotters::coord::types::RangedCoordf64;
-use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::metrics::{Confusion, ReliabilityBin};
-use crate::util::plot::{err, font, render, save_png};
+use crate::util::plot::{
+    chart, err, font, frame, render, save_png, Chart, Mark, BLUE, GREY, GRID, ORANGE,
+};
 
-/// Size of every plot, in pixels.
-pub const WIDTH: u32 = 640;
-pub const HEIGHT: u32 = 480;
-/// Height of the band at the top that holds the title.
-pub const TITLE_BAND: u32 = 40;
-
-const BLUE: RGBColor = RGBColor(31, 119, 180);
-const ORANGE: RGBColor = RGBColor(255, 127, 14);
-const GREY: RGBColor = RGBColor(150, 150, 150);
-const GRID: RGBColor = RGBColor(225, 225, 225);
-
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-type Chart<'a, 'b> =
-    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
-
-/// How a series looks in the legend.
-#[derive(Clone, Copy)]
-enum Mark {
-    Bar(RGBColor),
-    Line(RGBColor),
-    Dot(RGBColor),
-}
-
-/// White background, the title centred in the top [`TITLE_BAND`] pixels and, below it, the
-/// legend in one row (outside the plot, so it never covers data); returns the area left for the
-/// chart.
-fn frame<'b>(root: &Area<'b>, title: &str, legend: &[(Mark, &str)]) -> Result<Area<'b>> {
-    root.fill(&WHITE).map_err(err)?;
-    let centre = Pos::new(HPos::Center, VPos::Center);
-    let w = root.dim_in_pixel().0 as i32;
-    root.draw_text(title, &font(22).pos(centre), (w / 2, TITLE_BAND as i32 / 2))
-        .map_err(err)?;
-    if legend.is_empty() {
-        return Ok(root.split_vertically(TITLE_BAND).1);
-    }
-    let style = font(14).pos(Pos::new(HPos::Left, VPos::Center));
-    let (mark_w, gap, sep) = (22, 6, 28);
-    let widths: Vec<i32> = legend
-        .iter()
-        .map(|(_, t)| root.estimate_text_size(t, &style).map(|s| s.0 as i32))
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
-    let total: i32 =
-        widths.iter().map(|t| mark_w + gap + t).sum::<i32>() + sep * (legend.len() as i32 - 1);
-    let y = TITLE_BAND as i32 + 10;
-    let mut x = (w - total).max(4) / 2;
-    for ((mark, text), tw) in legend.iter().zip(widths) {
-        match *mark {
-            Mark::Bar(c) => root.draw(&Rectangle::new(
-                [(x + 3, y - 7), (x + mark_w - 3, y + 7)],
-                c.filled(),
-            )),
-            Mark::Line(c) => root.draw(&PathElement::new(
-                vec![(x, y), (x + mark_w, y)],
-                c.stroke_width(2),
-            )),
-            Mark::Dot(c) => root.draw(&Circle::new((x + mark_w / 2, y), 5, c.filled())),
-        }
-        .map_err(err)?;
-        root.draw_text(text, &style, (x + mark_w + gap, y))
-            .map_err(err)?;
-        x += mark_w + gap + tw + sep;
-    }
-    Ok(root.split_vertically(TITLE_BAND + 24).1)
-}
-
-/// A chart over `x` × `y` filling `area`.
-fn chart<'a, 'b>(area: &'a Area<'b>, x: Range<f64>, y: Range<f64>) -> Result<Chart<'a, 'b>> {
-    ChartBuilder::on(area)
-        .margin(12)
-        .margin_top(8)
-        .x_label_area_size(52)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x, y)
-        .map_err(err)
-}
+pub use crate::util::plot::{HEIGHT, TITLE_BAND, WIDTH};
 
 /// Grid, ticks and axis titles for a chart whose axes both span [0, 1].
 fn unit_mesh(c: &mut Chart<'_, '_>, x_desc: &str, y_desc: &str) -> Result<()> {

@@ -94,6 +94,9 @@ pub struct Provenance {
     pub val_metrics: crate::metrics::BinaryMetrics,
     /// The checkpoint's `report.json` (from `sv72 eval`), when present.
     pub eval_report: Option<Value>,
+    /// A fine-tuned checkpoint's backbone record; its tensors (LoRA merged) are in the export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<crate::train::checkpoint::FinetuneInfo>,
 }
 
 /// Checks that `hotkey` is a valid SS58 address of the Bittensor format (42) and, when a wallet
@@ -216,6 +219,9 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         }
     }
     let pre = crate::train::checkpoint::training_preprocess(&ck, &snapshot)?;
+    // A fine-tuned checkpoint's tensors over the snapshot (LoRA merged on read), so the export
+    // is a plain model of the same built-in class.
+    let weights = crate::train::checkpoint::backbone_weights(&ck_dir, &info, &snapshot)?;
 
     // Head tensors, calibration folded into the classifier.
     let mut head = ck.head.to_named_tensors()?;
@@ -288,6 +294,7 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         manifest: info.manifest.clone(),
         val_metrics: info.metrics.val.clone(),
         eval_report: eval_report.clone(),
+        finetune: info.finetune.clone(),
     };
     let readme = readme(
         &card,
@@ -322,7 +329,7 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<ExportOutcome> {
         put(MODEL_CARD_FILE, &serde_json::to_vec_pretty(&card)?)?;
         put(PROVENANCE_FILE, &serde_json::to_vec_pretty(&prov)?)?;
         put(README_FILE, readme.as_bytes())?;
-        let backbone = SnapshotTensors::open(&snapshot, family)?;
+        let backbone = SnapshotTensors::from_weights(weights, &snapshot, family)?;
         hf::write_weights(&tmp.join(WEIGHTS_FILE), &backbone, family, head, &|i, n| {
             pb.set_length(n);
             pb.set_position(i);

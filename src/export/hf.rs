@@ -439,7 +439,12 @@ pub struct SnapshotTensors {
 
 impl SnapshotTensors {
     pub fn open(snapshot: &Path, family: Family) -> Result<Self> {
-        let weights = Weights::open(snapshot)?;
+        Self::from_weights(Weights::open(snapshot)?, snapshot, family)
+    }
+
+    /// `weights` read from `snapshot`, e.g. with a fine-tuned checkpoint's overlay (LoRA merged
+    /// on read).
+    pub fn from_weights(weights: Weights, snapshot: &Path, family: Family) -> Result<Self> {
         let root = weights
             .detect_prefix(family.probe(), family.source_prefixes())
             .with_context(|| {

@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use burn::prelude::Backend;
 
 use super::{backbone_key, FeatureCache};
 use crate::config::BackboneConfig;
-use crate::model::hub;
 use crate::model::preprocess::Preprocess;
+use crate::model::weights::{Overlay, Weights};
+use crate::model::{hub, Backbone, LoadOptions};
 
 /// The backbone, preprocessing and feature cache a run uses.
 pub struct Featurizer {
@@ -16,6 +18,8 @@ pub struct Featurizer {
     pub preprocess: Preprocess,
     pub backbone_key: String,
     pub cache: FeatureCache,
+    /// Fine-tuned tensors over the snapshot (a `sv72 finetune` checkpoint's backbone).
+    pub overlay: Option<Overlay>,
 }
 
 impl Featurizer {
@@ -31,6 +35,30 @@ impl Featurizer {
             preprocess,
             backbone_key,
             cache,
+            overlay: None,
         })
+    }
+
+    /// Switches to a fine-tuned backbone: `overlay` over the snapshot, features cached under
+    /// `key` (which must differ from the base's).
+    pub fn with_finetuned(
+        mut self,
+        overlay: Overlay,
+        key: &str,
+        cache_root: &Path,
+    ) -> Result<Self> {
+        self.cache = FeatureCache::open(cache_root, key, &self.preprocess.id())?;
+        self.backbone_key = key.to_string();
+        self.overlay = Some(overlay);
+        Ok(self)
+    }
+
+    /// The backbone on `device`, fine-tuned tensors applied.
+    pub fn load_backbone<B: Backend>(&self, device: &B::Device) -> Result<Backbone<B>> {
+        let mut weights = Weights::open(&self.snapshot)?;
+        if let Some(o) = &self.overlay {
+            weights = weights.with_overlay(o.clone())?;
+        }
+        Backbone::from_weights(&self.snapshot, &weights, device, LoadOptions::INFERENCE)
     }
 }

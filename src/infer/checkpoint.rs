@@ -53,7 +53,14 @@ impl<B: Backend> CheckpointPredictor<B> {
                 );
             }
         }
-        let backbone = Backbone::<B>::load(&snapshot, device)?;
+        let weights = crate::train::checkpoint::backbone_weights(&dir, info, &snapshot)?;
+        let backbone = Backbone::<B>::from_weights(
+            &snapshot,
+            &weights,
+            device,
+            crate::model::LoadOptions::INFERENCE,
+        )?;
+        drop(weights);
         let d = backbone.hidden_size();
         if d != info.backbone.hidden_size || checkpoint.head.input_dim() != 2 * d {
             bail!(

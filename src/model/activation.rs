@@ -62,16 +62,12 @@ impl Activation {
 
 /// Exact (erf) GELU, `x * Φ(x)`, as `transformers`' `gelu`.
 ///
-/// On burn-flex the backend's `gelu` calls a scalar libm `erf` per value on one thread, and a
-/// chain of tensor ops is no faster (each op is its own single-threaded pass with an
-/// allocation). There the values are taken to the host, mapped in one rayon-parallel pass and
-/// put back, which is several times faster at ViT sizes. Other backends (CUDA, autodiff — the
-/// host round trip would cut the graph) and non-f32 tensors use the backend's own `gelu`.
+/// On burn-flex the backend's `gelu` calls a scalar libm `erf` per value on one thread. There
+/// the values are mapped in place by the vectorised kernel ([`super::kernels::math::gelu`]) in
+/// one rayon-parallel pass, many times faster at ViT sizes. Other backends (CUDA, autodiff —
+/// a host round trip would cut the graph) and non-f32 tensors use the backend's own `gelu`.
 pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if !crate::backend::is_host_cpu::<B>() {
-        return activation::gelu(x);
-    }
-    if x.dtype() != burn::tensor::DType::F32 {
+    if !crate::backend::is_host_cpu::<B>() || x.dtype() != burn::tensor::DType::F32 {
         return activation::gelu(x);
     }
     let shape = x.shape();
@@ -83,29 +79,8 @@ pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     use rayon::prelude::*;
     values
         .par_chunks_mut(1 << 14)
-        .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu_scalar(*v)));
+        .for_each(super::kernels::math::gelu_inplace);
     Tensor::from_data(TensorData::new(values, shape), &device)
-}
-
-/// `x * Φ(x)` with `erfc` from Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, below
-/// f32's own rounding of `erf` near 1). `gelu(x) = relu(x) - |x| * erfc(|x| / sqrt 2) / 2`
-/// holds for both signs and avoids cancellation for negative `x`.
-#[inline]
-pub fn gelu_scalar(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1 * std::f32::consts::FRAC_1_SQRT_2;
-    // a1..a5, halved so that the polynomial gives erfc(z) / 2 / exp(-z^2).
-    const A: [f32; 5] = [
-        0.254_829_6 * 0.5,
-        -0.284_496_74 * 0.5,
-        1.421_413_7 * 0.5,
-        -1.453_152 * 0.5,
-        1.061_405_4 * 0.5,
-    ];
-    let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let half_erfc = poly * (-0.5 * x * x).exp();
-    x.max(0.0) - a * half_erfc
 }
 
 #[cfg(test)]

@@ -423,21 +423,15 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    /// Attention over tokens flattened to `[N * T, D]`.
-    fn forward(&self, x: Tensor<B, 2>, [n, t]: [usize; 2]) -> Tensor<B, 2> {
-        let d = x.dims()[1];
-        let hd = d / self.heads;
-        let qkv = self.qkv.forward(x);
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(1, i * d, d)
-                .reshape([n, t, self.heads, hd])
-                .swap_dims(1, 2)
+    /// Attention context (before the output projection) over tokens flattened to
+    /// `[N * T, D]`.
+    fn context(&self, x: Tensor<B, 2>, [n, t]: [usize; 2]) -> Tensor<B, 2> {
+        let shape = ops::AttnShape {
+            n,
+            t,
+            heads: self.heads,
         };
-        let a = ops::attention(split(0), split(1), split(2), 1.0 / (hd as f64).sqrt())
-            .swap_dims(1, 2)
-            .reshape([n * t, d]);
-        self.out.forward(a)
+        ops::self_attention(self.qkv.forward(x), shape, None)
     }
 }
 
@@ -521,17 +515,22 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let h = self.fc1.forward(x);
+    /// `residual + scale * mlp(x)`.
+    fn forward_add(
+        &self,
+        x: Tensor<B, 2>,
+        residual: Tensor<B, 2>,
+        scale: &Option<Param<Tensor<B, 1>>>,
+    ) -> Tensor<B, 2> {
         let h = if self.swiglu {
-            let mut halves = h.chunk(2, 1);
+            let mut halves = self.fc1.forward(x).chunk(2, 1);
             let up = halves.pop().expect("two chunks");
             let gate = halves.pop().expect("two chunks");
             Activation::Silu.apply(gate) * up
         } else {
-            self.act.apply(h)
+            self.fc1.forward_act(x, self.act)
         };
-        self.fc2.forward(h)
+        self.fc2.forward_add(h, residual, scale)
     }
 }
 
@@ -570,21 +569,10 @@ impl<B: Backend> Block<B> {
     pub fn forward(&self, x: Tensor<B, 2>, nt: [usize; 2]) -> Tensor<B, 2> {
         let a = self
             .attn
-            .forward(ops::layer_norm(&self.norm1, x.clone()), nt);
-        let x = x + scaled(a, &self.ls1);
-        let h = self.mlp.forward(ops::layer_norm(&self.norm2, x.clone()));
-        x + scaled(h, &self.ls2)
-    }
-}
-
-/// `x * scale` per column when the layer scale is a parameter of its own.
-pub(crate) fn scaled<B: Backend>(
-    x: Tensor<B, 2>,
-    scale: &Option<Param<Tensor<B, 1>>>,
-) -> Tensor<B, 2> {
-    match scale {
-        Some(s) => x * s.val().unsqueeze::<2>(),
-        None => x,
+            .context(ops::layer_norm(&self.norm1, x.clone()), nt);
+        let x = self.attn.out.forward_add(a, x, &self.ls1);
+        self.mlp
+            .forward_add(ops::layer_norm(&self.norm2, x.clone()), x, &self.ls2)
     }
 }
 

@@ -24,10 +24,9 @@ use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
 pub use super::activation::Activation;
-use super::dinov2::scaled;
 use super::linear::Proj;
 use super::loader::{Bindings, LoadOptions, Loader, PartSpec};
-use super::ops;
+use super::ops::{self, Rope};
 use super::weights::Weights;
 use super::{parse_config, BackboneOutput, FeatureExtractor, IntOrPair, ProjRole};
 
@@ -304,12 +303,18 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// `residual + scale * mlp(x)`.
+    fn forward_add(
+        &self,
+        x: Tensor<B, 2>,
+        residual: Tensor<B, 2>,
+        scale: &Option<Param<Tensor<B, 1>>>,
+    ) -> Tensor<B, 2> {
         let h = match &self.gate {
-            Some(gate) => self.act.apply(gate.forward(x.clone())) * self.up.forward(x),
-            None => self.act.apply(self.up.forward(x)),
+            Some(gate) => gate.forward_act(x.clone(), self.act) * self.up.forward(x),
+            None => self.up.forward_act(x, self.act),
         };
-        self.down.forward(h)
+        self.down.forward_add(h, residual, scale)
     }
 }
 
@@ -345,27 +350,20 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    fn forward(
+    /// Attention context (before `o_proj`) over tokens flattened to `[N * T, D]`.
+    fn context(
         &self,
         x: Tensor<B, 2>,
         [n, t]: [usize; 2],
         cfg: &Dinov3Config,
         rope: &Rope<B>,
     ) -> Tensor<B, 2> {
-        let d = cfg.hidden_size;
-        let (heads, hd) = (cfg.num_attention_heads, cfg.head_dim());
-        let qkv = self.qkv.forward(x);
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(1, i * d, d)
-                .reshape([n, t, heads, hd])
-                .swap_dims(1, 2)
+        let shape = ops::AttnShape {
+            n,
+            t,
+            heads: cfg.num_attention_heads,
         };
-        let prefix = cfg.num_prefix_tokens();
-        let q = apply_rope(split(0), rope, prefix);
-        let k = apply_rope(split(1), rope, prefix);
-        let ctx = ops::attention(q, k, split(2), 1.0 / (hd as f64).sqrt());
-        self.o_proj.forward(ctx.swap_dims(1, 2).reshape([n * t, d]))
+        ops::self_attention(self.qkv.forward(x), shape, Some(rope))
     }
 }
 
@@ -380,34 +378,6 @@ pub struct Layer<B: Backend> {
     pub mlp: Mlp<B>,
     /// `layer_scale2` (unfolded only).
     pub ls2: Option<Param<Tensor<B, 1>>>,
-}
-
-/// RoPE tables of one input size, flattened to `[1, patches * head_dim]`: every elementwise
-/// op then broadcasts over rows of a 2D tensor, which is far cheaper on burn-flex than
-/// broadcasting over the leading dims of a 4D one.
-struct Rope<B: Backend> {
-    cos: Tensor<B, 2>,
-    /// `sin` with its first half negated, so `rotate_half(x) * sin` becomes
-    /// `swap_halves(x) * sin_signed` (negation is exact, the result is bit-identical).
-    sin_signed: Tensor<B, 2>,
-}
-
-/// RoPE on the patch tokens of `x` `[N, H, T, hd]`; the first `prefix` tokens pass unrotated.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &Rope<B>, prefix: usize) -> Tensor<B, 4> {
-    let [n, h, t, hd] = x.dims();
-    let hw = t - prefix;
-    let head = x.clone().narrow(2, 0, prefix);
-    let patches = x.narrow(2, prefix, hw);
-    let swapped = Tensor::cat(
-        vec![
-            patches.clone().narrow(3, hd / 2, hd / 2),
-            patches.clone().narrow(3, 0, hd / 2),
-        ],
-        3,
-    );
-    let flat = |v: Tensor<B, 4>| v.reshape([n * h, hw * hd]);
-    let rotated = flat(patches) * rope.cos.clone() + flat(swapped) * rope.sin_signed.clone();
-    Tensor::cat(vec![head, rotated.reshape([n, h, hw, hd])], 2)
 }
 
 impl<B: Backend> Layer<B> {
@@ -438,10 +408,10 @@ impl<B: Backend> Layer<B> {
     ) -> Tensor<B, 2> {
         let a = self
             .attn
-            .forward(ops::layer_norm(&self.norm1, x.clone()), nt, cfg, rope);
-        let x = x + scaled(a, &self.ls1);
-        let m = self.mlp.forward(ops::layer_norm(&self.norm2, x.clone()));
-        x + scaled(m, &self.ls2)
+            .context(ops::layer_norm(&self.norm1, x.clone()), nt, cfg, rope);
+        let x = self.attn.o_proj.forward_add(a, x, &self.ls1);
+        self.mlp
+            .forward_add(ops::layer_norm(&self.norm2, x.clone()), x, &self.ls2)
     }
 }
 
@@ -644,6 +614,7 @@ impl<B: Backend> Dinov3Model<B> {
         let rope = Rope {
             cos: table(cos),
             sin_signed: table(sin),
+            prefix: cfg.num_prefix_tokens(),
         };
         for layer in &self.layers {
             x = layer.forward(x, [n, t], cfg, &rope);

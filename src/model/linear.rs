@@ -12,6 +12,7 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::activation::Activation;
 use super::loader::{Binding, Bindings, Piece, PieceKind};
 use super::ops;
 
@@ -125,7 +126,7 @@ impl<B: Backend> Proj<B> {
 
     /// `x W + b (+ adapters)` for rows `x` `[M, in]`.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        if self.lora.iter().all(Option::is_none) {
+        if !self.has_lora() {
             return ops::linear(x, self.weight.val(), self.full_bias());
         }
         let y = ops::linear(x.clone(), self.weight.val(), self.full_bias());
@@ -146,6 +147,33 @@ impl<B: Backend> Proj<B> {
             Tensor::cat(deltas, 1)
         };
         y + delta
+    }
+
+    fn has_lora(&self) -> bool {
+        self.lora.iter().any(Option::is_some)
+    }
+
+    /// `act(x W + b (+ adapters))`, bias and activation fused into the product when there are
+    /// no adapters.
+    pub fn forward_act(&self, x: Tensor<B, 2>, act: Activation) -> Tensor<B, 2> {
+        if self.has_lora() {
+            return act.apply(self.forward(x));
+        }
+        ops::linear_act(x, self.weight.val(), self.full_bias(), act)
+    }
+
+    /// `residual + scale * (x W + b (+ adapters))`, with `scale` a layer-scale parameter when
+    /// unfolded; the residual is the product's accumulator when there is neither.
+    pub fn forward_add(
+        &self,
+        x: Tensor<B, 2>,
+        residual: Tensor<B, 2>,
+        scale: &Option<Param<Tensor<B, 1>>>,
+    ) -> Tensor<B, 2> {
+        if self.has_lora() || scale.is_some() {
+            return residual + ops::scaled(self.forward(x), scale);
+        }
+        ops::linear_add(x, self.weight.val(), self.full_bias(), residual)
     }
 
     /// Attaches an adapter to every part: `A` from `init` when it holds the part's

@@ -11,6 +11,7 @@ pub mod activation;
 pub mod dinov2;
 pub mod dinov3;
 pub mod hub;
+pub mod kernels;
 pub mod linear;
 pub mod loader;
 pub mod ops;

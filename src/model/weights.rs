@@ -17,10 +17,101 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// Index of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// A snapshot's weights: one or more mapped safetensors files and where each tensor lives.
+/// A snapshot's weights: one or more mapped safetensors files and where each tensor lives,
+/// optionally overlaid with fine-tuned tensors.
 pub struct Weights {
     files: Vec<(PathBuf, Mmap)>,
     location: HashMap<String, usize>,
+    overlay: Option<Overlay>,
+}
+
+/// A LoRA adapter on one weight, in PEFT's layout: `W' = W + scale · B · A`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraDelta {
+    /// `lora_A.weight` `[r, in]`.
+    pub a: Vec<f32>,
+    /// `lora_B.weight` `[out, r]`.
+    pub b: Vec<f32>,
+    pub rank: usize,
+    pub scale: f64,
+}
+
+/// Fine-tuned tensors over a snapshot (see [`Weights::with_overlay`]): whole tensors replaced
+/// by name, and LoRA adapters merged into their weight when it is read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overlay {
+    /// Full snapshot name → `(shape, values)`.
+    pub replace: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Full snapshot name of the adapted weight (`….weight`) → adapter.
+    pub lora: HashMap<String, LoraDelta>,
+}
+
+impl Overlay {
+    /// Sorts `tensors` into replacements and adapters: a pair `X.lora_A.weight` /
+    /// `X.lora_B.weight` adapts `X.weight` with `scale`; every other tensor replaces its name.
+    pub fn from_tensors(
+        mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+        scale: f64,
+    ) -> Result<Self> {
+        let a_names: Vec<String> = tensors
+            .keys()
+            .filter(|n| n.ends_with(".lora_A.weight"))
+            .cloned()
+            .collect();
+        let mut lora = HashMap::new();
+        for a_name in a_names {
+            let base = a_name.trim_end_matches(".lora_A.weight");
+            let b_name = format!("{base}.lora_B.weight");
+            let (a_shape, a) = tensors.remove(&a_name).expect("listed");
+            let Some((b_shape, b)) = tensors.remove(&b_name) else {
+                bail!("adapter `{a_name}` has no `{b_name}`");
+            };
+            if a_shape.len() != 2 || b_shape.len() != 2 || a_shape[0] != b_shape[1] {
+                bail!("adapter `{base}`: lora_A {a_shape:?} and lora_B {b_shape:?} do not fit");
+            }
+            lora.insert(
+                format!("{base}.weight"),
+                LoraDelta {
+                    a,
+                    b,
+                    rank: a_shape[0],
+                    scale,
+                },
+            );
+        }
+        if let Some(b) = tensors.keys().find(|n| n.ends_with(".lora_B.weight")) {
+            bail!("adapter `{b}` has no lora_A");
+        }
+        Ok(Self {
+            replace: tensors,
+            lora,
+        })
+    }
+
+    /// Number of tensors it changes.
+    pub fn len(&self) -> usize {
+        self.replace.len() + self.lora.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `w [out, in] += scale · b [out, r] · a [r, in]`, accumulated in f64 and rounded once.
+fn merge_lora(w: &mut [f32], d: &LoraDelta, out: usize, inp: usize) {
+    let r = d.rank;
+    for o in 0..out {
+        let brow = &d.b[o * r..(o + 1) * r];
+        let wrow = &mut w[o * inp..(o + 1) * inp];
+        for (i, wv) in wrow.iter_mut().enumerate() {
+            let mut acc = 0f64;
+            for (k, &bv) in brow.iter().enumerate() {
+                acc += f64::from(bv) * f64::from(d.a[k * inp + i]);
+            }
+            *wv = (f64::from(*wv) + d.scale * acc) as f32;
+        }
+    }
 }
 
 impl Weights {
@@ -77,7 +168,49 @@ impl Weights {
             }
             files.push((path.clone(), mmap));
         }
-        Ok(Self { files, location })
+        Ok(Self {
+            files,
+            location,
+            overlay: None,
+        })
+    }
+
+    /// These weights with `overlay` applied on every read: each replacement must name an
+    /// existing tensor of the same shape, each adapter an existing `[out, in]` weight it fits.
+    pub fn with_overlay(mut self, overlay: Overlay) -> Result<Self> {
+        for (name, (shape, v)) in &overlay.replace {
+            let (view, path) = self.view(name).with_context(|| {
+                format!("the fine-tuned tensor `{name}` is not in the base snapshot")
+            })?;
+            if view.shape() != shape.as_slice() || v.len() != shape.iter().product::<usize>() {
+                bail!(
+                    "the fine-tuned tensor `{name}` has shape {shape:?}, but {} has {:?}",
+                    path.display(),
+                    view.shape()
+                );
+            }
+        }
+        for (name, d) in &overlay.lora {
+            let (view, path) = self.view(name).with_context(|| {
+                format!("the adapted weight `{name}` is not in the base snapshot")
+            })?;
+            let shape = view.shape();
+            if shape.len() != 2 || d.a.len() != d.rank * shape[1] || d.b.len() != shape[0] * d.rank
+            {
+                bail!(
+                    "the adapter of `{name}` (rank {}) does not fit its weight {shape:?} in {}",
+                    d.rank,
+                    path.display()
+                );
+            }
+        }
+        self.overlay = Some(overlay);
+        Ok(self)
+    }
+
+    /// The overlay applied on reads, if any.
+    pub fn overlay(&self) -> Option<&Overlay> {
+        self.overlay.as_ref()
     }
 
     /// Whether a tensor of that name exists.
@@ -125,8 +258,21 @@ impl Weights {
         Ok((view, path))
     }
 
-    /// The tensor as f32 values with its shape (f16/bf16/f64 are converted).
+    /// The tensor as f32 values with its shape (f16/bf16/f64 are converted), with the overlay
+    /// applied.
     pub fn f32_data(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        if let Some((shape, v)) = self.overlay.as_ref().and_then(|o| o.replace.get(name)) {
+            return Ok((v.clone(), shape.clone()));
+        }
+        let (mut values, shape) = self.file_f32_data(name)?;
+        if let Some(d) = self.overlay.as_ref().and_then(|o| o.lora.get(name)) {
+            merge_lora(&mut values, d, shape[0], shape[1]);
+        }
+        Ok((values, shape))
+    }
+
+    /// The tensor as stored in the files (no overlay).
+    pub fn file_f32_data(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let (view, path) = self.view(name)?;
         let bytes = view.data();
         let values: Vec<f32> = match view.dtype() {

@@ -66,14 +66,81 @@ impl Histogram {
     }
 }
 
+/// A counter family with labels, e.g. requests by route, status and outcome.
+pub struct CounterVec {
+    labels: &'static [&'static str],
+    values: Mutex<BTreeMap<Vec<String>, u64>>,
+}
+
+impl CounterVec {
+    /// A family with these label names.
+    pub fn new(labels: &'static [&'static str]) -> Self {
+        Self {
+            labels,
+            values: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<String>, u64>> {
+        self.values.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds one to the counter with these label values (in the order of the names).
+    pub fn inc(&self, values: &[&str]) {
+        debug_assert_eq!(values.len(), self.labels.len());
+        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        *self.lock().entry(key).or_default() += 1;
+    }
+
+    /// The counter with these label values.
+    pub fn get(&self, values: &[&str]) -> u64 {
+        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        self.lock().get(&key).copied().unwrap_or(0)
+    }
+
+    /// Sum over every label value.
+    pub fn total(&self) -> u64 {
+        self.lock().values().sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (vals, n) in self.lock().iter() {
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .zip(vals)
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace(['\\', '"', '\n'], "_")))
+                .collect();
+            let _ = writeln!(out, "{name}{{{}}} {n}", labels.join(","));
+        }
+    }
+}
+
 /// Everything `/metrics` reports.
 pub struct Metrics {
-    requests: Mutex<BTreeMap<u16, u64>>,
+    /// Queries (synapse routes) by route, HTTP status and outcome (`scored`, `fallback`,
+    /// `rejected`).
+    pub requests: CounterVec,
+    /// `/healthz` and `/metrics`, not counted as queries.
+    pub probes: CounterVec,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
+    /// Answers that carry the fallback prediction, by why.
+    pub fallbacks: CounterVec,
+    /// Connections accepted or refused at accept (`accepted`, `per_ip_limit`, `connections_full`).
+    pub connections: CounterVec,
+    /// Connections closed by the server early (`shed`, `header_timeout`, `idle_timeout`).
+    pub connections_closed: CounterVec,
+    pub open_connections: AtomicU64,
     pub latency_seconds: Histogram,
+    pub decode_seconds: Histogram,
     pub batch_size: Histogram,
     pub prediction: Histogram,
     pub decode_failures: AtomicU64,
+    /// JPEGs that end before their end-of-image marker (decoded, grey where data is missing).
+    pub partial_images: AtomicU64,
+    /// Nonces accepted although a newer one of the same key was accepted before.
+    pub nonces_reordered: AtomicU64,
     pub predictor_failures: AtomicU64,
     pub model_reloads: AtomicU64,
     pub model_reload_failures: AtomicU64,
@@ -92,14 +159,22 @@ impl Metrics {
     /// Empty metrics.
     pub fn new() -> Self {
         Self {
-            requests: Mutex::new(BTreeMap::new()),
+            requests: CounterVec::new(&["route", "status", "outcome"]),
+            probes: CounterVec::new(&["route"]),
             rejections: Mutex::new(BTreeMap::new()),
+            fallbacks: CounterVec::new(&["reason"]),
+            connections: CounterVec::new(&["outcome"]),
+            connections_closed: CounterVec::new(&["reason"]),
+            open_connections: AtomicU64::new(0),
             latency_seconds: Histogram::new(&[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 9.0,
             ]),
+            decode_seconds: Histogram::new(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0]),
             batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
             prediction: Histogram::new(&[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
             decode_failures: AtomicU64::new(0),
+            partial_images: AtomicU64::new(0),
+            nonces_reordered: AtomicU64::new(0),
             predictor_failures: AtomicU64::new(0),
             model_reloads: AtomicU64::new(0),
             model_reload_failures: AtomicU64::new(0),
@@ -107,16 +182,6 @@ impl Metrics {
             in_flight: AtomicU64::new(0),
             model_version: Mutex::new(String::new()),
         }
-    }
-
-    /// Counts a finished request by HTTP status.
-    pub fn request(&self, status: u16) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(status)
-            .or_default() += 1;
     }
 
     /// Counts a rejection by reason label.
@@ -147,16 +212,16 @@ impl Metrics {
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP sv72_requests_total Requests answered, by HTTP status.\n");
-        out.push_str("# TYPE sv72_requests_total counter\n");
-        for (code, n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(out, "sv72_requests_total{{status=\"{code}\"}} {n}");
-        }
+        self.requests.render(
+            &mut out,
+            "sv72_requests_total",
+            "Queries answered, by route, HTTP status and outcome (scored, fallback, rejected).",
+        );
+        self.probes.render(
+            &mut out,
+            "sv72_probe_requests_total",
+            "/healthz and /metrics requests (not queries).",
+        );
         out.push_str("# HELP sv72_rejections_total Requests refused, by reason.\n");
         out.push_str("# TYPE sv72_rejections_total counter\n");
         for (r, n) in self
@@ -167,6 +232,26 @@ impl Metrics {
         {
             let _ = writeln!(out, "sv72_rejections_total{{reason=\"{r}\"}} {n}");
         }
+        self.fallbacks.render(
+            &mut out,
+            "sv72_fallbacks_total",
+            "Answers carrying serve.fallback_prediction, by reason.",
+        );
+        self.connections.render(
+            &mut out,
+            "sv72_connections_total",
+            "Connections accepted or refused at accept.",
+        );
+        self.connections_closed.render(
+            &mut out,
+            "sv72_connections_closed_total",
+            "Connections closed by the server: shed at capacity, head or idle timeout.",
+        );
+        self.decode_seconds.render(
+            &mut out,
+            "sv72_decode_seconds",
+            "Time to decode one image (base64 to pixels).",
+        );
         self.latency_seconds.render(
             &mut out,
             "sv72_request_latency_seconds",
@@ -181,6 +266,16 @@ impl Metrics {
                 "sv72_decode_failures_total",
                 "Images that could not be decoded (fallback prediction sent).",
                 &self.decode_failures,
+            ),
+            (
+                "sv72_partial_images_total",
+                "JPEGs that end before their end-of-image marker (scored as decoded).",
+                &self.partial_images,
+            ),
+            (
+                "sv72_nonces_reordered_total",
+                "Nonces accepted after a newer one of the same dendrite (inside the window).",
+                &self.nonces_reordered,
             ),
             (
                 "sv72_predictor_failures_total",
@@ -209,6 +304,11 @@ impl Metrics {
                 "sv72_queue_depth",
                 "Images waiting for the inference thread.",
                 &self.queue_depth,
+            ),
+            (
+                "sv72_open_connections",
+                "Connections open.",
+                &self.open_connections,
             ),
             (
                 "sv72_in_flight_requests",
@@ -263,7 +363,7 @@ mod tests {
         m.latency_seconds.observe(0.003);
         m.latency_seconds.observe(0.2);
         m.latency_seconds.observe(100.0);
-        m.request(200);
+        m.requests.inc(&["ImageSynapse", "200", "scored"]);
         m.reject("bad_signature");
         m.set_model_version("v\"1");
         let t = m.render();
@@ -279,7 +379,12 @@ mod tests {
             t.contains("sv72_request_latency_seconds_bucket{le=\"+Inf\"} 3"),
             "{t}"
         );
-        assert!(t.contains("sv72_requests_total{status=\"200\"} 1"));
+        assert!(
+            t.contains(
+                "sv72_requests_total{route=\"ImageSynapse\",status=\"200\",outcome=\"scored\"} 1"
+            ),
+            "{t}"
+        );
         assert!(t.contains("sv72_rejections_total{reason=\"bad_signature\"} 1"));
         assert!(t.contains("sv72_model_info{version=\"v_1\"} 1"));
         assert_eq!(m.rejections("bad_signature"), 1);

@@ -142,8 +142,11 @@ pub enum NonceError {
         allowed_s: f64,
         age_s: f64,
     },
-    /// Not newer than the last accepted nonce of this key (replays land here).
+    /// Older than the newest accepted nonce of this key and outside the window (or below what
+    /// the tracker still remembers).
     NotNewer,
+    /// Exactly a nonce already accepted for this key: a replay.
+    Replay,
 }
 
 impl std::fmt::Display for NonceError {
@@ -155,18 +158,76 @@ impl std::fmt::Display for NonceError {
                 "Nonce is too old: acceptable delta is {allowed_s:.2} seconds but request was \
                  {age_s:.2} seconds old"
             ),
-            NonceError::NotNewer => write!(f, "Nonce is too old, a newer one was last processed"),
+            // bittensor answers a replay with the same text.
+            NonceError::NotNewer | NonceError::Replay => {
+                write!(f, "Nonce is too old, a newer one was last processed")
+            }
         }
     }
 }
 
-/// Last accepted nonce per `hotkey:uuid`, as the Python axon keeps it, but bounded.
+impl NonceError {
+    /// Metric and log label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NonceError::Missing => "missing_nonce",
+            NonceError::TooOld { .. } | NonceError::NotNewer => "stale_nonce",
+            NonceError::Replay => "replayed_nonce",
+        }
+    }
+}
+
+/// How an accepted nonce relates to what the key sent before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceOk {
+    /// Newer than every nonce accepted for the key (or the key's first): bittensor accepts it.
+    Newer,
+    /// Older than the newest accepted but new and inside the window: a dendrite's concurrent
+    /// sends arriving out of order, which bittensor refuses and sv72 accepts.
+    Reordered,
+}
+
+/// What the tracker remembers of one `hotkey:uuid`.
+#[derive(Debug, Clone, Default)]
+pub struct KeyNonces {
+    /// Newest accepted nonce.
+    newest: i128,
+    /// Every nonce at or below this is refused: the largest nonce forgotten so far.
+    floor: i128,
+    /// Accepted nonces still inside the window (so a replay of any of them is caught).
+    seen: std::collections::BTreeSet<i128>,
+}
+
+/// Nonces remembered per key at most; beyond it the oldest are forgotten (and refused).
+pub const MAX_NONCES_PER_KEY: usize = 1 << 16;
+
+/// The nonce window in ns for a request: 4 s + its `timeout` header (capped), as bittensor.
+pub fn nonce_window_ns(timeout_s: Option<f64>) -> i128 {
+    let t = timeout_s
+        .filter(|t| t.is_finite())
+        .unwrap_or(0.0)
+        .clamp(0.0, MAX_TIMEOUT_FOR_WINDOW_S);
+    NONCE_BASE_WINDOW_NS + (t * 1e9) as i128
+}
+
+/// Accepted nonces per `hotkey:uuid`, checked and recorded under one lock.
 ///
-/// Keys come only from blacklist-approved hotkeys with a valid signature (a few validators, one
-/// uuid per validator process), so the map stays small; the cap is a backstop that drops the
-/// keys with the oldest nonces first.
+/// The rule, next to bittensor's `default_verify` (9.12.2 and 10.x):
+///
+/// | | bittensor | sv72 |
+/// |---|---|---|
+/// | first request of a key (dendrite ≥ 7.2.0) | nonce > now − (4 s + `timeout`) | same; `timeout` capped at 60 s |
+/// | later requests | nonce > last accepted | nonce > newest accepted, **or** (dendrite ≥ 7.2.0) a nonce inside that window not accepted before |
+/// | exact replay | refused (not newer) | refused (every accepted nonce inside the window is remembered) |
+/// | dendrite < 7.2.0 or no version | nonce > last accepted | same |
+/// | memory | one nonce per key, never freed | bounded: keys and nonces per key |
+///
+/// So one dendrite's concurrent sends that arrive out of order all pass, and any replay is still
+/// refused: a nonce older than the window fails the window, one inside it is remembered. Keys
+/// come only from blacklist-approved hotkeys with a valid signature, so the map stays small; at
+/// `capacity` keys the ones idle past the widest window go first, then the older half.
 pub struct NonceTracker {
-    last: Mutex<HashMap<String, i128>>,
+    keys: Mutex<HashMap<String, KeyNonces>>,
     capacity: usize,
 }
 
@@ -174,7 +235,7 @@ impl NonceTracker {
     /// A tracker holding at most `capacity` keys.
     pub fn new(capacity: usize) -> Self {
         Self {
-            last: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
         }
     }
@@ -184,34 +245,49 @@ impl NonceTracker {
         format!("{hotkey}:{}", uuid.unwrap_or("None"))
     }
 
-    /// Applies the freshness rules without recording anything.
-    pub fn check(&self, key: &str, h: &RequestHeaders, now_ns: i128) -> Result<(), NonceError> {
+    /// Applies the rules without recording anything (the cheap check before the signature).
+    pub fn check(
+        &self,
+        key: &str,
+        h: &RequestHeaders,
+        now_ns: i128,
+    ) -> Result<NonceOk, NonceError> {
         let nonce = h.dendrite_nonce.ok_or(NonceError::Missing)?;
-        let last = self.lock().get(key).copied();
-        check_nonce(nonce, last, h.dendrite_version, h.timeout, now_ns)
+        let keys = self.lock();
+        check_nonce(nonce, keys.get(key), h.dendrite_version, h.timeout, now_ns)
     }
 
-    /// Records an accepted nonce, re-checking under the lock so two concurrent copies of one
-    /// request cannot both pass.
+    /// Checks and records in one step, so of two concurrent copies of a request exactly one
+    /// passes, and concurrent distinct nonces of one key never refuse each other.
     pub fn check_and_record(
         &self,
         key: &str,
         h: &RequestHeaders,
         now_ns: i128,
-    ) -> Result<(), NonceError> {
+    ) -> Result<NonceOk, NonceError> {
         let nonce = h.dendrite_nonce.ok_or(NonceError::Missing)?;
-        let mut map = self.lock();
-        let last = map.get(key).copied();
-        check_nonce(nonce, last, h.dendrite_version, h.timeout, now_ns)?;
-        if last.is_none() && map.len() >= self.capacity {
-            // Drop the half of the keys with the oldest nonces.
-            let mut all: Vec<i128> = map.values().copied().collect();
-            all.sort_unstable();
-            let cut = all[all.len() / 2];
-            map.retain(|_, v| *v > cut);
+        let mut keys = self.lock();
+        let ok = check_nonce(nonce, keys.get(key), h.dendrite_version, h.timeout, now_ns)?;
+        if !keys.contains_key(key) && keys.len() >= self.capacity {
+            evict(&mut keys, now_ns);
         }
-        map.insert(key.to_string(), nonce);
-        Ok(())
+        let k = keys.entry(key.to_string()).or_insert_with(|| KeyNonces {
+            newest: nonce,
+            floor: i128::MIN,
+            seen: Default::default(),
+        });
+        k.newest = k.newest.max(nonce);
+        k.seen.insert(nonce);
+        // Forget what no window can accept any more; the floor keeps refusing it.
+        let cutoff = now_ns - nonce_window_ns(h.timeout);
+        while let Some(&first) = k.seen.first() {
+            if first > cutoff && k.seen.len() <= MAX_NONCES_PER_KEY {
+                break;
+            }
+            k.seen.pop_first();
+            k.floor = k.floor.max(first);
+        }
+        Ok(ok)
     }
 
     /// Number of keys held.
@@ -224,41 +300,57 @@ impl NonceTracker {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i128>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyNonces>> {
         // A poisoned map is still a valid map of nonces.
-        self.last.lock().unwrap_or_else(|p| p.into_inner())
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The nonce rule of bittensor's `default_verify`.
+/// Drops keys whose newest nonce is older than the widest window (a replay of them fails the
+/// first-request window anyway), then, if that freed nothing, the older half.
+fn evict(keys: &mut HashMap<String, KeyNonces>, now_ns: i128) {
+    let widest = now_ns - nonce_window_ns(Some(MAX_TIMEOUT_FOR_WINDOW_S));
+    let before = keys.len();
+    keys.retain(|_, k| k.newest > widest);
+    if keys.len() == before {
+        let mut all: Vec<i128> = keys.values().map(|k| k.newest).collect();
+        all.sort_unstable();
+        let cut = all[all.len() / 2];
+        keys.retain(|_, k| k.newest > cut);
+    }
+}
+
+/// The nonce rule (see [`NonceTracker`]): bittensor's `default_verify`, plus new nonces inside
+/// the window accepted out of order.
 pub fn check_nonce(
     nonce: i128,
-    last: Option<i128>,
+    known: Option<&KeyNonces>,
     version: Option<i128>,
     timeout_s: Option<f64>,
     now_ns: i128,
-) -> Result<(), NonceError> {
+) -> Result<NonceOk, NonceError> {
     let windowed = version.is_some_and(|v| v >= V_7_2_0);
-    if let Some(last) = last {
-        if nonce <= last {
-            return Err(NonceError::NotNewer);
-        }
-        return Ok(());
-    }
-    if windowed {
-        let t = timeout_s
-            .filter(|t| t.is_finite())
-            .unwrap_or(0.0)
-            .clamp(0.0, MAX_TIMEOUT_FOR_WINDOW_S);
-        let window_ns = NONCE_BASE_WINDOW_NS + (t * 1e9) as i128;
-        if nonce <= now_ns - window_ns {
+    let window_ns = nonce_window_ns(timeout_s);
+    let inside = nonce > now_ns - window_ns;
+    let Some(k) = known else {
+        if windowed && !inside {
             return Err(NonceError::TooOld {
                 allowed_s: window_ns as f64 / 1e9,
                 age_s: (now_ns - nonce) as f64 / 1e9,
             });
         }
+        return Ok(NonceOk::Newer);
+    };
+    if nonce == k.newest || k.seen.contains(&nonce) {
+        return Err(NonceError::Replay);
     }
-    Ok(())
+    if nonce > k.newest {
+        return Ok(NonceOk::Newer);
+    }
+    if windowed && inside && nonce > k.floor {
+        return Ok(NonceOk::Reordered);
+    }
+    Err(NonceError::NotNewer)
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -315,50 +407,147 @@ mod tests {
         );
     }
 
+    const V: Option<i128> = Some(9_012_002);
+    const S: i128 = 1_000_000_000;
+
+    fn headers(nonce: i128) -> RequestHeaders {
+        RequestHeaders {
+            dendrite_nonce: Some(nonce),
+            dendrite_version: V,
+            timeout: Some(9.0),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn nonce_window_and_replay() {
+    fn nonce_window_first_request() {
         let now: i128 = 1_000_000_000_000_000_000;
-        let s = 1_000_000_000i128;
         // 9 s timeout: up to 13 s old accepted on the first request.
-        assert!(check_nonce(now - 12 * s, None, Some(9_012_002), Some(9.0), now).is_ok());
-        let e = check_nonce(now - 14 * s, None, Some(9_012_002), Some(9.0), now).unwrap_err();
+        assert!(check_nonce(now - 12 * S, None, V, Some(9.0), now).is_ok());
+        let e = check_nonce(now - 14 * S, None, V, Some(9.0), now).unwrap_err();
         assert_eq!(
             e.to_string(),
             "Nonce is too old: acceptable delta is 13.00 seconds but request was 14.00 seconds old"
         );
         // No timeout header: 4 s window.
-        assert!(check_nonce(now - 5 * s, None, Some(9_012_002), None, now).is_err());
+        assert!(check_nonce(now - 5 * S, None, V, None, now).is_err());
         // Old dendrites: no window at all.
-        assert!(check_nonce(now - 60 * s, None, Some(7_001_000), None, now).is_ok());
-        assert!(check_nonce(now - 60 * s, None, None, None, now).is_ok());
-        // Known key: strictly newer, no age check.
-        assert_eq!(
-            check_nonce(5, Some(5), Some(9_012_002), Some(9.0), now),
-            Err(NonceError::NotNewer)
-        );
-        assert!(check_nonce(6, Some(5), Some(9_012_002), Some(9.0), now).is_ok());
+        assert!(check_nonce(now - 60 * S, None, Some(7_001_000), None, now).is_ok());
+        assert!(check_nonce(now - 60 * S, None, None, None, now).is_ok());
         // The unsigned timeout header cannot widen the window past the cap.
-        assert!(check_nonce(now - 100 * s, None, Some(9_012_002), Some(1e9), now).is_err());
+        assert!(check_nonce(now - 100 * S, None, V, Some(1e9), now).is_err());
     }
 
     #[test]
-    fn tracker_records_and_stays_bounded() {
+    fn reordered_nonces_pass_and_replays_fail() {
+        let t = NonceTracker::new(16);
+        let now = now_ns();
+        let rec = |n: i128| t.check_and_record("k", &headers(n), now);
+        assert_eq!(rec(now - 2 * S), Ok(NonceOk::Newer));
+        assert_eq!(rec(now), Ok(NonceOk::Newer));
+        // Sent before the newest, arrived after it: accepted (bittensor refuses it).
+        assert_eq!(rec(now - S), Ok(NonceOk::Reordered));
+        // Every accepted nonce replayed: refused, newest or not.
+        for n in [now - 2 * S, now - S, now] {
+            assert_eq!(rec(n), Err(NonceError::Replay), "{n}");
+        }
+        // Older than the window: refused even though never seen.
+        assert_eq!(rec(now - 20 * S), Err(NonceError::NotNewer));
+        assert_eq!(
+            NonceError::Replay.to_string(),
+            "Nonce is too old, a newer one was last processed"
+        );
+        // Without the window (old dendrite), only strictly newer nonces pass, as in bittensor.
+        let mut h = headers(now - S / 2);
+        h.dendrite_version = Some(7_001_000);
+        assert_eq!(t.check_and_record("k", &h, now), Err(NonceError::NotNewer));
+        h.dendrite_nonce = Some(now + 1);
+        assert_eq!(t.check_and_record("k", &h, now), Ok(NonceOk::Newer));
+        h.dendrite_nonce = None;
+        assert_eq!(t.check("k", &h, now), Err(NonceError::Missing));
+    }
+
+    #[test]
+    fn forgotten_nonces_stay_refused() {
+        let t = NonceTracker::new(16);
+        let now = now_ns();
+        let old = now - 10 * S;
+        t.check_and_record("k", &headers(old), now).unwrap();
+        // 20 s later the first nonce is pruned from memory; the floor still refuses it even
+        // with a timeout header (unsigned) widened to the 60 s cap.
+        let later = now + 10 * S;
+        t.check_and_record("k", &headers(later), later).unwrap();
+        let mut h = headers(old);
+        h.timeout = Some(60.0);
+        assert_eq!(
+            t.check_and_record("k", &h, later),
+            Err(NonceError::NotNewer)
+        );
+        // A nonce above the floor was never accepted, so it is no replay: the widened window
+        // (bittensor's rule for first requests too) lets it in.
+        h.dendrite_nonce = Some(old + 1);
+        assert_eq!(t.check_and_record("k", &h, later), Ok(NonceOk::Reordered));
+    }
+
+    /// 8 threads record 4,000 nonces of one key in shuffled order, each nonce twice: every
+    /// nonce passes exactly once.
+    #[test]
+    fn concurrent_reorders_and_replays() {
+        let t = std::sync::Arc::new(NonceTracker::new(16));
+        let now = now_ns();
+        let n = 4000i128;
+        let mut nonces: Vec<i128> = (0..n)
+            .flat_map(|i| [now - i * 1000, now - i * 1000])
+            .collect();
+        // A fixed shuffle (xorshift) so the order is reproducible.
+        let mut x = 0x9e3779b97f4a7c15u64;
+        for i in (1..nonces.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            nonces.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let chunks: Vec<Vec<i128>> = nonces
+            .chunks(nonces.len() / 8)
+            .map(|c| c.to_vec())
+            .collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut replay) = (0, 0);
+                    for nonce in c {
+                        match t.check_and_record("k", &headers(nonce), now) {
+                            Ok(_) => ok += 1,
+                            Err(NonceError::Replay) => replay += 1,
+                            Err(e) => panic!("{nonce}: {e:?}"),
+                        }
+                    }
+                    (ok, replay)
+                })
+            })
+            .collect();
+        let (ok, replay) = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        assert_eq!((ok, replay), (n, n));
+    }
+
+    #[test]
+    fn tracker_stays_bounded() {
         let t = NonceTracker::new(4);
-        let mut h = RequestHeaders {
-            dendrite_version: Some(9_012_002),
-            timeout: Some(9.0),
-            ..Default::default()
-        };
         let now = now_ns();
         for i in 0..10 {
-            h.dendrite_nonce = Some(now + i);
-            t.check_and_record(&format!("k{i}"), &h, now).unwrap();
+            t.check_and_record(&format!("k{i}"), &headers(now + i), now)
+                .unwrap();
             assert!(t.len() <= 4);
         }
-        h.dendrite_nonce = Some(now + 9);
-        assert_eq!(t.check_and_record("k9", &h, now), Err(NonceError::NotNewer));
-        h.dendrite_nonce = None;
-        assert_eq!(t.check("k9", &h, now), Err(NonceError::Missing));
+        assert_eq!(
+            t.check_and_record("k9", &headers(now + 9), now),
+            Err(NonceError::Replay)
+        );
     }
 
     #[test]

@@ -89,6 +89,181 @@ pub struct RunInfo {
     pub served_probability: String,
     pub metrics: FinalMetrics,
     pub config: Config,
+    /// Set by `sv72 finetune`: the backbone was trained too, and these are its changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneInfo>,
+}
+
+/// A fine-tuned backbone's record: its tensors live in [`FINETUNE_FILE`] beside the head, over
+/// the base snapshot `BackboneInfo` names (whose weights hash stays the identity of the base).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneInfo {
+    /// `lora`, `partial` or `full`.
+    pub mode: String,
+    /// blake3 of [`FINETUNE_FILE`], checked on every load.
+    pub file_hash: String,
+    /// Tensors in the file (adapters, or replaced snapshot tensors).
+    pub tensors: usize,
+    /// Trained parameters (backbone part), and the backbone's total.
+    pub trainable_params: usize,
+    pub backbone_params: usize,
+    /// LoRA rank, alpha, scaling (`alpha / rank`) and the adapted projections.
+    pub lora: Option<LoraInfo>,
+    /// `partial`: blocks trained (the last ones) and the final norm.
+    pub partial_blocks: Option<usize>,
+    /// Training images drawn (augmented views) and throughput.
+    pub images_seen: usize,
+    pub images_per_second: f64,
+    pub device: String,
+}
+
+/// LoRA settings recorded with a fine-tuned checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraInfo {
+    pub rank: usize,
+    pub alpha: f64,
+    pub scale: f64,
+    pub dropout: f64,
+    pub targets: Vec<String>,
+}
+
+/// File of a fine-tuned checkpoint's backbone tensors (snapshot names; LoRA as PEFT names them).
+pub const FINETUNE_FILE: &str = "backbone.safetensors";
+
+impl RunInfo {
+    /// Key of the features this checkpoint's head reads: the base weights hash, plus the
+    /// fine-tuned tensors' hash when the backbone was trained (so caches never mix them).
+    pub fn features_key(&self) -> String {
+        match &self.finetune {
+            None => self.backbone.weights_hash.clone(),
+            Some(f) => format!(
+                "{}-ft{}",
+                self.backbone.weights_hash,
+                &f.file_hash[..12.min(f.file_hash.len())]
+            ),
+        }
+    }
+}
+
+/// Writes a fine-tuned backbone's tensors (`name`, shape, values) with its LoRA scaling.
+pub fn write_finetune_file(
+    path: &Path,
+    tensors: &[crate::model::NamedTensor],
+    mode: &str,
+    lora_scale: f64,
+    base_hash: &str,
+) -> Result<()> {
+    let bytes: Vec<(&str, &[usize], &[u8])> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.as_slice(), bytemuck::cast_slice::<f32, u8>(v)))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)
+                .map(|v| (n.to_string(), v))
+                .map_err(|e| anyhow::anyhow!("building tensor {n}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // One metadata key keeps the bytes reproducible (see `head_bytes`).
+    let info = serde_json::json!({
+        "format": "sv72-finetune",
+        "mode": mode,
+        "lora_scale": lora_scale,
+        "base_weights_hash": base_hash,
+    });
+    let mut meta = HashMap::new();
+    meta.insert("sv72".to_string(), info.to_string());
+    let out = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| anyhow::anyhow!("safetensors: {e}"))?;
+    fsx::write_atomic(path, &out)
+}
+
+/// Reads [`FINETUNE_FILE`] as an overlay of the base snapshot's weights.
+pub fn read_finetune_file(path: &Path) -> Result<crate::model::weights::Overlay> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    let info: serde_json::Value = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("sv72"))
+        .and_then(|t| serde_json::from_str(t).ok())
+        .with_context(|| {
+            format!(
+                "{} has no sv72 metadata: not a fine-tuned backbone file",
+                path.display()
+            )
+        })?;
+    let scale = info["lora_scale"]
+        .as_f64()
+        .with_context(|| format!("{}: metadata has no lora_scale", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    let mut map = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            bail!(
+                "{}: tensor {name} is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            );
+        }
+        let v: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        map.insert(name, (view.shape().to_vec(), v));
+    }
+    crate::model::weights::Overlay::from_tensors(map, scale)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// The backbone weights a checkpoint's head reads: the snapshot's, with the fine-tuned tensors
+/// of [`FINETUNE_FILE`] overlaid (after checking the file is the one `run.yaml` recorded).
+pub fn backbone_weights(
+    dir: &Path,
+    info: &RunInfo,
+    snapshot: &Path,
+) -> Result<crate::model::weights::Weights> {
+    let weights = crate::model::weights::Weights::open(snapshot)?;
+    match finetune_overlay(dir, info)? {
+        None => Ok(weights),
+        Some(o) => weights.with_overlay(o).with_context(|| {
+            format!(
+                "applying the fine-tuned tensors of {} to {}",
+                dir.display(),
+                snapshot.display()
+            )
+        }),
+    }
+}
+
+/// The fine-tuned tensors of a checkpoint (`None` for a head-only checkpoint), checked against
+/// the hash `run.yaml` recorded.
+pub fn finetune_overlay(
+    dir: &Path,
+    info: &RunInfo,
+) -> Result<Option<crate::model::weights::Overlay>> {
+    let Some(ft) = &info.finetune else {
+        return Ok(None);
+    };
+    let path = dir.join(FINETUNE_FILE);
+    let hash = crate::util::hash::file_hash(&path).with_context(|| {
+        format!(
+            "{} was fine-tuned, but its {FINETUNE_FILE} cannot be read",
+            dir.display()
+        )
+    })?;
+    if hash != ft.file_hash {
+        bail!(
+            "{}: {FINETUNE_FILE} has hash {hash}, but run.yaml recorded {}; the file was changed or damaged",
+            path.display(),
+            ft.file_hash
+        );
+    }
+    read_finetune_file(&path).map(Some)
 }
 
 /// The formula recorded in `run.yaml`.

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod finetune;
 pub mod head;
 pub mod stage;
 pub mod tensorboard;
@@ -146,6 +147,7 @@ pub fn run_training<B: AutodiffBackend>(
             val_expected_score: trained.val_score.clone(),
         },
         config: cfg.clone(),
+        finetune: None,
     };
     checkpoint::write_checkpoint(&dir, &trained.head, &info)?;
     tracker.finish(true);

@@ -252,18 +252,10 @@ pub fn train_head<B: AutodiffBackend>(
             let targets = Tensor::<B, 2>::from_data(TensorData::new(targets, [m, 2]), device);
             let weights = Tensor::<B, 2>::from_data(TensorData::new(weights, [m, 1]), device);
             let mask = if hidden > 0 && s.dropout > 0.0 {
-                let keep = 1.0 - s.dropout;
-                let v: Vec<f32> = (0..m * hidden)
-                    .map(|_| {
-                        if rng.random::<f64>() < keep {
-                            (1.0 / keep) as f32
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                Some(Tensor::<B, 2>::from_data(
-                    TensorData::new(v, [m, hidden]),
+                Some(dropout_mask::<B>(
+                    &mut rng,
+                    [m, hidden],
+                    1.0 - s.dropout,
                     device,
                 ))
             } else {
@@ -361,4 +353,24 @@ pub fn calibrate<B: Backend>(
         BinaryMetrics::compute(&val.labels, &served),
         score,
     ))
+}
+
+/// An inverted-dropout mask of `shape`: each entry `1/keep` with probability `keep`, else 0,
+/// drawn row-major from `rng` (the order the head's and the fine-tune's seeded runs rely on).
+pub(crate) fn dropout_mask<B: Backend>(
+    rng: &mut impl Rng,
+    shape: [usize; 2],
+    keep: f64,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let v: Vec<f32> = (0..shape[0] * shape[1])
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (`mod common;` in each test file).
 #![allow(dead_code)] // not every helper is used by every build (e.g. under `cuda`)
 
+pub mod node;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -89,4 +91,46 @@ pub fn train_on_features(
     sv72::train::run_training::<Ad>(cfg, &inputs, opts, &Default::default())
         .unwrap()
         .dir
+}
+
+/// A tiny demo mix under `dir/datasets/mix` (`count` generated images per source, ingested and
+/// mixed by the binary as `make demo` does).
+pub fn demo_mix(dir: &Path, count: usize) {
+    let n = count.to_string();
+    for args in [
+        vec!["demo-data", "--out", "raw", "--count", n.as_str()],
+        vec![
+            "ingest",
+            "--name",
+            "real",
+            "--folder",
+            "raw/real",
+            "--source",
+            "real",
+            "--generator",
+            "demo-photo",
+        ],
+        vec![
+            "ingest",
+            "--name",
+            "synth",
+            "--folder",
+            "raw/synthetic",
+            "--source",
+            "synthetic",
+            "--generator",
+            "demo-sdxl",
+        ],
+        vec![
+            "synth-mix",
+            "--real",
+            "real",
+            "--synthetic",
+            "synth",
+            "--name",
+            "mix",
+        ],
+    ] {
+        stdout_ok(&sv72(dir, &args), &args);
+    }
 }

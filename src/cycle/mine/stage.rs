@@ -16,7 +16,6 @@ use crate::data::manifest::{manifest_path, read_manifest};
 use crate::eval::{read_predictions, PREDICTIONS_FILE};
 use crate::features::featurizer::Featurizer;
 use crate::infer::{model_loader, ModelRef, Predictor};
-use crate::model::load_backbone;
 use crate::serve::predlog::read_prediction_log;
 use crate::train::Checkpoint;
 
@@ -95,9 +94,9 @@ struct EmbedOn<'a> {
 impl OnBackend for EmbedOn<'_> {
     type Out = Embedded;
     fn run<B: Backend>(self, dev: &B::Device, _name: &str) -> Result<Embedded> {
-        let model = load_backbone::<B>(&self.fz.snapshot, dev)?;
+        let model = self.fz.load_backbone::<B>(dev)?;
         super::embed_images::<B, _>(
-            model.as_ref(),
+            &model,
             dev,
             self.items,
             &self.fz.preprocess,
@@ -182,11 +181,15 @@ fn backbone_of(dir: &Path, cfg: &Config) -> Result<(String, Featurizer)> {
     let ck = Checkpoint::<Cpu>::load(&ck_dir, &Default::default())?;
     let mut b = ck.info.config.backbone.clone();
     b.model = ck.info.backbone.name.clone();
-    let fz = Featurizer::open(
+    let mut fz = Featurizer::open(
         &b,
         ck.info.config.augment.target_size,
         &cfg.paths.feature_cache,
     )?;
+    // A fine-tuned checkpoint embeds with its own backbone.
+    if let Some(o) = crate::train::checkpoint::finetune_overlay(&ck.dir, &ck.info)? {
+        fz = fz.with_finetuned(o, &ck.info.features_key(), &cfg.paths.feature_cache)?;
+    }
     Ok((ck.info.backbone.name.clone(), fz))
 }
 

@@ -1,0 +1,273 @@
+//! Random backbone snapshots of the real model sizes, in the Hugging Face format and tensor
+//! names sv72 loads (config.json, model.safetensors, preprocessor_config.json), for timing
+//! without downloaded weights.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+/// A named size: the shapes of the published checkpoint of that name.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    pub name: &'static str,
+    /// The checkpoint it mirrors.
+    pub mirrors: &'static str,
+    pub dinov3: bool,
+    pub hidden: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub mlp: usize,
+    pub registers: usize,
+}
+
+/// The sizes `sv72 bench --backbone` accepts by name.
+pub const SIZES: &[Size] = &[
+    Size {
+        name: "vits14",
+        mirrors: "facebook/dinov2-small",
+        dinov3: false,
+        hidden: 384,
+        heads: 6,
+        layers: 12,
+        mlp: 1536,
+        registers: 0,
+    },
+    Size {
+        name: "vits14-reg",
+        mirrors: "facebook/dinov2-with-registers-small",
+        dinov3: false,
+        hidden: 384,
+        heads: 6,
+        layers: 12,
+        mlp: 1536,
+        registers: 4,
+    },
+    Size {
+        name: "vitb14",
+        mirrors: "facebook/dinov2-base",
+        dinov3: false,
+        hidden: 768,
+        heads: 12,
+        layers: 12,
+        mlp: 3072,
+        registers: 0,
+    },
+    Size {
+        name: "vitl14",
+        mirrors: "facebook/dinov2-large",
+        dinov3: false,
+        hidden: 1024,
+        heads: 16,
+        layers: 24,
+        mlp: 4096,
+        registers: 0,
+    },
+    Size {
+        name: "dinov3-vits16",
+        mirrors: "facebook/dinov3-vits16-pretrain-lvd1689m",
+        dinov3: true,
+        hidden: 384,
+        heads: 6,
+        layers: 12,
+        mlp: 1536,
+        registers: 4,
+    },
+    Size {
+        name: "dinov3-vitl16",
+        mirrors: "facebook/dinov3-vitl16-pretrain-lvd1689m",
+        dinov3: true,
+        hidden: 1024,
+        heads: 16,
+        layers: 24,
+        mlp: 4096,
+        registers: 4,
+    },
+];
+
+/// Writes a random snapshot of the named size into `dir` (created).
+pub fn write_random_snapshot(name: &str, dir: &Path) -> Result<()> {
+    let Some(size) = SIZES.iter().find(|s| s.name == name) else {
+        bail!("unknown backbone size {name:?}");
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (config, processor, shapes) = if size.dinov3 {
+        dinov3(size)
+    } else {
+        dinov2(size)
+    };
+    std::fs::write(dir.join("config.json"), config)?;
+    std::fs::write(dir.join("preprocessor_config.json"), processor)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(72);
+    let bufs: Vec<(String, Vec<u8>, Vec<usize>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            // Norm weights and layer scales near 1 (a stable forward), everything else small.
+            let centre = if (name.contains("norm") && name.ends_with("weight"))
+                || name.contains("layer_scale")
+            {
+                1.0
+            } else {
+                0.0
+            };
+            let bytes = (0..n)
+                .flat_map(|_| (centre + rng.random_range(-0.02f32..0.02)).to_le_bytes())
+                .collect();
+            (name, bytes, shape)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bufs
+        .iter()
+        .map(|(n, b, s)| {
+            Ok::<_, anyhow::Error>((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))
+        .context("writing the random model.safetensors")?;
+    Ok(())
+}
+
+type Shapes = Vec<(String, Vec<usize>)>;
+
+fn dinov2(s: &Size) -> (String, String, Shapes) {
+    let (d, grid) = (s.hidden, 37usize);
+    let arch = if s.registers > 0 {
+        ("Dinov2WithRegistersModel", "dinov2_with_registers")
+    } else {
+        ("Dinov2Model", "dinov2")
+    };
+    let config = format!(
+        r#"{{"architectures": ["{}"], "model_type": "{}", "hidden_size": {d}, "num_attention_heads": {},
+ "num_hidden_layers": {}, "mlp_ratio": {}, "hidden_act": "gelu", "image_size": 518, "patch_size": 14,
+ "num_channels": 3, "num_register_tokens": {}, "layer_norm_eps": 1e-06, "layerscale_value": 1.0,
+ "qkv_bias": true, "use_swiglu_ffn": false}}"#,
+        arch.0,
+        arch.1,
+        s.heads,
+        s.layers,
+        s.mlp / d,
+        s.registers
+    );
+    let processor = r#"{"crop_size": {"height": 224, "width": 224}, "do_center_crop": true, "do_convert_rgb": true,
+ "do_normalize": true, "do_rescale": true, "do_resize": true, "image_mean": [0.485, 0.456, 0.406],
+ "image_processor_type": "BitImageProcessor", "image_std": [0.229, 0.224, 0.225], "resample": 3,
+ "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 256}}"#;
+    let mut shapes: Shapes = vec![
+        ("embeddings.cls_token".into(), vec![1, 1, d]),
+        ("embeddings.mask_token".into(), vec![1, d]),
+        (
+            "embeddings.position_embeddings".into(),
+            vec![1, 1 + grid * grid, d],
+        ),
+        (
+            "embeddings.patch_embeddings.projection.weight".into(),
+            vec![d, 3, 14, 14],
+        ),
+        (
+            "embeddings.patch_embeddings.projection.bias".into(),
+            vec![d],
+        ),
+        ("layernorm.weight".into(), vec![d]),
+        ("layernorm.bias".into(), vec![d]),
+    ];
+    if s.registers > 0 {
+        shapes.push(("embeddings.register_tokens".into(), vec![1, s.registers, d]));
+    }
+    for i in 0..s.layers {
+        let p = format!("encoder.layer.{i}.");
+        for lin in ["query", "key", "value"] {
+            shapes.push((format!("{p}attention.attention.{lin}.weight"), vec![d, d]));
+            shapes.push((format!("{p}attention.attention.{lin}.bias"), vec![d]));
+        }
+        shapes.push((format!("{p}attention.output.dense.weight"), vec![d, d]));
+        shapes.push((format!("{p}attention.output.dense.bias"), vec![d]));
+        shapes.push((format!("{p}mlp.fc1.weight"), vec![s.mlp, d]));
+        shapes.push((format!("{p}mlp.fc1.bias"), vec![s.mlp]));
+        shapes.push((format!("{p}mlp.fc2.weight"), vec![d, s.mlp]));
+        shapes.push((format!("{p}mlp.fc2.bias"), vec![d]));
+        for n in ["norm1", "norm2"] {
+            shapes.push((format!("{p}{n}.weight"), vec![d]));
+            shapes.push((format!("{p}{n}.bias"), vec![d]));
+        }
+        shapes.push((format!("{p}layer_scale1.lambda1"), vec![d]));
+        shapes.push((format!("{p}layer_scale2.lambda1"), vec![d]));
+    }
+    (config, processor.to_string(), shapes)
+}
+
+fn dinov3(s: &Size) -> (String, String, Shapes) {
+    let d = s.hidden;
+    let config = format!(
+        r#"{{"architectures": ["DINOv3ViTModel"], "model_type": "dinov3_vit", "hidden_size": {d},
+ "num_attention_heads": {}, "num_hidden_layers": {}, "intermediate_size": {}, "hidden_act": "gelu",
+ "image_size": 224, "patch_size": 16, "num_channels": 3, "num_register_tokens": {},
+ "layer_norm_eps": 1e-05, "layerscale_value": 1.0, "mlp_bias": true, "proj_bias": true,
+ "query_bias": true, "key_bias": false, "value_bias": true, "rope_theta": 100.0,
+ "pos_embed_rescale": 2.0, "pos_embed_jitter": null, "pos_embed_shift": null, "use_gated_mlp": false}}"#,
+        s.heads, s.layers, s.mlp, s.registers
+    );
+    let processor = r#"{"do_normalize": true, "do_rescale": true, "do_resize": true,
+ "image_mean": [0.485, 0.456, 0.406], "image_processor_type": "DINOv3ViTImageProcessorFast",
+ "image_std": [0.229, 0.224, 0.225], "resample": 2, "rescale_factor": 0.00392156862745098,
+ "size": {"height": 224, "width": 224}}"#;
+    let mut shapes: Shapes = vec![
+        ("embeddings.cls_token".into(), vec![1, 1, d]),
+        ("embeddings.mask_token".into(), vec![1, 1, d]),
+        ("embeddings.register_tokens".into(), vec![1, s.registers, d]),
+        (
+            "embeddings.patch_embeddings.weight".into(),
+            vec![d, 3, 16, 16],
+        ),
+        ("embeddings.patch_embeddings.bias".into(), vec![d]),
+        ("norm.weight".into(), vec![d]),
+        ("norm.bias".into(), vec![d]),
+    ];
+    for i in 0..s.layers {
+        let p = format!("model.layer.{i}.");
+        for lin in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            shapes.push((format!("{p}attention.{lin}.weight"), vec![d, d]));
+            if lin != "k_proj" {
+                shapes.push((format!("{p}attention.{lin}.bias"), vec![d]));
+            }
+        }
+        shapes.push((format!("{p}mlp.up_proj.weight"), vec![s.mlp, d]));
+        shapes.push((format!("{p}mlp.up_proj.bias"), vec![s.mlp]));
+        shapes.push((format!("{p}mlp.down_proj.weight"), vec![d, s.mlp]));
+        shapes.push((format!("{p}mlp.down_proj.bias"), vec![d]));
+        for n in ["norm1", "norm2"] {
+            shapes.push((format!("{p}{n}.weight"), vec![d]));
+            shapes.push((format!("{p}{n}.bias"), vec![d]));
+        }
+        shapes.push((format!("{p}layer_scale1.lambda1"), vec![d]));
+        shapes.push((format!("{p}layer_scale2.lambda1"), vec![d]));
+    }
+    (config, processor.to_string(), shapes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+    use crate::model::{Backbone, FeatureExtractor};
+
+    /// Every named size writes a snapshot sv72 loads with the advertised width (checked on
+    /// the smallest of each family to keep the test fast; the others differ only in numbers).
+    #[test]
+    fn named_snapshots_load() {
+        for name in ["vits14-reg", "dinov3-vits16"] {
+            let dir =
+                std::env::temp_dir().join(format!("sv72-snap-test-{name}-{}", std::process::id()));
+            write_random_snapshot(name, &dir).unwrap();
+            let m = Backbone::<Cpu>::load(&dir, &Default::default()).unwrap();
+            assert_eq!(m.hidden_size(), 384, "{name}");
+            assert_eq!(m.num_layers(), 12, "{name}");
+            assert_eq!(m.num_prefix_tokens(), 5, "{name}");
+            crate::model::preprocess::Preprocess::from_snapshot(&dir).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        assert!(write_random_snapshot("vitx", Path::new("/nonexistent")).is_err());
+    }
+}
