@@ -16,7 +16,6 @@ mod features;
 mod finetune;
 mod ingest;
 mod judge;
-mod judge;
 mod metagraph;
 mod mine;
 mod mix;

@@ -161,6 +161,47 @@ fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
     let report = std::fs::read_to_string(d.join("tta/report.md")).unwrap();
     assert!(report.contains("latency per answer"), "{report}");
 
+    // `eval` takes a spec: the identity spec (run end to end on the challenge images) scores
+    // what the checkpoint (through the feature cache) scores on the same challenges.
+    code(
+        d,
+        &[
+            "eval",
+            "--checkpoint",
+            "checkpoints/latest",
+            "--on",
+            "mix:test",
+            "--out",
+            "ev-ck",
+        ],
+        0,
+    );
+    let out = code(
+        d,
+        &["eval", "--checkpoint", "plain.yaml", "--on", "mix:test"],
+        0,
+    );
+    assert!(out.contains("plain-eval"), "{out}");
+    let read = |p: &Path| -> sv72::eval::EvalReport {
+        serde_json::from_slice(&std::fs::read(p.join("report.json")).unwrap()).unwrap()
+    };
+    let (ck, sp) = (read(&d.join("ev-ck")), read(&d.join("plain-eval")));
+    assert_eq!(sp.images, ck.images);
+    assert!(
+        sp.meta.run_id.ends_with("~identity/meanlogit"),
+        "{}",
+        sp.meta.run_id
+    );
+    assert!(
+        (sp.overall.accuracy - ck.overall.accuracy).abs() < 1e-9,
+        "spec {} vs checkpoint {}",
+        sp.overall.accuracy,
+        ck.overall.accuracy
+    );
+    assert!(sp.latency.as_ref().is_some_and(|l| l.samples > 0));
+    let e = code(d, &["eval", "--checkpoint", "tta.yaml"], 0);
+    assert!(e.contains("tta-eval"), "{e}");
+
     // The loader serve uses takes a spec too; its answers are probabilities.
     let mut cfg = sv72::config::Config::load(None, &[]).unwrap();
     cfg.backbone.model = super::common::fixture("backbones/dinov2_reg4_s36")

@@ -8,9 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use image::RgbImage;
-use rayon::prelude::*;
 
+use super::challenges::made_challenges;
 use crate::config::Config;
 use crate::data::manifest::{parse_on, ManifestRow, SourceKind};
 use crate::infer::{
@@ -18,7 +17,7 @@ use crate::infer::{
     Stacking, ViewPredictor,
 };
 use crate::metrics::{choose_threshold, fit_temperature, sigmoid, ScoreItem};
-use crate::train::data::{challenge_views, load_challenge, read_split, ViewKey, LEVELS};
+use crate::train::data::{challenge_views, read_split, LEVELS};
 
 /// What was fitted.
 #[derive(Debug, Clone)]
@@ -73,7 +72,7 @@ pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<Calibr
         let mut ens = EnsemblePredictor::new(members, Stacking::equal(n))?;
         // Pass 1: the stacking weights on the members' own answers.
         let (mut probs, mut labels) = (Vec::new(), Vec::new());
-        each_chunk(
+        made_challenges(
             cfg,
             &rows,
             &keys,
@@ -105,7 +104,7 @@ pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<Calibr
         synthetic: Vec::new(),
         levels: Vec::new(),
     };
-    let skipped = each_chunk(cfg, &rows, &keys, seed, "calibrate", |kept, images| {
+    let skipped = made_challenges(cfg, &rows, &keys, seed, "calibrate", |kept, images| {
         let z = vp.aggregate_logits(images)?;
         for (v, z) in kept.iter().zip(z) {
             let r = rows[v.row];
@@ -137,42 +136,6 @@ pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<Calibr
         challenges: fit.z.len(),
         skipped,
     })
-}
-
-/// Makes the challenges `keys` chunk by chunk (a backbone batch each) and hands the made ones
-/// to `f`; returns how many could not be made.
-fn each_chunk(
-    cfg: &Config,
-    rows: &[&ManifestRow],
-    keys: &[ViewKey],
-    seed: u64,
-    label: &str,
-    mut f: impl FnMut(&[&ViewKey], &[RgbImage]) -> Result<()>,
-) -> Result<usize> {
-    let bar = crate::util::progress::bar(keys.len() as u64, label);
-    let mut skipped = 0;
-    for chunk in keys.chunks(cfg.backbone.batch_size.max(1)) {
-        let made: Vec<Option<RgbImage>> = chunk
-            .par_iter()
-            .map(|v| {
-                load_challenge(rows[v.row], v, &cfg.paths.datasets, &cfg.augment, seed)
-                    .ok()
-                    .map(|im| im.to_rgb8())
-            })
-            .collect();
-        let (kept, images): (Vec<&ViewKey>, Vec<RgbImage>) = chunk
-            .iter()
-            .zip(made)
-            .filter_map(|(v, im)| im.map(|im| (v, im)))
-            .unzip();
-        skipped += chunk.len() - kept.len();
-        if !images.is_empty() {
-            f(&kept, &images)?;
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok(skipped)
 }
 
 /// Temperature by NLL on the aggregate logits, then the threshold on the tempered

@@ -77,7 +77,8 @@ impl View {
                 }
             }
             View::Grid(n) => {
-                let n = n.clamp(1, w.min(h).max(1));
+                // With more tiles than pixels some tiles repeat a pixel: the count stays n²,
+                // which is what `count` promised and the aggregation chunks by.
                 let edge = |i: u32, len: u32| (u64::from(i) * u64::from(len) / u64::from(n)) as u32;
                 for r in 0..n {
                     for c in 0..n {
@@ -367,10 +368,12 @@ mod tests {
         // Scale 1 is the whole image; a tiny scale still keeps one pixel.
         assert_eq!(views(View::Centre(1.0), &im)[0].len(), 25);
         assert_eq!(views(View::Centre(0.01), &im), vec![vec![12]]);
-        // More tiles than pixels: clamped, never an empty tile.
+        // More tiles than pixels: still n² tiles (the count chunks the answers), none empty.
         let tiny = indexed(2, 2);
         let g = views(View::Grid(3), &tiny);
-        assert!(g.iter().all(|t| !t.is_empty()));
+        assert!(g.iter().all(|t| t.len() == 1), "{g:?}");
+        assert_eq!(g[0], vec![0]);
+        assert_eq!(g[8], vec![3]);
     }
 
     #[test]
