@@ -469,3 +469,117 @@ fn concurrency_cap_answers_unjudged_when_full() {
         Verdict::Judged { .. }
     ));
 }
+
+/// `mine-hard --judge`: the judge's opinion of every candidate; disagreeing with model A is a
+/// reason of its own, and its answer lands in the CSV as a suggestion beside the label, which
+/// stays the model's (or the known) label.
+#[test]
+fn mine_hard_judge_marks_disagreements_and_suggests_labels() {
+    use sv72::cycle::mine::{self, Criteria, Distance, ServeInput, Settings};
+    let dir = tempfile::tempdir().unwrap();
+    let low = dir.path().join("low_confidence");
+    std::fs::create_dir_all(&low).unwrap();
+    let fixture = |n: &str| crate::common::fixture(&format!("images/{n}"));
+    std::fs::copy(fixture("rgb_224x224.jpg"), low.join("a.img")).unwrap();
+    std::fs::copy(fixture("rgb_300x500.png"), low.join("b.img")).unwrap();
+    std::fs::copy(fixture("rgb_640x480.jpg"), low.join("c.img")).unwrap();
+    let hash = |n: &str| sv72::util::hash::file_hash(&low.join(n)).unwrap();
+    // a: model 0.45, judge 0.95 → disagreement; b: model 0.58, judge "yes" (0.9) → agrees;
+    // c: the judge fails → no opinion.
+    let server = StandIn::start(HashMap::from([
+        (hash("a.img"), Canned::Reply(logprobs(0.95), Duration::ZERO)),
+        (hash("b.img"), Canned::Reply(says("yes"), Duration::ZERO)),
+        (hash("c.img"), Canned::Status(500)),
+    ]));
+    let log = dir.path().join("p.jsonl");
+    let mut text = String::new();
+    for (h, p) in [("a", 0.45), ("b", 0.58), ("c", 0.55)] {
+        text += &serde_json::json!({"time": "2026-11-20T00:00:00Z", "image_hash": h,
+            "prediction": p, "saved_image": low.join(format!("{h}.img")).display().to_string()})
+        .to_string();
+        text.push('\n');
+    }
+    std::fs::write(&log, text).unwrap();
+    let settings = Settings {
+        criteria: Criteria {
+            band: [0.3, 0.7],
+            min_disagreement: 0.2,
+        },
+        max_cases: 10,
+        seed: 72,
+        distance: Distance::Cosine,
+        contact_sheet_max: 64,
+        datasets_root: dir.path().join("datasets"),
+        limits: sv72::data::decode::DecodeLimits {
+            max_pixels: 50_000_000,
+            max_file_bytes: 50_000_000,
+        },
+    };
+    let serve = ServeInput {
+        log: log.clone(),
+        read: sv72::serve::predlog::read_prediction_log(&log, None).unwrap(),
+    };
+    let mut cfg = config(server.endpoint(), &dir.path().join("j.jsonl"));
+    cfg.breaker_failures = 100;
+    let j = Judge::from_config(&cfg).unwrap().unwrap();
+    let out = dir.path().join("hard");
+    let s = mine::mine(
+        Some(serve),
+        None,
+        None,
+        Some(&j),
+        None,
+        "--no-embed",
+        &settings,
+        &out,
+    )
+    .unwrap();
+    assert_eq!(s.by_reason["judge_disagreement"], [1, 1]);
+    assert!(
+        s.inputs.iter().any(|l| l.contains("2 of 3 answered")),
+        "{:?}",
+        s.inputs
+    );
+    assert!(
+        s.skipped.keys().any(|k| k.contains("HTTP 500")),
+        "{:?}",
+        s.skipped
+    );
+    let mut rdr = csv::Reader::from_path(out.join("hard_cases.csv")).unwrap();
+    let head: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    let col = |n: &str| head.iter().position(|h| h == n).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    // The disagreement ranks first; its label stays the model's answer, the judge's is a
+    // suggestion in its own columns; no known label is invented.
+    let a = &rows[0];
+    assert_eq!(&a[col("reasons")], "judge_disagreement;uncertain");
+    assert_eq!(&a[col("label")], "0");
+    assert_eq!(&a[col("known_label")], "");
+    assert_eq!(&a[col("p_judge")], "0.950000");
+    assert_eq!(&a[col("judge_suggested_label")], "1");
+    let by_p = |p: &str| rows.iter().find(|r| &r[col("p_a")] == p).unwrap();
+    assert_eq!(&by_p("0.580000")[col("p_judge")], "0.900000");
+    assert_eq!(&by_p("0.580000")[col("reasons")], "uncertain");
+    assert_eq!(&by_p("0.550000")[col("p_judge")], "");
+    assert_eq!(&by_p("0.550000")[col("judge_suggested_label")], "");
+    assert_eq!(server.calls.load(Ordering::Relaxed), 3);
+
+    // The flag without a configured endpoint is a clear error naming the key.
+    let log_arg = log.display().to_string();
+    let o = crate::common::sv72(
+        dir.path(),
+        &[
+            "mine-hard",
+            "--judge",
+            "--no-embed",
+            "--serve-log",
+            &log_arg,
+            "--out",
+            "h2",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("judge.endpoint"), "{err}");
+}

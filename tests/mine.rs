@@ -335,6 +335,7 @@ mod selection {
             None,
             Some(("by-shape".into(), &mut b)),
             None,
+            None,
             "--no-embed",
             &settings,
             &out,
@@ -371,7 +372,17 @@ mod selection {
             log: log.clone(),
             read: read_prediction_log(&log, None).unwrap(),
         };
-        let s2 = mine::mine(Some(serve), None, None, None, "--no-embed", &settings, &out).unwrap();
+        let s2 = mine::mine(
+            Some(serve),
+            None,
+            None,
+            None,
+            None,
+            "--no-embed",
+            &settings,
+            &out,
+        )
+        .unwrap();
         assert!(!s2.by_reason.contains_key("disagreement"));
         let csv2 = std::fs::read_to_string(out.join("hard_cases.csv")).unwrap();
         assert!(!csv2.contains("disagreement"), "{csv2}");
@@ -383,7 +394,8 @@ mod selection {
             log: log.clone(),
             read: read_prediction_log(&log, None).unwrap(),
         };
-        let err = mine::mine(Some(serve), None, None, None, "x", &settings, &other).unwrap_err();
+        let err =
+            mine::mine(Some(serve), None, None, None, None, "x", &settings, &other).unwrap_err();
         assert!(
             format!("{err:#}").contains("not a previous mine-hard output"),
             "{err:#}"

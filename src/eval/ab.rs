@@ -583,7 +583,7 @@ pub struct PairLatency {
 
 fn latency_line(l: &PairLatency) -> String {
     format!(
-        "latency per answer (batch 1, {}, {} images, alternated): A p50 {:.1} ms p99 {:.1} ms; \
+        "latency per answer (batch 1, {}, {} timings each, A and B alternated): A p50 {:.1} ms p99 {:.1} ms; \
          B p50 {:.1} ms p99 {:.1} ms",
         l.a.device, l.a.samples, l.a.p50_ms, l.a.p99_ms, l.b.p50_ms, l.b.p99_ms
     )

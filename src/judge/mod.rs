@@ -213,8 +213,23 @@ impl Judge {
         base: f32,
         deadline: Instant,
     ) -> Judged {
+        match self.opinion(image, hash, deadline) {
+            Ok((p, cached)) => self.blended(base, p, cached),
+            Err(reason) => Self::unjudged(base, reason),
+        }
+    }
+
+    /// The judge's own probability of roadwork for an image (and whether it came from the
+    /// cache), whatever the base answer, by `deadline`; `Err` says why there is none (`late`,
+    /// `busy`, `breaker_open`, `no_time`, or the error). `mine-hard --judge` asks this.
+    pub fn opinion(
+        self: &Arc<Self>,
+        image: &[u8],
+        hash: &str,
+        deadline: Instant,
+    ) -> std::result::Result<(f64, bool), String> {
         if let Some(&p) = self.lock_cache().map.get(hash) {
-            return self.blended(base, p, true);
+            return Ok((p, true));
         }
         let now = Instant::now();
         let budget = deadline
@@ -222,14 +237,14 @@ impl Judge {
             .saturating_sub(Duration::from_millis(self.cfg.reserve_ms))
             .min(Duration::from_millis(self.cfg.timeout_ms));
         if budget < MIN_BUDGET {
-            return Self::unjudged(base, "no_time");
+            return Err("no_time".into());
         }
         // Take a slot before asking the breaker, so a refused call does not use up the trial.
         let Some(slot) = Slot::take(&self.in_flight, self.cfg.max_concurrency) else {
-            return Self::unjudged(base, "busy");
+            return Err("busy".into());
         };
         if self.breaker.permit(now) == Permit::Refused {
-            return Self::unjudged(base, "breaker_open");
+            return Err("breaker_open".into());
         }
         let body = self.request_body(image);
         let (tx, rx) = mpsc::channel();
@@ -248,16 +263,29 @@ impl Judge {
                 let _ = tx.send(r);
             });
         if let Err(e) = spawned {
-            return Self::unjudged(base, format!("cannot start a judge thread: {e}"));
+            return Err(format!("cannot start a judge thread: {e}"));
         }
         match rx.recv_timeout(budget) {
             Ok(Ok(p)) => {
                 self.remember(hash, p);
-                self.blended(base, p, false)
+                Ok((p, false))
             }
-            Ok(Err(e)) => Self::unjudged(base, format!("{e:#}")),
-            Err(_) => Self::unjudged(base, "late"),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err("late".into()),
         }
+    }
+
+    /// Time kept back from a deadline for sending the answer.
+    pub fn reserve(&self) -> Duration {
+        Duration::from_millis(self.cfg.reserve_ms)
+    }
+
+    /// The configured model name and per-call timeout (for reports).
+    pub fn describe(&self) -> (String, Duration) {
+        (
+            self.cfg.model.clone(),
+            Duration::from_millis(self.cfg.timeout_ms),
+        )
     }
 
     fn request_body(&self, image: &[u8]) -> Vec<u8> {

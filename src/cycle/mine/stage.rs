@@ -33,6 +33,8 @@ pub struct MineRequest {
     pub checkpoint: Option<PathBuf>,
     pub no_embed: bool,
     pub max_cases: Option<usize>,
+    /// Ask the VLM judge (`judge:` in the config) about every candidate.
+    pub judge: bool,
     /// Device for embeddings and the second model (default: `backbone.device`).
     pub device: Option<Device>,
 }
@@ -307,6 +309,17 @@ pub fn run_mine_hard(cfg: &Config, req: &MineRequest) -> Result<Summary> {
         }
         None => None,
     };
+    let judge = if req.judge {
+        match crate::judge::Judge::from_config(&cfg.judge)? {
+            Some(j) => Some(j),
+            None => bail!(
+                "--judge: judge.endpoint is empty; set it in the config (or --set \
+                 judge.endpoint=http://HOST:PORT/v1) to an OpenAI-compatible VLM server"
+            ),
+        }
+    } else {
+        None
+    };
     let fz = featurizer(req, cfg, eval_preds.as_deref())?;
     let (mut fz, no_embed_reason) = match fz {
         Ok((name, fz)) => (Some((name, fz)), String::new()),
@@ -340,6 +353,7 @@ pub fn run_mine_hard(cfg: &Config, req: &MineRequest) -> Result<Summary> {
         serve,
         eval,
         model_b_ref,
+        judge.as_ref(),
         embed,
         &no_embed_reason,
         &settings,
