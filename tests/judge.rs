@@ -514,6 +514,7 @@ fn mine_hard_judge_marks_disagreements_and_suggests_labels() {
             max_pixels: 50_000_000,
             max_file_bytes: 50_000_000,
         },
+        judge: None,
     };
     let serve = ServeInput {
         log: log.clone(),
@@ -521,19 +522,12 @@ fn mine_hard_judge_marks_disagreements_and_suggests_labels() {
     };
     let mut cfg = config(server.endpoint(), &dir.path().join("j.jsonl"));
     cfg.breaker_failures = 100;
-    let j = Judge::from_config(&cfg).unwrap().unwrap();
+    let settings = Settings {
+        judge: Judge::from_config(&cfg).unwrap(),
+        ..settings
+    };
     let out = dir.path().join("hard");
-    let s = mine::mine(
-        Some(serve),
-        None,
-        None,
-        Some(&j),
-        None,
-        "--no-embed",
-        &settings,
-        &out,
-    )
-    .unwrap();
+    let s = mine::mine(Some(serve), None, None, None, "--no-embed", &settings, &out).unwrap();
     assert_eq!(s.by_reason["judge_disagreement"], [1, 1]);
     assert!(
         s.inputs.iter().any(|l| l.contains("2 of 3 answered")),

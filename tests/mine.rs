@@ -323,6 +323,7 @@ mod selection {
                 max_pixels: 50_000_000,
                 max_file_bytes: 50_000_000,
             },
+            judge: None,
         };
         let serve = ServeInput {
             log: log.clone(),
@@ -334,7 +335,6 @@ mod selection {
             Some(serve),
             None,
             Some(("by-shape".into(), &mut b)),
-            None,
             None,
             "--no-embed",
             &settings,
@@ -372,17 +372,7 @@ mod selection {
             log: log.clone(),
             read: read_prediction_log(&log, None).unwrap(),
         };
-        let s2 = mine::mine(
-            Some(serve),
-            None,
-            None,
-            None,
-            None,
-            "--no-embed",
-            &settings,
-            &out,
-        )
-        .unwrap();
+        let s2 = mine::mine(Some(serve), None, None, None, "--no-embed", &settings, &out).unwrap();
         assert!(!s2.by_reason.contains_key("disagreement"));
         let csv2 = std::fs::read_to_string(out.join("hard_cases.csv")).unwrap();
         assert!(!csv2.contains("disagreement"), "{csv2}");
@@ -394,8 +384,7 @@ mod selection {
             log: log.clone(),
             read: read_prediction_log(&log, None).unwrap(),
         };
-        let err =
-            mine::mine(Some(serve), None, None, None, None, "x", &settings, &other).unwrap_err();
+        let err = mine::mine(Some(serve), None, None, None, "x", &settings, &other).unwrap_err();
         assert!(
             format!("{err:#}").contains("not a previous mine-hard output"),
             "{err:#}"

@@ -215,6 +215,9 @@ fn probe_latency(
         .map(|(a, b)| PairLatency { a, b }))
 }
 
+/// Paired answers, skipped challenges, both models' versions and their batch-1 latencies.
+type ImageAnswers = (Vec<Paired>, usize, String, String, Option<PairLatency>);
+
 /// Each model run end to end on the same challenge images, made once per chunk.
 fn answers_by_images(
     cfg: &Config,
@@ -222,7 +225,7 @@ fn answers_by_images(
     b: &Resolved,
     rows: &[&ManifestRow],
     views: &[ViewKey],
-) -> Result<(Vec<Paired>, usize, String, String, Option<PairLatency>)> {
+) -> Result<ImageAnswers> {
     let loader = model_loader(cfg, cfg.backbone.device)?;
     let mut pa =
         loader(&a.load_path).with_context(|| format!("cannot load model A {}", a.r.arg))?;

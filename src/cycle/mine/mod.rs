@@ -68,6 +68,8 @@ pub struct Settings {
     pub datasets_root: PathBuf,
     /// Images beyond these limits are skipped, as ingest would quarantine them.
     pub limits: DecodeLimits,
+    /// The VLM judge asked about every candidate (`mine-hard --judge`).
+    pub judge: Option<std::sync::Arc<crate::judge::Judge>>,
 }
 
 /// Asks the VLM judge's opinion of each case's image (`None` where there is none); the
@@ -184,7 +186,7 @@ fn inspect(case: &Case, s: &Settings, now: &str) -> Result<Selected> {
 
 /// Runs the whole selection and writes the artifacts into `out`; returns the summary.
 ///
-/// `model_b` scores the serve-log images for disagreement; `judge` gives its opinion on every
+/// `model_b` scores the serve-log images for disagreement; `s.judge` gives its opinion on every
 /// candidate (disagreement with model A is one more reason, its answer a suggested label in
 /// the CSV); `embed` (with the backbone's name)
 /// enables k-centre greedy diversity, otherwise `no_embed_reason` says why cases are ranked by
@@ -193,7 +195,6 @@ pub fn mine(
     serve: Option<ServeInput>,
     eval: Option<EvalInput>,
     model_b: Option<(String, &mut dyn Predictor)>,
-    judge: Option<&std::sync::Arc<crate::judge::Judge>>,
     embed: Option<(String, &mut Embedder<'_>)>,
     no_embed_reason: &str,
     s: &Settings,
@@ -290,7 +291,7 @@ pub fn mine(
         candidates.extend(sel.cases);
     }
     let mut candidates = merge_cases(candidates);
-    if let Some(j) = judge {
+    if let Some(j) = &s.judge {
         let (p_j, why) = judge_cases(j, &candidates);
         let asked = p_j.len();
         let answered = p_j.iter().filter(|p| p.is_some()).count();

@@ -288,6 +288,17 @@ pub fn run_mine_hard(cfg: &Config, req: &MineRequest) -> Result<Summary> {
         }
         None => None,
     };
+    let judge = if req.judge {
+        match crate::judge::Judge::from_config(&cfg.judge)? {
+            Some(j) => Some(j),
+            None => bail!(
+                "--judge: judge.endpoint is empty; set it in the config (or --set \
+                 judge.endpoint=http://HOST:PORT/v1) to an OpenAI-compatible VLM server"
+            ),
+        }
+    } else {
+        None
+    };
     let settings = Settings {
         criteria,
         max_cases: req.max_cases.unwrap_or(mh.max_cases),
@@ -299,6 +310,7 @@ pub fn run_mine_hard(cfg: &Config, req: &MineRequest) -> Result<Summary> {
             max_pixels: cfg.ingest.max_pixels,
             max_file_bytes: cfg.ingest.max_file_bytes,
         },
+        judge,
     };
     let mut model_b = match &req.model_b {
         Some(p) => {
@@ -308,17 +320,6 @@ pub fn run_mine_hard(cfg: &Config, req: &MineRequest) -> Result<Summary> {
             Some((p.display().to_string(), m))
         }
         None => None,
-    };
-    let judge = if req.judge {
-        match crate::judge::Judge::from_config(&cfg.judge)? {
-            Some(j) => Some(j),
-            None => bail!(
-                "--judge: judge.endpoint is empty; set it in the config (or --set \
-                 judge.endpoint=http://HOST:PORT/v1) to an OpenAI-compatible VLM server"
-            ),
-        }
-    } else {
-        None
     };
     let fz = featurizer(req, cfg, eval_preds.as_deref())?;
     let (mut fz, no_embed_reason) = match fz {
@@ -353,7 +354,6 @@ pub fn run_mine_hard(cfg: &Config, req: &MineRequest) -> Result<Summary> {
         serve,
         eval,
         model_b_ref,
-        judge.as_ref(),
         embed,
         &no_embed_reason,
         &settings,
