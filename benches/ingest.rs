@@ -115,10 +115,10 @@ fn grouping_at_scale() {
     let new: Vec<NewMember> = ids
         .iter()
         .zip(&hashes)
-        .map(|(id, &phash)| NewMember { id, phash })
+        .map(|(id, &phash)| NewMember::new(id, phash))
         .collect();
     let t = Instant::now();
-    let g = assign_groups(&[], &new, 6, &SplitConfig::default());
+    let g = assign_groups(&[], &new, 6, &SplitConfig::default(), &Default::default());
     let groups: std::collections::HashSet<&str> =
         g.assignments.iter().map(|a| a.group.as_str()).collect();
     println!(

@@ -111,6 +111,9 @@ value_names! {
     HeadType { Linear => "linear", Mlp => "mlp" }
     Balance { Equal => "equal", None => "none" }
     Distance { Cosine => "cosine", L2 => "l2" }
+    GenBackend { Openai => "openai", A1111 => "a1111", Comfyui => "comfyui" }
+    GenMode { Auto => "auto", T2i => "t2i", I2i => "i2i" }
+    ImageResponseFormat { B64Json => "b64_json", Url => "url" }
 }
 
 /// Top-level configuration.
@@ -134,6 +137,7 @@ pub struct Config {
     pub cycle: CycleConfig,
     pub mine_hard: MineHardConfig,
     pub judge: JudgeConfig,
+    pub generate: GenerateConfig,
     pub econ: EconConfig,
 }
 
@@ -184,6 +188,10 @@ pub struct IngestConfig {
     pub near_dup_radius: u32,
     /// Worker threads for decoding and hashing (0 = all cores).
     pub threads: usize,
+    /// Column whose value names a group that must stay whole in one split (e.g. a video id in a
+    /// Parquet source, or `group` in a CSV), joined to the pHash groups. `None`: Parquet sources
+    /// have none and CSVs use a `group` column when they have one.
+    pub group_column: Option<String>,
 }
 
 impl Default for IngestConfig {
@@ -198,6 +206,7 @@ impl Default for IngestConfig {
             max_file_bytes: 64 * 1024 * 1024,
             near_dup_radius: 6,
             threads: 0,
+            group_column: None,
         }
     }
 }
@@ -913,6 +922,188 @@ impl Default for JudgeConfig {
     }
 }
 
+/// Which image-generation server `sv72 generate` talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GenBackend {
+    /// The OpenAI-compatible images API (`/v1/images/generations`, `/v1/images/edits`).
+    Openai,
+    /// Automatic1111 / Forge (`/sdapi/v1/txt2img`, `/sdapi/v1/img2img`).
+    A1111,
+    /// ComfyUI (`/prompt`, `/history`, `/view`, `/upload/image`) with a workflow template.
+    Comfyui,
+}
+
+impl GenBackend {
+    /// Where the server usually listens.
+    pub fn default_endpoint(self) -> &'static str {
+        match self {
+            GenBackend::Openai => "https://api.openai.com",
+            GenBackend::A1111 => "http://127.0.0.1:7860",
+            GenBackend::Comfyui => "http://127.0.0.1:8188",
+        }
+    }
+
+    /// The environment variable holding the credential when `generate.api_key_env` is unset.
+    pub fn default_key_env(self) -> &'static str {
+        match self {
+            GenBackend::Openai => "OPENAI_API_KEY",
+            GenBackend::A1111 => "SV72_A1111_AUTH",
+            GenBackend::Comfyui => "SV72_COMFYUI_API_KEY",
+        }
+    }
+}
+
+/// Text-to-image, image-to-image, or whichever each prompt allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GenMode {
+    /// Image-to-image for prompts with a source image whose label is known, else text-to-image.
+    Auto,
+    T2i,
+    I2i,
+}
+
+/// How the OpenAI images API returns images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageResponseFormat {
+    B64Json,
+    Url,
+}
+
+/// `generate.openai`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiGenConfig {
+    /// `size` sent (e.g. `1024x1024`); `None` = `<width>x<height>`.
+    pub size: Option<String>,
+    /// `quality` sent (`low|medium|high|auto` for gpt-image-1, `hd` for dall-e-3); `None` = omit.
+    pub quality: Option<String>,
+    /// `response_format` sent; `None` = omit it (gpt-image-1 rejects it and always answers b64).
+    pub response_format: Option<ImageResponseFormat>,
+    /// The API has no negative prompt: append it to the prompt as "Avoid: …".
+    pub negative_in_prompt: bool,
+}
+
+impl Default for OpenAiGenConfig {
+    fn default() -> Self {
+        Self {
+            size: None,
+            quality: None,
+            response_format: None,
+            negative_in_prompt: true,
+        }
+    }
+}
+
+/// `generate.comfyui`: the workflow templates (ComfyUI "Save (API Format)" JSON) and which node
+/// inputs sv72 fills, each written `NODE_ID.INPUT`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComfyUiGenConfig {
+    /// Text-to-image workflow.
+    pub workflow: Option<PathBuf>,
+    /// Image-to-image workflow (a LoadImage node feeding VAEEncode).
+    pub workflow_i2i: Option<PathBuf>,
+    pub prompt_input: String,
+    /// `None`: the workflow's negative prompt is left as it is.
+    pub negative_input: Option<String>,
+    pub seed_input: String,
+    /// The LoadImage node's `image` (i2i).
+    pub image_input: String,
+    /// The sampler's `denoise` (i2i).
+    pub strength_input: String,
+    /// Interval between `/history` polls, in milliseconds.
+    pub poll_ms: u64,
+}
+
+impl Default for ComfyUiGenConfig {
+    fn default() -> Self {
+        Self {
+            workflow: Some("configs/comfyui/sdxl-t2i.json".into()),
+            workflow_i2i: Some("configs/comfyui/sdxl-i2i.json".into()),
+            prompt_input: "6.text".into(),
+            negative_input: Some("7.text".into()),
+            seed_input: "3.seed".into(),
+            image_input: "10.image".into(),
+            strength_input: "3.denoise".into(),
+            poll_ms: 1000,
+        }
+    }
+}
+
+/// `sv72 generate`: synthetic images from an image-generation server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerateConfig {
+    pub backend: GenBackend,
+    /// Base URL of the server; `None` = the backend's usual address.
+    pub endpoint: Option<String>,
+    /// Model or checkpoint name sent to the server and written into `generator`; `None` = the
+    /// server's current model (A1111 and ComfyUI report it; OpenAI needs one).
+    pub model: Option<String>,
+    pub mode: GenMode,
+    /// Images per prompt (each with its own seed).
+    pub images_per_prompt: u32,
+    /// Images asked for in one request (OpenAI `n`, A1111 `batch_size`; ComfyUI always 1).
+    pub batch: u32,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub cfg_scale: f64,
+    /// A1111 sampler name; `None` = the server's default.
+    pub sampler: Option<String>,
+    /// Image-to-image denoising strength for prompts that give none.
+    pub strength: f64,
+    /// Seeds of prompts that give none derive from this.
+    pub seed: u64,
+    /// Limit of one request, in seconds (ComfyUI: of one queued job, waiting included).
+    pub timeout_s: u64,
+    /// Attempts of a call that failed transiently (429, 503, connection refused; 500 and
+    /// timeouts only for calls that are safe to repeat).
+    pub attempts: u32,
+    /// First wait between attempts (doubled each time, up to `max_backoff_ms`).
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Environment variable holding the API key (OpenAI, ComfyUI: bearer token; A1111:
+    /// `user:password` of `--api-auth`); `None` = OPENAI_API_KEY, SV72_A1111_AUTH or
+    /// SV72_COMFYUI_API_KEY by backend. The key is never printed.
+    pub api_key_env: Option<String>,
+    pub openai: OpenAiGenConfig,
+    pub comfyui: ComfyUiGenConfig,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self {
+            backend: GenBackend::A1111,
+            endpoint: None,
+            model: None,
+            mode: GenMode::Auto,
+            images_per_prompt: 1,
+            batch: 1,
+            concurrency: 2,
+            width: 1024,
+            height: 1024,
+            steps: 30,
+            cfg_scale: 7.0,
+            sampler: None,
+            strength: 0.5,
+            seed: 72,
+            timeout_s: 300,
+            attempts: 5,
+            backoff_ms: 1000,
+            max_backoff_ms: 30_000,
+            api_key_env: None,
+            openai: OpenAiGenConfig::default(),
+            comfyui: ComfyUiGenConfig::default(),
+        }
+    }
+}
+
 /// `sv72 econ`: what mining earns and costs. Chain figures are read live; these are the
 /// miner's own prices.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1061,6 +1252,20 @@ impl Config {
         if (p - 1.0).abs() > 1e-6 || self.augment.level_probs.iter().any(|x| *x < 0.0) {
             bail!("augment.level_probs must be non-negative and sum to 1 (got {p})");
         }
+        let g = &self.generate;
+        if !(0.0..=1.0).contains(&g.strength) {
+            bail!("generate.strength = {} must be within [0, 1]", g.strength);
+        }
+        for (k, v) in [
+            ("generate.images_per_prompt", g.images_per_prompt as usize),
+            ("generate.batch", g.batch as usize),
+            ("generate.concurrency", g.concurrency),
+            ("generate.attempts", g.attempts as usize),
+        ] {
+            if v == 0 {
+                bail!("{k} must be at least 1");
+            }
+        }
         self.finetune.validate()?;
         Ok(())
     }
@@ -1138,6 +1343,12 @@ mod tests {
             ("head.kind=tree", "head.kind"),
             ("mix.balance=half", "mix.balance"),
             ("mine_hard.distance=manhattan", "mine_hard.distance"),
+            ("generate.backend=midjourney", "generate.backend"),
+            ("generate.mode=both", "generate.mode"),
+            (
+                "generate.openai.response_format=png",
+                "generate.openai.response_format",
+            ),
         ] {
             let err = format!("{:#}", Config::load(None, &[ov.into()]).unwrap_err());
             assert!(err.contains(key), "{ov}: {err}");

@@ -5,7 +5,8 @@
 //! mine-hard) → `serve` (the axon) → `eval` (reports, A/B) → `export` (Hugging Face folder,
 //! deploy, push) → `infer` (model references, predictors, hot swap, batching) → `train` →
 //! `features` → `model`, `data` → `augment` → `chain` (SCALE, JSON-RPC, metagraph, subnet
-//! economics), `metrics`, `keys`, `backend`, `config`, `exit`, `util`.
+//! economics), `metrics`, `keys`, `backend`, `config`, `exit`, `util`; `generate`
+//! (image-generation servers) → `config`, `util`.
 
 pub mod augment;
 pub mod backend;
@@ -20,6 +21,7 @@ pub mod eval;
 pub mod exit;
 pub mod export;
 pub mod features;
+pub mod generate;
 pub mod infer;
 pub mod judge;
 pub mod keys;

@@ -660,9 +660,26 @@ fn example_config_loads_and_expands() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/cycle-example.yaml");
     let cfg = sv72::config::Config::load(Some(&path), &[]).unwrap();
     let mut cycle = cfg.cycle.clone();
-    assert_eq!(cycle.pipeline.len(), 8);
-    assert_eq!(cycle.pipeline[4][0], "ab-test");
-    assert_eq!(cycle.pipeline[7], ["deploy", "exports/latest"]);
+    // The whole loop, in order.
+    let names: Vec<&str> = cycle.pipeline.iter().map(|s| s[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "mine-hard",
+            "generate",
+            "ingest",
+            "ingest",
+            "synth-mix",
+            "train-head",
+            "eval",
+            "ab-test",
+            "export",
+            "register",
+            "deploy"
+        ]
+    );
+    assert!(cycle.pipeline[8].iter().any(|a| a == "--push"));
+    assert_eq!(cycle.pipeline[10], ["deploy", "exports/latest"]);
     cycle.pipeline.clear();
     assert_eq!(
         cycle,
@@ -675,9 +692,28 @@ fn example_config_loads_and_expands() {
     };
     let steps =
         sv72::cycle::pipeline::expand_steps(&cfg.cycle.pipeline, submitted(), &env).unwrap();
-    assert_eq!(steps[0].args[2], "natix-20260101");
-    assert_eq!(steps[5].args[3], "value-of-SV72_HOTKEY_SS58");
-    assert_eq!(steps[5].template[3], "${SV72_HOTKEY_SS58}");
+    assert_eq!(steps[0].args.last().unwrap(), "hard/20260101");
+    assert_eq!(steps[2].args[2], "natix-20260101");
+    assert_eq!(steps[3].args[4], "generated/20260101/generated.csv");
+    assert_eq!(steps[8].args[3], "value-of-SV72_HOTKEY_SS58");
+    assert_eq!(steps[8].template[3], "${SV72_HOTKEY_SS58}");
+    // generate writes where the ingest step after it reads.
+    let out = &steps[1].args[steps[1].args.iter().position(|a| a == "--out").unwrap() + 1];
+    assert_eq!(
+        format!("{out}/{}", sv72::generate::CSV_FILE),
+        steps[3].args[4]
+    );
+    // The commented-out finetune alternative of the training step.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let alt = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("#  - [finetune"))
+        .expect("the finetune alternative is in the example");
+    let alt: Vec<Vec<String>> =
+        serde_yaml::from_str(&format!("- [finetune{alt}")).expect("it is a YAML step");
+    let mut steps = steps;
+    steps.extend(sv72::cycle::pipeline::expand_steps(&alt, submitted(), &env).unwrap());
+    assert_eq!(steps.last().unwrap().args[2], "mix-20260101");
     // Every step must be a command line this binary accepts, so the example cannot rot when a
     // subcommand's flags change.
     use clap::Parser;
@@ -687,4 +723,135 @@ fn example_config_loads_and_expands() {
             panic!("example step {:?} does not parse: {e}", s.template);
         }
     }
+}
+
+/// `retrain-check --run` runs the synthetic half of the loop through the binary: photos ingested,
+/// a stand-in A1111 on 127.0.0.1 makes t2i images and i2i variants of two ingested photos, its
+/// CSV ingests as it is (children in their parent's split), and synth-mix mixes both sets.
+#[test]
+fn run_generates_ingests_and_mixes_against_a_standin_server() {
+    use crate::common::http::{self as standin, resp_json, Req};
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    use serde_json::{json, Value};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use sv72::data::manifest::read_manifest;
+
+    let calls: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let next = Arc::new(AtomicU64::new(1));
+    let log = calls.clone();
+    let base = standin::start(Arc::new(move |r: &Req| {
+        let v = r.json();
+        let n = v["batch_size"].as_u64().unwrap_or(1).clamp(1, 4);
+        let seed = v["seed"].as_u64().unwrap_or(0);
+        let (w, h) = (
+            v["width"].as_u64().unwrap_or(64) as u32,
+            v["height"].as_u64().unwrap_or(64) as u32,
+        );
+        // Noise, so that no two answers are pHash near duplicates.
+        let images: Vec<String> = (0..n)
+            .map(|_| {
+                use rand::{Rng, SeedableRng};
+                let mut rng =
+                    rand_chacha::ChaCha8Rng::seed_from_u64(next.fetch_add(1, Ordering::SeqCst));
+                let img = image::RgbImage::from_fn(w, h, |_, _| {
+                    image::Rgb([rng.random(), rng.random(), rng.random()])
+                });
+                let mut out = std::io::Cursor::new(Vec::new());
+                img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+                B64.encode(out.into_inner())
+            })
+            .collect();
+        let info = json!({
+            "all_seeds": (0..n).map(|k| seed + k).collect::<Vec<_>>(),
+            "sd_model_name": "sdxl-standin",
+        });
+        log.lock().unwrap().push((r.path.clone(), v));
+        resp_json(
+            200,
+            json!({"images": images, "parameters": {}, "info": info.to_string()}),
+        )
+    }));
+
+    let m = Miner::new(&format!(
+        "  pipeline:\n\
+         \x20   - [ingest, --name, natix, --folder, demo/real, --source, real, --generator, demo]\n\
+         \x20   - [generate, --prompts, prompts.jsonl, --out, \"generated/{{date}}\"]\n\
+         \x20   - [ingest, --name, synthetic, --csv, \"generated/{{date}}/generated.csv\"]\n\
+         \x20   - [synth-mix, --name, \"mix-{{date}}\", --real, natix, --synthetic, synthetic]\n\
+         generate:\n  backend: a1111\n  endpoint: {base}\n  width: 64\n  height: 64\n  steps: 4\n\
+         \x20 images_per_prompt: 2\n  batch: 2\n  timeout_s: 20\n  attempts: 2\n  backoff_ms: 10\n"
+    ));
+    let o = m.sv72(&["demo-data", "--out", "demo", "--count", "16", "--no-extras"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let first = |class: &str| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(m.root().join("demo/real").join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v[0].clone()
+    };
+    let (src_road, src_none) = (first("roadwork"), first("none"));
+    let prompts = [
+        json!({"id": "t-road", "prompt": "a road with orange cones", "label": "roadwork", "seed": 5}),
+        json!({"id": "t-none", "prompt": "an empty street", "label": "none", "seed": 6}),
+        json!({"id": "i-road", "prompt": "the same scene at dusk", "label": "roadwork",
+               "image": src_road, "strength": 0.4}),
+        json!({"id": "i-none", "prompt": "the same scene in fog", "label": "none",
+               "image": src_none}),
+    ]
+    .map(|p| p.to_string() + "\n")
+    .concat();
+    std::fs::write(m.root().join("prompts.jsonl"), prompts).unwrap();
+
+    let o = m.sv72(&["retrain-check", "--run", "--json", "--now", &day(61)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(json(&o)["status"], "retrain_due");
+
+    // One request per prompt (2 images each); img2img carried the photo itself.
+    let calls = calls.lock().unwrap();
+    let routes: Vec<&str> = calls.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(routes.len(), 4, "{routes:?}");
+    assert_eq!(
+        routes.iter().filter(|r| **r == "/sdapi/v1/img2img").count(),
+        2
+    );
+    for (route, v) in calls.iter() {
+        if route == "/sdapi/v1/img2img" {
+            let init = B64.decode(v["init_images"][0].as_str().unwrap()).unwrap();
+            assert!(
+                init == std::fs::read(&src_road).unwrap()
+                    || init == std::fs::read(&src_none).unwrap()
+            );
+        }
+    }
+
+    let datasets = m.root().join("datasets");
+    let real = read_manifest(&datasets.join("natix/manifest.parquet")).unwrap();
+    let synth = read_manifest(&datasets.join("synthetic/manifest.parquet")).unwrap();
+    assert_eq!(synth.len(), 8);
+    let mut parents = std::collections::BTreeSet::new();
+    for r in &synth {
+        assert_eq!(r.source, SourceKind::Synthetic);
+        assert_eq!(r.generator, "a1111/sdxl-standin");
+        if let Some(p) = &r.parent {
+            let parent = real.iter().find(|x| &x.id == p).expect("parent ingested");
+            assert_eq!(
+                (r.split, r.group.as_str()),
+                (parent.split, parent.group.as_str())
+            );
+            assert_eq!(r.label, parent.label);
+            parents.insert(p.clone());
+        }
+    }
+    let id = |p: &Path| sv72::util::hash::content_hash(&std::fs::read(p).unwrap());
+    assert_eq!(
+        parents,
+        [id(&src_road), id(&src_none)].into_iter().collect()
+    );
+    let mix = read_manifest(&datasets.join("mix-20260303/manifest.parquet")).unwrap();
+    assert!(mix.iter().any(|r| r.source == SourceKind::Synthetic));
+    assert!(mix.iter().any(|r| r.source == SourceKind::Real));
 }

@@ -616,6 +616,8 @@ mod embed_e2e {
             origin: "m.png".into(),
             variant_of: None,
             aug: None,
+            group_key: None,
+            parent: None,
         };
         sv72::data::manifest::write_manifest(&mpath, &[row]).unwrap();
 

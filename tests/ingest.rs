@@ -616,3 +616,138 @@ fn exif_orientation_is_applied() {
         d(tagged_row.phash, un)
     );
 }
+
+/// Like [`write_hf_parquet`], with an integer `video_id` column (the frame's video).
+fn write_video_parquet(path: &Path, images: &[Vec<u8>], videos: &[i64]) {
+    use polars::prelude::*;
+    let n = images.len();
+    let bytes: Vec<&[u8]> = images.iter().map(|b| b.as_slice()).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("frame_{i}.jpg")).collect();
+    let fields = [
+        Series::new("bytes".into(), bytes),
+        Series::new("path".into(), names),
+    ];
+    let image = StructChunked::from_series("image".into(), n, fields.iter())
+        .unwrap()
+        .into_series()
+        .into_column();
+    let label = Column::new("label".into(), vec![1i64; n]);
+    let video = Column::new("video_id".into(), videos.to_vec());
+    let mut df = DataFrame::new(n, vec![image, label, video]).unwrap();
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    ParquetWriter::new(fs::File::create(path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+}
+
+/// Each video's rows: (group, split) must be one value.
+fn assert_videos_whole(
+    rows: &[ManifestRow],
+) -> std::collections::BTreeMap<String, (String, Split)> {
+    let mut seen = std::collections::BTreeMap::new();
+    for r in rows {
+        let key = r.group_key.clone().expect("every frame has its video");
+        let gs = (r.group.clone(), r.split);
+        let first = seen.entry(key.clone()).or_insert_with(|| gs.clone());
+        assert_eq!(*first, gs, "video {key} straddles groups or splits");
+    }
+    seen
+}
+
+#[test]
+fn grouping_column_keeps_videos_whole_across_ingests() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("datasets");
+    // 12 videos of 3 unrelated-looking frames each (no pHash links between them).
+    let mut o = opts(&root, "frames");
+    o.ingest.group_column = Some("video_id".into());
+    o.split = SplitConfig {
+        train: 0.34,
+        val: 0.33,
+        test: 0.33,
+        salt: "videos".into(),
+    };
+    let frames: Vec<Vec<u8>> = (0..36).map(|i| jpeg(1000 + i)).collect();
+    let videos: Vec<i64> = (0..36).map(|i| i / 3).collect();
+    let pq = t.path().join("natix/train-0.parquet");
+    write_video_parquet(&pq, &frames, &videos);
+    let spec = |p: &Path| SourceSpec {
+        parquets: vec![p.display().to_string()],
+        ..Default::default()
+    };
+    let first = ingest(&spec(&pq), &o).unwrap();
+    assert_eq!(first.added, 36);
+    let rows = rows_of(&first);
+    let groups = assert_videos_whole(&rows);
+    assert_eq!(groups.len(), 12);
+    assert!(groups.contains_key("video_id:0"));
+    let splits: std::collections::BTreeSet<Split> = groups.values().map(|g| g.1).collect();
+    assert!(splits.len() > 1, "all 12 videos in one split: {splits:?}");
+    assert_eq!(first.groups_per_split.iter().sum::<usize>(), 12);
+    let table = sv72::data::ingest::format_report(&first);
+    let g = first.groups_per_split;
+    let line = table.lines().find(|l| l.starts_with("groups")).unwrap();
+    assert_eq!(
+        line.split_whitespace().skip(1).collect::<Vec<_>>(),
+        [g[0], g[1], g[2], 12].map(|v| v.to_string())
+    );
+
+    // A later ingest: more frames of the same videos plus a new one.
+    let more: Vec<Vec<u8>> = (0..14).map(|i| jpeg(2000 + i)).collect();
+    let more_videos: Vec<i64> = (0..14).map(|i| if i < 12 { i } else { 99 }).collect();
+    let pq2 = t.path().join("natix/train-1.parquet");
+    write_video_parquet(&pq2, &more, &more_videos);
+    let second = ingest(&spec(&pq2), &o).unwrap();
+    assert_eq!(second.added, 14);
+    let after = rows_of(&second);
+    assert_eq!(&after[..36], &rows[..], "earlier rows changed");
+    let groups2 = assert_videos_whole(&after);
+    for (k, v) in &groups {
+        assert_eq!(&groups2[k], v, "video {k} moved");
+    }
+    assert_eq!(groups2.len(), 13);
+    assert_eq!(second.joined_existing_groups, 12);
+
+    // A missing grouping column is an error naming it.
+    o.ingest.group_column = Some("clip".into());
+    let err = format!("{:#}", ingest(&spec(&pq2), &o).unwrap_err());
+    assert!(err.contains("clip") && err.contains("video_id"), "{err}");
+}
+
+#[test]
+fn csv_group_column_and_parent_checks() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("in");
+    let mut csv = String::from("path,label,group\n");
+    for i in 0..8 {
+        put(&dir.join(format!("{i}.jpg")), &jpeg(3000 + i));
+        csv.push_str(&format!(
+            "{i}.jpg,roadwork,{}\n",
+            if i < 4 { "walk-a" } else { "" }
+        ));
+    }
+    fs::write(dir.join("list.csv"), &csv).unwrap();
+    let root = t.path().join("datasets");
+    let spec = SourceSpec {
+        csvs: vec![dir.join("list.csv")],
+        ..Default::default()
+    };
+    let r = ingest(&spec, &opts(&root, "walks")).unwrap();
+    let rows = rows_of(&r);
+    let keyed: Vec<&ManifestRow> = rows.iter().filter(|r| r.group_key.is_some()).collect();
+    assert_eq!(keyed.len(), 4);
+    assert!(keyed
+        .iter()
+        .all(|k| k.group_key.as_deref() == Some("group:walk-a")));
+    assert!(keyed.windows(2).all(|w| w[0].group == w[1].group));
+    assert_eq!(r.keyed_rows, 4);
+
+    // A `parent` that is not a content id is refused with the line and column.
+    fs::write(dir.join("bad.csv"), "path,label,parent\n0.jpg,none,abc\n").unwrap();
+    let spec = SourceSpec {
+        csvs: vec![dir.join("bad.csv")],
+        ..Default::default()
+    };
+    let err = format!("{:#}", ingest(&spec, &opts(&root, "walks2")).unwrap_err());
+    assert!(err.contains("line 2") && err.contains("parent"), "{err}");
+}

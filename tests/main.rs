@@ -14,6 +14,7 @@ mod econ;
 mod export;
 mod features;
 mod finetune;
+mod generate;
 mod ingest;
 mod judge;
 mod metagraph;

@@ -146,6 +146,8 @@ mod selection {
             origin: "x".into(),
             variant_of: None,
             aug: None,
+            group_key: None,
+            parent: None,
         }
     }
 

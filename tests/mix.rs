@@ -60,6 +60,8 @@ fn row(id: &str, label: u8, source: SourceKind, split: Split) -> ManifestRow {
         origin: format!("/in/{id}.jpg"),
         variant_of: None,
         aug: None,
+        group_key: None,
+        parent: None,
     }
 }
 

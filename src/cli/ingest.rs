@@ -24,7 +24,9 @@ pub struct Args {
     /// Hugging Face datasets Parquet file, folder of them, or glob (`data/train-*.parquet`).
     #[arg(long, value_name = "FILE_OR_GLOB")]
     pub parquet: Vec<String>,
-    /// CSV with columns `path,label[,source,generator]`; relative paths are from the CSV's folder.
+    /// CSV with columns `path,label[,source,generator,group,parent]` (`sv72 generate`'s
+    /// generated.csv as it is); relative paths are from the CSV's folder. `parent` (an i2i
+    /// source's content id) puts an image in its parent's group and split.
     #[arg(long, value_name = "FILE")]
     pub csv: Vec<PathBuf>,
     /// Whether the images are real photos or generated (CSV `source` column overrides).
@@ -45,6 +47,10 @@ pub struct Args {
     /// Worker threads (default: ingest.threads; 0 = all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Column naming groups that must stay whole in one split, e.g. a video id in the Parquet
+    /// (default: ingest.group_column; CSVs use a `group` column when they have one).
+    #[arg(long, value_name = "COLUMN")]
+    pub group_column: Option<String>,
 }
 
 /// Runs `sv72 ingest`.
@@ -61,6 +67,9 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
     }
     if let Some(n) = args.threads {
         cfg.threads = n;
+    }
+    if args.group_column.is_some() {
+        cfg.group_column = args.group_column;
     }
     let spec = SourceSpec {
         folders: args.folder,

@@ -20,6 +20,7 @@ pub mod eval;
 pub mod export;
 pub mod fetch_backbone;
 pub mod finetune;
+pub mod generate;
 pub mod ingest;
 pub mod metagraph;
 pub mod mine_hard;
@@ -79,6 +80,8 @@ pub enum Command {
     Econ(econ::Args),
     /// Pick hard cases from serve logs and eval outputs for labelling and generation.
     MineHard(mine_hard::Args),
+    /// Generate synthetic images from prompts (mine-hard's or a list) on an image server.
+    Generate(generate::Args),
     /// Compute backbone features for images, folders or a manifest into a safetensors file.
     Embed(embed::Args),
     /// Download a backbone snapshot from the Hugging Face Hub into the HF cache layout.
@@ -171,6 +174,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::RetrainCheck(a) => retrain_check::run(a, &ctx),
         Command::Econ(a) => econ::run(a, &ctx),
         Command::MineHard(a) => mine_hard::run(a, &ctx),
+        Command::Generate(a) => generate::run(a, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),
         Command::FetchBackbone(a) => fetch_backbone::run(a, &ctx),
         Command::Bench(a) => bench::run(a, &ctx),

@@ -89,6 +89,15 @@ pub struct IngestReport {
     pub counts: BTreeMap<(u8, SourceKind, Split), usize>,
     /// Total rows in the manifest.
     pub total_rows: usize,
+    /// Distinct groups per split (train, val, test), over the whole manifest.
+    pub groups_per_split: [usize; 3],
+    /// Rows with a group key (grouping column), over the whole manifest.
+    pub keyed_rows: usize,
+    /// New image-to-image children whose parent is in this manifest, in another dataset's, or
+    /// nowhere (those are grouped by pHash alone).
+    pub parents_here: usize,
+    pub parents_elsewhere: usize,
+    pub parents_missing: usize,
 }
 
 impl IngestReport {
@@ -230,9 +239,11 @@ pub fn ingest(spec: &SourceSpec, opts: &IngestOptions) -> Result<IngestReport> {
     let existing: Vec<neardup::ExistingMember> = old
         .iter()
         .map(|r| neardup::ExistingMember {
+            id: &r.id,
             phash: r.phash,
             group: &r.group,
             split: r.split,
+            key: r.group_key.as_deref(),
         })
         .collect();
     let fresh: Vec<neardup::NewMember> = new
@@ -240,9 +251,44 @@ pub fn ingest(spec: &SourceSpec, opts: &IngestOptions) -> Result<IngestReport> {
         .map(|r| neardup::NewMember {
             id: &r.id,
             phash: r.phash,
+            key: r.group_key.as_deref(),
+            parent: r.parent.as_deref(),
         })
         .collect();
-    let grouping = neardup::assign_groups(&existing, &fresh, cfg.near_dup_radius, &opts.split);
+    // Parents of image-to-image children that are not in this manifest: in another dataset's.
+    let wanted: HashSet<&str> = new
+        .iter()
+        .filter_map(|r| r.parent.as_deref())
+        .filter(|p| !index.contains_key(*p))
+        .collect();
+    let found = find_parents(root, &opts.name, &wanted)?;
+    let external: neardup::ExternalParents = found
+        .iter()
+        .map(|(id, (g, s))| (id.as_str(), (g.as_str(), *s)))
+        .collect();
+    report.parents_here = new
+        .iter()
+        .filter(|r| r.parent.as_deref().is_some_and(|p| index.contains_key(p)))
+        .count();
+    report.parents_elsewhere = new
+        .iter()
+        .filter(|r| r.parent.as_deref().is_some_and(|p| found.contains_key(p)))
+        .count();
+    report.parents_missing = new
+        .iter()
+        .filter(|r| {
+            r.parent
+                .as_deref()
+                .is_some_and(|p| !index.contains_key(p) && !found.contains_key(p))
+        })
+        .count();
+    let grouping = neardup::assign_groups(
+        &existing,
+        &fresh,
+        cfg.near_dup_radius,
+        &opts.split,
+        &external,
+    );
     drop(existing);
     drop(fresh);
     for (row, a) in rows[n_existing..].iter_mut().zip(grouping.assignments) {
@@ -261,6 +307,43 @@ pub fn ingest(spec: &SourceSpec, opts: &IngestOptions) -> Result<IngestReport> {
         write_bridges(&dir.join(BRIDGES_FILE), &report.bridges)?;
     }
     Ok(report)
+}
+
+/// Group and split of the images with the ids in `wanted`, from every other dataset's manifest
+/// under `root` (sorted by name; the first hit wins).
+fn find_parents(
+    root: &Path,
+    own: &str,
+    wanted: &HashSet<&str>,
+) -> Result<HashMap<String, (String, Split)>> {
+    let mut found = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    let mut names: Vec<String> = match fs::read_dir(root) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != own && !n.starts_with('.'))
+            .filter(|n| root.join(n).join(MANIFEST_FILE).is_file())
+            .collect(),
+        Err(_) => return Ok(found),
+    };
+    names.sort();
+    for n in names {
+        let path = root.join(&n).join(MANIFEST_FILE);
+        let rows = read_manifest(&path)
+            .with_context(|| format!("looking for i2i parents in {}", path.display()))?;
+        for r in rows {
+            if wanted.contains(r.id.as_str()) && !found.contains_key(&r.id) {
+                found.insert(r.id, (r.group, r.split));
+            }
+        }
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -300,6 +383,8 @@ fn process(
         label,
         source,
         generator,
+        group_key,
+        parent,
     } = it;
     let reject = |r: Rejection| {
         Outcome::Rejected(QuarantineEntry {
@@ -365,6 +450,8 @@ fn process(
         origin,
         variant_of: None,
         aug: None,
+        group_key,
+        parent,
     })
 }
 
@@ -412,6 +499,12 @@ fn summarize(
     report: &mut IngestReport,
 ) {
     report.total_rows = rows.len();
+    report.keyed_rows = rows.iter().filter(|r| r.group_key.is_some()).count();
+    let mut split_groups: [HashSet<&str>; 3] = Default::default();
+    for r in rows {
+        split_groups[r.split as usize].insert(&r.group);
+    }
+    report.groups_per_split = split_groups.map(|g| g.len());
     let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, r) in rows.iter().enumerate() {
         *report
@@ -536,6 +629,17 @@ pub fn format_report(r: &IngestReport) -> String {
         "{:<10} {:<10} {:>8} {:>8} {:>8} {:>8}",
         "all", "", totals[0], totals[1], totals[2], totals[3]
     );
+    let g = r.groups_per_split;
+    let _ = writeln!(
+        s,
+        "{:<10} {:<10} {:>8} {:>8} {:>8} {:>8}",
+        "groups",
+        "",
+        g[0],
+        g[1],
+        g[2],
+        g.iter().sum::<usize>()
+    );
     let _ = writeln!(s);
     let _ = writeln!(s, "scanned               {}", r.scanned);
     let _ = writeln!(s, "added                 {}", r.added);
@@ -547,6 +651,18 @@ pub fn format_report(r: &IngestReport) -> String {
         r.near_dup_groups, r.near_dup_images
     );
     let _ = writeln!(s, "joined earlier groups {}", r.joined_existing_groups);
+    if r.keyed_rows > 0 {
+        let _ = writeln!(s, "rows with a group key {}", r.keyed_rows);
+    }
+    if r.parents_here + r.parents_elsewhere + r.parents_missing > 0 {
+        let _ = writeln!(
+            s,
+            "i2i children          {} with their parent's group ({} parents in other datasets), {} parents not found (grouped by pHash)",
+            r.parents_here + r.parents_elsewhere,
+            r.parents_elsewhere,
+            r.parents_missing
+        );
+    }
     if !r.bridges.is_empty() {
         let _ = writeln!(
             s,

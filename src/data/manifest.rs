@@ -61,6 +61,12 @@ pub struct ManifestRow {
     pub variant_of: Option<String>,
     /// For a materialised augmented variant: the augmentation that produced it.
     pub aug: Option<String>,
+    /// The source's grouping value (`<column>:<value>`, e.g. a video id): rows sharing it are
+    /// one group across ingests.
+    pub group_key: Option<String>,
+    /// For an image-to-image child: the content id of the image it was made from (it joins the
+    /// parent's group and split).
+    pub parent: Option<String>,
 }
 
 impl ManifestRow {
@@ -204,6 +210,16 @@ fn manifest_frame(rows: &[ManifestRow]) -> Result<DataFrame> {
             "aug".into(),
             rows.iter().map(|r| r.aug.as_deref()).collect::<Vec<_>>(),
         ),
+        Column::new(
+            "group_key".into(),
+            rows.iter()
+                .map(|r| r.group_key.as_deref())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "parent".into(),
+            rows.iter().map(|r| r.parent.as_deref()).collect::<Vec<_>>(),
+        ),
     ];
     Ok(DataFrame::new(rows.len(), cols)?)
 }
@@ -237,6 +253,9 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
     let origin = ctx.strings("origin", false)?;
     let variant_of = ctx.strings("variant_of", true)?;
     let aug = ctx.strings("aug", true)?;
+    // Added later: manifests written before them have neither column.
+    let group_key = ctx.optional_strings("group_key", n)?;
+    let parent = ctx.optional_strings("parent", n)?;
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
         let bad = |col: &str, why: String| {
@@ -276,6 +295,8 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
             origin: req(&origin[i], "origin")?,
             variant_of: variant_of[i].clone(),
             aug: aug[i].clone(),
+            group_key: group_key[i].clone(),
+            parent: parent[i].clone(),
         });
     }
     Ok(rows)
@@ -319,6 +340,14 @@ impl ColCtx<'_> {
         }
         let ca = c.str()?;
         Ok(ca.iter().map(|v| v.map(str::to_owned)).collect())
+    }
+
+    /// A nullable string column that may be absent (all `None` then).
+    fn optional_strings(&self, name: &str, n: usize) -> Result<Vec<Option<String>>> {
+        if self.df.column(name).is_err() {
+            return Ok(vec![None; n]);
+        }
+        self.strings(name, true)
     }
 
     fn ints(&self, name: &str) -> Result<Vec<Option<i64>>> {
@@ -394,6 +423,8 @@ mod io_tests {
             origin: format!("/data/{i}.jpg"),
             variant_of: (i == 2).then(|| "abc".to_string()),
             aug: (i == 2).then(|| "jpeg-q70".to_string()),
+            group_key: (i == 3).then(|| "video_id:v7".to_string()),
+            parent: (i == 4).then(|| "def".to_string()),
         }
     }
 
@@ -406,6 +437,24 @@ mod io_tests {
         assert_eq!(read_manifest(&p).unwrap(), rows);
         write_manifest(&p, &[]).unwrap();
         assert!(read_manifest(&p).unwrap().is_empty());
+    }
+
+    #[test]
+    fn manifest_without_the_newer_columns_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.parquet");
+        let mut df = manifest_frame(&[row(3)])
+            .unwrap()
+            .drop("group_key")
+            .unwrap()
+            .drop("parent")
+            .unwrap();
+        ParquetWriter::new(std::fs::File::create(&p).unwrap())
+            .finish(&mut df)
+            .unwrap();
+        let back = read_manifest(&p).unwrap();
+        assert_eq!(back[0].group_key, None);
+        assert_eq!(back[0].id, row(3).id);
     }
 
     #[test]

@@ -16,6 +16,14 @@
 //!   existing neighbour (smallest Hamming distance, then smallest group id). The existing groups
 //!   stay separate and keep their splits; bridges are reported because their members are near
 //!   duplicates of images in the other groups too.
+//!
+//! Two more links, on top of pHash: images sharing a *group key* (the value of a grouping column,
+//! e.g. the video a frame came from), and an image-to-image child and its *parent* (by content
+//! id; a parent may live in another dataset's manifest, given as `external`). They rank before
+//! every pHash link, even an exact one, when a bridge picks the group to join: a frame that also
+//! looks like another video's frame stays with its own video. So frames of one video, and
+//! generated variants of an image, always share the split of the group they join, however many
+//! ingests they arrive over.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -113,9 +121,11 @@ pub fn split_for_group(group: &str, cfg: &SplitConfig) -> Split {
 /// What an existing manifest row contributes to grouping.
 #[derive(Debug, Clone)]
 pub struct ExistingMember<'a> {
+    pub id: &'a str,
     pub phash: u64,
     pub group: &'a str,
     pub split: Split,
+    pub key: Option<&'a str>,
 }
 
 /// A new image to be grouped.
@@ -123,7 +133,26 @@ pub struct ExistingMember<'a> {
 pub struct NewMember<'a> {
     pub id: &'a str,
     pub phash: u64,
+    /// Group key (e.g. `video_id:abc`).
+    pub key: Option<&'a str>,
+    /// Content id of the image it was generated from.
+    pub parent: Option<&'a str>,
 }
+
+impl<'a> NewMember<'a> {
+    /// An image linked by pHash only.
+    pub fn new(id: &'a str, phash: u64) -> Self {
+        NewMember {
+            id,
+            phash,
+            key: None,
+            parent: None,
+        }
+    }
+}
+
+/// Group and split of parents found outside the manifest being grouped, by content id.
+pub type ExternalParents<'a> = HashMap<&'a str, (&'a str, Split)>;
 
 /// Group and split chosen for one new image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,11 +184,12 @@ pub struct Grouping {
 
 /// Assigns groups and splits to `new` images given the `existing` rows (see the module doc for
 /// the rules). Existing rows are never changed.
-pub fn assign_groups(
-    existing: &[ExistingMember<'_>],
-    new: &[NewMember<'_>],
+pub fn assign_groups<'a>(
+    existing: &[ExistingMember<'a>],
+    new: &[NewMember<'a>],
     radius: u32,
     cfg: &SplitConfig,
+    external: &ExternalParents<'a>,
 ) -> Grouping {
     let mut index = NearDupIndex::new(radius);
     for e in existing {
@@ -170,21 +200,56 @@ pub fn assign_groups(
         index.insert(m.phash);
     }
     let mut uf = UnionFind::new(new.len());
-    // Closest existing neighbour of each new image: (distance, group).
-    let mut nearest_old: Vec<Option<(u32, &str)>> = vec![None; new.len()];
-    let mut touched: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); new.len()];
+    // Closest existing neighbour of each new image: (rank, group), rank 0 for a key or parent
+    // link and 1 + Hamming distance for a pHash one.
+    let mut nearest_old: Vec<Option<(u32, &'a str)>> = vec![None; new.len()];
+    let mut touched: Vec<BTreeSet<&'a str>> = vec![BTreeSet::new(); new.len()];
+    // Group keys and ids, for the distance-0 links.
+    let mut old_by_key: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut old_by_id: HashMap<&str, usize> = HashMap::new();
+    for (j, e) in existing.iter().enumerate() {
+        if let Some(k) = e.key {
+            old_by_key.entry(k).or_default().push(j);
+        }
+        old_by_id.insert(e.id, j);
+    }
+    let mut new_by_key: HashMap<&str, usize> = HashMap::new();
+    let new_by_id: HashMap<&str, usize> = new.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+    let mut link_old = |i: usize, g: &'a str, d: u32, touched: &mut Vec<BTreeSet<&'a str>>| {
+        touched[i].insert(g);
+        if nearest_old[i].is_none_or(|best| (d, g) < best) {
+            nearest_old[i] = Some((d, g));
+        }
+    };
+    for (i, m) in new.iter().enumerate() {
+        if let Some(k) = m.key {
+            match new_by_key.get(k) {
+                Some(&first) => uf.union(i, first),
+                None => {
+                    new_by_key.insert(k, i);
+                }
+            }
+            for &j in old_by_key.get(k).into_iter().flatten() {
+                link_old(i, existing[j].group, 0, &mut touched);
+            }
+        }
+        if let Some(p) = m.parent {
+            if let Some(&j) = new_by_id.get(p) {
+                uf.union(i, j);
+            } else if let Some(&j) = old_by_id.get(p) {
+                link_old(i, existing[j].group, 0, &mut touched);
+            } else if let Some(&(g, _)) = external.get(p) {
+                link_old(i, g, 0, &mut touched);
+            }
+        }
+    }
     let mut hits = Vec::new();
     for (i, m) in new.iter().enumerate() {
         index.query(m.phash, &mut hits);
         for &(j, d) in &hits {
             let j = j as usize;
             if j < n_old {
-                let g = existing[j].group;
-                touched[i].insert(g);
-                let cand = (d, g);
-                if nearest_old[i].is_none_or(|best| cand < best) {
-                    nearest_old[i] = Some(cand);
-                }
+                link_old(i, existing[j].group, d + 1, &mut touched);
             } else if j - n_old != i {
                 uf.union(i, j - n_old);
             }
@@ -194,7 +259,11 @@ pub fn assign_groups(
     for i in 0..new.len() {
         comps.entry(uf.find(i)).or_default().push(i);
     }
-    let split_of: HashMap<&str, Split> = existing.iter().map(|e| (e.group, e.split)).collect();
+    let split_of: HashMap<&str, Split> = existing
+        .iter()
+        .map(|e| (e.group, e.split))
+        .chain(external.values().copied())
+        .collect();
     let mut out = Grouping {
         assignments: vec![
             Assignment {
@@ -324,16 +393,19 @@ mod tests {
         // a2 and c1 are 2 bits apart; b3 is far; d4 is close to the existing group.
         let hashes = [0b1111u64, 0b1100, u64::MAX, 0xF000_0000_0000_0000];
         let existing = [ExistingMember {
+            id: "e1",
             phash: 0xF000_0000_0000_0001,
             group: "old",
             split: Split::Test,
+            key: None,
         }];
         let new: Vec<NewMember> = ids
             .iter()
             .zip(hashes)
-            .map(|(id, phash)| NewMember { id, phash })
+            .map(|(id, phash)| NewMember::new(id, phash))
             .collect();
-        let g = assign_groups(&existing, &new, 3, &cfg);
+        let none = ExternalParents::new();
+        let g = assign_groups(&existing, &new, 3, &cfg, &none);
         assert_eq!(g.assignments[0], g.assignments[1]);
         assert_eq!(g.assignments[0].group, "a2");
         assert_ne!(g.assignments[2].group, g.assignments[0].group);
@@ -347,7 +419,7 @@ mod tests {
         assert_eq!(g.joined_existing, 1);
         let mut rev = new.clone();
         rev.reverse();
-        let g2 = assign_groups(&existing, &rev, 3, &cfg);
+        let g2 = assign_groups(&existing, &rev, 3, &cfg, &none);
         let mut back = g2.assignments.clone();
         back.reverse();
         assert_eq!(back, g.assignments);
@@ -358,24 +430,114 @@ mod tests {
         let cfg = SplitConfig::default();
         let existing = [
             ExistingMember {
+                id: "e1",
                 phash: 0,
                 group: "zz",
                 split: Split::Train,
+                key: None,
             },
             ExistingMember {
+                id: "e2",
                 phash: 0b11_1100,
                 group: "aa",
                 split: Split::Val,
+                key: None,
             },
         ];
         // 1 bit from "zz", 3 bits from "aa".
-        let new = [NewMember {
-            id: "n",
-            phash: 0b100,
-        }];
-        let g = assign_groups(&existing, &new, 4, &cfg);
+        let new = [NewMember::new("n", 0b100)];
+        let g = assign_groups(&existing, &new, 4, &cfg, &ExternalParents::new());
         assert_eq!(g.assignments[0].group, "zz");
         assert_eq!(g.assignments[0].split, Split::Train);
+        assert_eq!(g.bridges.len(), 1);
+        assert_eq!(g.bridges[0].touched, vec!["aa", "zz"]);
+    }
+
+    #[test]
+    fn group_keys_and_parents_link_at_distance_zero() {
+        let cfg = SplitConfig::default();
+        let far = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let existing = [ExistingMember {
+            id: "p-old",
+            phash: far(1),
+            group: "gold",
+            split: Split::Test,
+            key: Some("video:7"),
+        }];
+        let new = [
+            // A frame of the same video, looking nothing like the old one.
+            NewMember {
+                key: Some("video:7"),
+                ..NewMember::new("f1", far(2))
+            },
+            // Two frames of a new video: one group, whatever their hashes.
+            NewMember {
+                key: Some("video:8"),
+                ..NewMember::new("f2", far(3))
+            },
+            NewMember {
+                key: Some("video:8"),
+                ..NewMember::new("f3", far(4))
+            },
+            // Children of a parent in this manifest, in this run, and in another dataset.
+            NewMember {
+                parent: Some("p-old"),
+                ..NewMember::new("c1", far(5))
+            },
+            NewMember {
+                parent: Some("f3"),
+                ..NewMember::new("c2", far(6))
+            },
+            NewMember {
+                parent: Some("p-ext"),
+                ..NewMember::new("c3", far(7))
+            },
+            NewMember::new("lone", far(8)),
+        ];
+        let ext: ExternalParents = [("p-ext", ("gext", Split::Val))].into_iter().collect();
+        let g = assign_groups(&existing, &new, 6, &cfg, &ext);
+        let a = &g.assignments;
+        assert_eq!((a[0].group.as_str(), a[0].split), ("gold", Split::Test));
+        assert_eq!(a[1], a[2]);
+        // f2, f3 and f3's child c2: named after the smallest id.
+        assert_eq!(a[1].group, "c2");
+        assert_eq!(a[3], a[0]);
+        assert_eq!(a[4], a[2]);
+        assert_eq!((a[5].group.as_str(), a[5].split), ("gext", Split::Val));
+        assert_eq!(a[6].group, "lone");
+        assert!(g.bridges.is_empty());
+    }
+
+    /// A frame of video 7 that is also an exact pHash copy of a frame in a group named earlier
+    /// ("aa") still joins its video's group.
+    #[test]
+    fn a_group_key_outranks_an_exact_phash_match() {
+        let cfg = SplitConfig::default();
+        let existing = [
+            ExistingMember {
+                id: "e1",
+                phash: 0xABCD,
+                group: "aa",
+                split: Split::Val,
+                key: Some("video:3"),
+            },
+            ExistingMember {
+                id: "e2",
+                phash: u64::MAX,
+                group: "zz",
+                split: Split::Train,
+                key: Some("video:7"),
+            },
+        ];
+        let new = [NewMember {
+            key: Some("video:7"),
+            ..NewMember::new("n", 0xABCD)
+        }];
+        let g = assign_groups(&existing, &new, 4, &cfg, &ExternalParents::new());
+        assert_eq!(
+            (g.assignments[0].group.as_str(), g.assignments[0].split),
+            ("zz", Split::Train)
+        );
         assert_eq!(g.bridges.len(), 1);
         assert_eq!(g.bridges[0].touched, vec!["aa", "zz"]);
     }

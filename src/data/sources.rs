@@ -1,4 +1,5 @@
-//! Input sources of `sv72 ingest`: class-folder trees, Hugging Face Parquet files and CSV lists.
+//! Input sources of `sv72 ingest`: class-folder trees, Hugging Face Parquet files and CSV lists
+//! (`path,label[,source,generator,group,parent]`).
 //!
 //! [`plan`] validates every source before any image is touched (missing columns, bad labels and
 //! unknown folders stop the run with a message naming the file and column), keeping only
@@ -50,6 +51,10 @@ pub struct InputItem {
     pub label: u8,
     pub source: SourceKind,
     pub generator: String,
+    /// `<column>:<value>` of the grouping column, when the source has one.
+    pub group_key: Option<String>,
+    /// Content id of the image this one was made from (CSV `parent`, e.g. `generated.csv`).
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +63,8 @@ struct FileItem {
     label: u8,
     source: SourceKind,
     generator: String,
+    group_key: Option<String>,
+    parent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +75,8 @@ struct ParquetSource {
     plain_binary: bool,
     source: SourceKind,
     generator: String,
+    /// Per row, `<column>:<value>` of `ingest.group_column`.
+    group_keys: Option<Vec<Option<String>>>,
 }
 
 /// Validated inputs, holding only metadata.
@@ -105,6 +114,8 @@ impl Plan {
                     label: it.label,
                     source: it.source,
                     generator: it.generator.clone(),
+                    group_key: it.group_key.clone(),
+                    parent: it.parent.clone(),
                 })
                 .collect())?;
         }
@@ -178,6 +189,8 @@ fn plan_folder(
             label,
             source,
             generator: generator.to_string(),
+            group_key: None,
+            parent: None,
         }));
     }
     if !found_class {
@@ -277,7 +290,7 @@ fn plan_csv(path: &Path, cfg: &IngestConfig, tag: &Tag, out: &mut Vec<FileItem>)
     let need = |name: &str| {
         col(name).with_context(|| {
             format!(
-                "--csv {}: column `{name}` is missing (header: {:?}); expected path,label[,source,generator]",
+                "--csv {}: column `{name}` is missing (header: {:?}); expected path,label[,source,generator,group,parent]",
                 path.display(),
                 headers.iter().collect::<Vec<_>>().join(",")
             )
@@ -285,6 +298,12 @@ fn plan_csv(path: &Path, cfg: &IngestConfig, tag: &Tag, out: &mut Vec<FileItem>)
     };
     let (pi, li) = (need("path")?, need("label")?);
     let (si, gi) = (col("source"), col("generator"));
+    // The grouping column: the configured one (which must exist), else a `group` column.
+    let (group_name, ki) = match &cfg.group_column {
+        Some(name) => (name.clone(), Some(need(name)?)),
+        None => ("group".to_string(), col("group")),
+    };
+    let parent_i = col("parent");
     let base = path
         .parent()
         .map(|p| p.to_path_buf())
@@ -330,11 +349,27 @@ fn plan_csv(path: &Path, cfg: &IngestConfig, tag: &Tag, out: &mut Vec<FileItem>)
             base.join(p)
         };
         let full = full.canonicalize().unwrap_or(full);
+        let group_key = match cell(ki) {
+            "" => None,
+            v => Some(format!("{group_name}:{v}")),
+        };
+        let parent = match cell(parent_i) {
+            "" => None,
+            v if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(v.to_ascii_lowercase())
+            }
+            v => bail!(
+                "{}: {v:?} is not a content id (64 hex digits, the blake3 of the parent image)",
+                at("parent")
+            ),
+        };
         out.push(FileItem {
             path: full,
             label,
             source,
             generator,
+            group_key,
+            parent,
         });
     }
     Ok(())
@@ -473,6 +508,34 @@ fn plan_parquet(
             None => bail!("{shown}: column `{lab}`, row {row}: label is null"),
         }
     }
+    let group_keys = match &cfg.group_column {
+        None => None,
+        Some(g) => {
+            if empty.column(g).is_err() {
+                bail!(
+                    "{shown}: grouping column `{g}` is missing (columns: {names}); fix \
+                     ingest.group_column / --group-column"
+                );
+            }
+            let df = open_parquet(path)?
+                .with_columns(Some(vec![g.clone()]))
+                .finish()
+                .with_context(|| format!("{shown}: cannot read column `{g}`"))?;
+            let c = df.column(g)?;
+            let c = c.cast(&DataType::String).map_err(|_| {
+                anyhow::anyhow!(
+                    "{shown}: grouping column `{g}` has type {}; expected strings or integers",
+                    c.dtype()
+                )
+            })?;
+            Some(
+                c.str()?
+                    .iter()
+                    .map(|v| v.filter(|v| !v.is_empty()).map(|v| format!("{g}:{v}")))
+                    .collect(),
+            )
+        }
+    };
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     Ok(ParquetSource {
         path,
@@ -480,6 +543,7 @@ fn plan_parquet(
         plain_binary,
         source,
         generator,
+        group_keys,
     })
 }
 
@@ -518,6 +582,8 @@ fn read_parquet_batch(
             label: pq.labels[off + i],
             source: pq.source,
             generator: pq.generator.clone(),
+            group_key: pq.group_keys.as_ref().and_then(|k| k[off + i].clone()),
+            parent: None,
         })
         .collect())
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests (`mod common;` in each test file).
 #![allow(dead_code)] // not every helper is used by every build (e.g. under `cuda`)
 
+pub mod http;
 pub mod node;
 
 use std::path::{Path, PathBuf};

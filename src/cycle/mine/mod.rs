@@ -171,6 +171,8 @@ fn inspect(case: &Case, s: &Settings, now: &str) -> Result<Selected> {
                 origin: path.display().to_string(),
                 variant_of: None,
                 aug: None,
+                group_key: None,
+                parent: None,
             }
         }
     };

@@ -113,7 +113,15 @@ pub struct Prompt {
     pub seed: u64,
     pub prompt: String,
     pub negative_prompt: String,
+    /// The case's image (absolute path): the source of image-to-image variants.
+    pub image: String,
+    /// Denoising strength for those variants.
+    pub strength: f64,
 }
+
+/// Image-to-image strength written with each prompt: half way keeps the layout and light that
+/// fooled the model while the generator redraws the scene (`sv72 generate --strength` overrides).
+pub const I2I_STRENGTH: f64 = 0.5;
 
 const PLACES: [&str; 6] = [
     "a city street",
@@ -221,5 +229,12 @@ pub fn prompt_for(case: &Case, attrs: Option<SceneAttrs>, seed: u64) -> Prompt {
             NONE_NEGATIVE
         }
         .into(),
+        image: case
+            .path
+            .canonicalize()
+            .unwrap_or_else(|_| case.path.clone())
+            .display()
+            .to_string(),
+        strength: I2I_STRENGTH,
     }
 }

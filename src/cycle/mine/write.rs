@@ -282,11 +282,13 @@ pub fn render_summary(s: &Summary, out: &Path) -> String {
          Other columns (`id`, `found_in`, `reasons`, `p_a`, `p_b`, ...) are ignored by ingest. \
          `{MANIFEST_FILE}` is the same selection as a manifest with the suggested labels. \
          `{PROMPTS_TXT}` / `{PROMPTS_JSONL}` hold one generator prompt per case (with negative \
-         prompt, target family and seed in the JSON lines); generated images go back through \
-         `sv72 ingest --source synthetic --generator <name>`.\n\n\
+         prompt, target family, seed, the case's image and an image-to-image strength in the \
+         JSON lines): `sv72 generate --prompts {} --out <DIR>` makes the images on an \
+         image server, and `sv72 ingest --csv <DIR>/generated.csv` brings them back.\n\n\
          ![contact sheet]({CONTACT_SHEET})\n\n\
          Contact sheet: hardest first, colours explained in its legend.\n",
-        csv.display()
+        csv.display(),
+        out.display()
     );
     m
 }
