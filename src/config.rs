@@ -136,6 +136,7 @@ pub struct Config {
     pub register: RegisterConfig,
     pub cycle: CycleConfig,
     pub mine_hard: MineHardConfig,
+    pub judge: JudgeConfig,
     pub generate: GenerateConfig,
     pub econ: EconConfig,
 }
@@ -856,6 +857,67 @@ impl Default for MineHardConfig {
             seed: 72,
             distance: Distance::Cosine,
             contact_sheet_max: 64,
+        }
+    }
+}
+
+/// The vision-language judge asked about uncertain answers (`crate::judge`); off while
+/// `endpoint` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeConfig {
+    /// OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1` (`/chat/completions` is
+    /// appended). Empty = no judge.
+    pub endpoint: String,
+    /// The `model` field of the request (e.g. `Qwen/Qwen2.5-VL-7B-Instruct`).
+    pub model: String,
+    /// Name of the environment variable holding the API key (the key itself never goes in a
+    /// config file, log or error). Empty = no key.
+    pub api_key_env: String,
+    /// The question sent with the image; it must be answerable with yes or no.
+    pub prompt: String,
+    /// Base answers in `[lo, hi]` are judged.
+    pub band: [f64; 2],
+    /// Weight of the judge in the blend `(1 - w) * base + w * judge`.
+    pub weight: f64,
+    /// Probability a bare "yes" stands for (when no log-probabilities come back).
+    pub answer_confidence: f64,
+    /// Ask for the yes/no token log-probabilities (`logprobs`, `top_logprobs`).
+    pub logprobs: bool,
+    /// Judge calls in flight at most; beyond it the base answer goes out unjudged.
+    pub max_concurrency: usize,
+    /// Longest a judge call may take, whatever the request's deadline.
+    pub timeout_ms: u64,
+    /// Time kept back from the request's deadline for sending the answer.
+    pub reserve_ms: u64,
+    /// Consecutive failures that open the circuit breaker, and how long it stays open.
+    pub breaker_failures: u32,
+    pub breaker_cooldown_ms: u64,
+    /// Judge opinions remembered by image hash.
+    pub cache_entries: usize,
+    /// JSON-lines log of every judged answer (both opinions). Empty = no log.
+    pub log: PathBuf,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            model: String::new(),
+            api_key_env: String::new(),
+            prompt: "Is there road construction or roadwork in this image? Answer yes or no."
+                .into(),
+            band: [0.3, 0.7],
+            weight: 0.5,
+            answer_confidence: 0.9,
+            logprobs: true,
+            max_concurrency: 4,
+            timeout_ms: 4000,
+            reserve_ms: 500,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 30_000,
+            cache_entries: 4096,
+            log: "logs/judge.jsonl".into(),
         }
     }
 }

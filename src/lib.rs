@@ -23,6 +23,7 @@ pub mod export;
 pub mod features;
 pub mod generate;
 pub mod infer;
+pub mod judge;
 pub mod keys;
 pub mod metrics;
 pub mod model;

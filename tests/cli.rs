@@ -17,6 +17,7 @@ fn help_lists_every_subcommand() {
         "train-head",
         "eval",
         "ab-test",
+        "calibrate",
         "export",
         "serve",
         "retrain-check",

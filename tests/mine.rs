@@ -325,6 +325,7 @@ mod selection {
                 max_pixels: 50_000_000,
                 max_file_bytes: 50_000_000,
             },
+            judge: None,
         };
         let serve = ServeInput {
             log: log.clone(),

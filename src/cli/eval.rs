@@ -13,7 +13,8 @@ use crate::eval::summary_table;
 /// Flags of `sv72 eval`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint folder or a `latest` file (default: `<paths.checkpoints>/latest`).
+    /// Checkpoint folder, a `latest` file, or a model spec `.yaml` (test-time views, an
+    /// ensemble; run end to end on the challenge images). Default: `<paths.checkpoints>/latest`.
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
     /// `MANIFEST[:split]`: dataset name, folder or `.parquet`, and split (default `test`).

@@ -54,6 +54,11 @@ pub struct Args {
     /// Cases to keep (default: mine_hard.max_cases).
     #[arg(long, value_name = "N")]
     pub max_cases: Option<usize>,
+    /// Ask the VLM judge (`judge:` in the config) about every candidate: disagreeing with the
+    /// model is a hard-case reason, and its answer goes in the CSV as a suggested label
+    /// (`judge_suggested_label`), never as the label.
+    #[arg(long)]
+    pub judge: bool,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -73,6 +78,7 @@ pub fn run(args: Args, ctx: &Ctx) -> Result<ExitCode> {
         checkpoint: args.model.model,
         no_embed: args.no_embed,
         max_cases: args.max_cases,
+        judge: args.judge,
         device: args.device.device,
     };
     let summary = run_mine_hard(&ctx.config, &req)?;

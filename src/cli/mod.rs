@@ -11,6 +11,7 @@ use crate::config::Config;
 pub mod ab_test;
 pub mod args;
 pub mod bench;
+pub mod calibrate;
 pub mod demo_data;
 pub mod deploy;
 pub mod econ;
@@ -59,6 +60,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Paired comparison of two checkpoints; decides promote or keep.
     AbTest(ab_test::Args),
+    /// Fit a model spec's temperature and threshold with its own test-time views.
+    Calibrate(calibrate::Args),
     /// Export a checkpoint in the Hugging Face format the subnet expects (and push it).
     Export(export::Args),
     /// Point exports/deployed at an export (what serve answers with and retrain-check reads).
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Finetune(a) => finetune::run(a, &ctx),
         Command::Eval(a) => eval::run(a, &ctx),
         Command::AbTest(a) => ab_test::run(a, &ctx),
+        Command::Calibrate(a) => calibrate::run(a, &ctx),
         Command::Export(a) => export::run(a, &ctx),
         Command::Deploy(a) => deploy::run(a, &ctx),
         Command::Register(a) => register::run(a, &ctx),

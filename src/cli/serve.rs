@@ -71,6 +71,7 @@ pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Resu
     }
     opts.echo_image |= args.echo_image;
     opts.handle_signals = true;
+    opts.judge = crate::judge::Judge::from_config(&ctx.config.judge)?;
     let mg_path = args
         .metagraph
         .clone()

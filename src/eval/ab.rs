@@ -569,6 +569,24 @@ pub struct AbReport {
     pub decision: Decision,
     /// The process exit status that goes with the decision.
     pub exit_code: u8,
+    /// Batch-1 latency per answer of each model, end to end (images mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<PairLatency>,
+}
+
+/// Batch-1 latencies of A and B, timed alternately on the same challenge images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairLatency {
+    pub a: super::Latency,
+    pub b: super::Latency,
+}
+
+fn latency_line(l: &PairLatency) -> String {
+    format!(
+        "latency per answer (batch 1, {}, {} timings each, A and B alternated): A p50 {:.1} ms p99 {:.1} ms; \
+         B p50 {:.1} ms p99 {:.1} ms",
+        l.a.device, l.a.samples, l.a.p50_ms, l.a.p99_ms, l.b.p50_ms, l.b.p99_ms
+    )
 }
 
 fn fmt_iv(iv: &Interval) -> String {
@@ -617,6 +635,9 @@ pub fn render_markdown(r: &AbReport) -> String {
         d.manifest, d.split, d.manifest_hash, st.images, st.answers, d.draws_per_image, d.levels, d.seed, d.skipped
     );
     let _ = writeln!(s, "- mode: {}", r.mode);
+    if let Some(l) = &r.latency {
+        let _ = writeln!(s, "- {}", latency_line(l));
+    }
     let _ = writeln!(s, "- created: {}\n", r.created_at);
 
     let _ = writeln!(s, "## Decision\n");
@@ -726,6 +747,9 @@ pub fn summary_table(r: &AbReport) -> String {
         "  McNemar b={} c={} p={:.4}",
         st.mcnemar.b, st.mcnemar.c, st.mcnemar.p_value
     );
+    if let Some(l) = &r.latency {
+        let _ = writeln!(s, "  {}", latency_line(l));
+    }
     for w in &st.warnings {
         let _ = writeln!(s, "  warning: {w}");
     }

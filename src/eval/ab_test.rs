@@ -10,15 +10,17 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use super::ab::{
-    compare, decide, write_ab_report, AbOptions, AbReport, DataRef, ModelRecord, PairedAnswer, Rule,
+    compare, decide, write_ab_report, AbOptions, AbReport, DataRef, ModelRecord, PairLatency,
+    PairedAnswer, Rule,
 };
 use super::challenges::{featurizer_for, ChallengeFeatures};
+use super::Latency;
 use crate::backend::{on_device, Cpu};
 use crate::config::Config;
 use crate::data::manifest::{parse_on, ManifestRow};
 use crate::exit;
 use crate::export::card::{ModelCard, MODEL_CARD_FILE};
-use crate::infer::{model_loader, ModelRef as Model};
+use crate::infer::{model_loader, ModelRef as Model, Predictor};
 use crate::train::checkpoint::{Checkpoint, BUNDLED_BACKBONE};
 use crate::train::data::{challenge_views, load_challenge, read_split, ViewKey, LEVELS};
 use crate::util::hash::file_hash;
@@ -75,7 +77,7 @@ fn resolve(arg: &Path, which: &str) -> Result<Resolved> {
     let model = Model::resolve(arg).with_context(|| format!("model {which}"))?;
     let as_ck = match &model {
         Model::Checkpoint(dir) => Some(dir.clone()),
-        Model::Export(_) => None,
+        Model::Export(_) | Model::Spec(_) => None,
     };
     let folder = model.dir().to_path_buf();
     let canonical = std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone());
@@ -93,6 +95,7 @@ fn resolve(arg: &Path, which: &str) -> Result<Resolved> {
         None => None,
     };
     let (kind, id) = match (&card, &ck) {
+        _ if model.kind() == "spec" => ("spec", String::new()),
         (Some(c), _) => ("export", format!("{}-{}", c.model_name, c.version)),
         (None, Some(ck)) => ("checkpoint", ck.info.run_id.clone()),
         (None, None) => ("model", String::new()),
@@ -180,6 +183,41 @@ fn answers_by_features(
     ))
 }
 
+/// Challenge images timed one at a time per model for the latency line.
+const LATENCY_SAMPLES: usize = 48;
+
+/// Batch-1 latency of A and B on the same images, alternating A and B so both see the same
+/// machine load.
+fn probe_latency(
+    pa: &mut dyn Predictor,
+    pb: &mut dyn Predictor,
+    images: &[RgbImage],
+    device: &str,
+) -> Result<Option<PairLatency>> {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    // The first round warms both up and is not counted; a small first chunk is cycled so the
+    // percentiles always rest on LATENCY_SAMPLES timings each.
+    for (i, im) in images.iter().cycle().take(LATENCY_SAMPLES + 1).enumerate() {
+        let one = std::slice::from_ref(im);
+        let start = std::time::Instant::now();
+        pa.predict(one)?;
+        let a = start.elapsed().as_secs_f64() * 1e3;
+        let start = std::time::Instant::now();
+        pb.predict(one)?;
+        let b = start.elapsed().as_secs_f64() * 1e3;
+        if i > 0 {
+            ta.push(a);
+            tb.push(b);
+        }
+    }
+    Ok(Latency::from_samples(device, ta)
+        .zip(Latency::from_samples(device, tb))
+        .map(|(a, b)| PairLatency { a, b }))
+}
+
+/// Paired answers, skipped challenges, both models' versions and their batch-1 latencies.
+type ImageAnswers = (Vec<Paired>, usize, String, String, Option<PairLatency>);
+
 /// Each model run end to end on the same challenge images, made once per chunk.
 fn answers_by_images(
     cfg: &Config,
@@ -187,7 +225,7 @@ fn answers_by_images(
     b: &Resolved,
     rows: &[&ManifestRow],
     views: &[ViewKey],
-) -> Result<(Vec<Paired>, usize, String, String)> {
+) -> Result<ImageAnswers> {
     let loader = model_loader(cfg, cfg.backbone.device)?;
     let mut pa =
         loader(&a.load_path).with_context(|| format!("cannot load model A {}", a.r.arg))?;
@@ -198,6 +236,7 @@ fn answers_by_images(
     let bar = crate::util::progress::bar(views.len() as u64, "ab-test");
     let mut out = Vec::with_capacity(views.len());
     let mut skipped = 0;
+    let mut latency = None;
     for chunk in views.chunks(cfg.backbone.batch_size.max(1)) {
         let made: Vec<Option<RgbImage>> = chunk
             .par_iter()
@@ -214,6 +253,10 @@ fn answers_by_images(
             .unzip();
         skipped += chunk.len() - kept.len();
         if !images.is_empty() {
+            if latency.is_none() {
+                let device = cfg.backbone.device.to_string();
+                latency = probe_latency(pa.as_mut(), pb.as_mut(), &images, &device)?;
+            }
             let ya = pa.predict(&images).context("model A")?;
             let yb = pb.predict(&images).context("model B")?;
             if ya.len() != images.len() || yb.len() != images.len() {
@@ -234,7 +277,7 @@ fn answers_by_images(
     if out.is_empty() {
         bail!("none of the {} challenges could be made", views.len());
     }
-    Ok((out, skipped, pa.version(), pb.version()))
+    Ok((out, skipped, pa.version(), pb.version(), latency))
 }
 
 fn slug(id: &str) -> String {
@@ -279,10 +322,12 @@ pub fn run_ab_test(cfg: &Config, req: &AbRequest) -> Result<AbOutcome> {
         rows.len(),
         if use_features { "features" } else { "images" }
     );
+    let mut latency = None;
     let (pairs, skipped) = match (use_features, &a.ck, &b.ck) {
         (true, Some(ca), Some(cb)) => answers_by_features(cfg, ca, cb, &rows, &views)?,
         _ => {
-            let (p, s, va, vb) = answers_by_images(cfg, &a, &b, &rows, &views)?;
+            let (p, s, va, vb, l) = answers_by_images(cfg, &a, &b, &rows, &views)?;
+            latency = l;
             for (m, v) in [(&mut a, va), (&mut b, vb)] {
                 if m.r.id.is_empty() {
                     m.r.id = v;
@@ -346,6 +391,7 @@ pub fn run_ab_test(cfg: &Config, req: &AbRequest) -> Result<AbOutcome> {
         rule: cfg.ab_test.clone(),
         decision,
         exit_code,
+        latency,
         a: a.r,
         b: b.r,
     };

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
+use image::RgbImage;
+use rayon::prelude::*;
 
 use super::Latency;
 use crate::backend::{Cpu, OnBackend};
@@ -124,4 +126,41 @@ pub fn featurizer_for(ck: &Checkpoint<Cpu>, cache_root: &Path) -> Result<Featuri
         None => Ok(fz),
         Some(o) => fz.with_finetuned(o, &ck.info.features_key(), cache_root),
     }
+}
+
+/// Makes the challenges `keys` of `rows` with `seed`, chunk by chunk (a backbone batch each,
+/// made in parallel), and hands the made images to `f` with their keys; returns how many could
+/// not be made (those are skipped).
+pub fn made_challenges(
+    cfg: &Config,
+    rows: &[&ManifestRow],
+    keys: &[ViewKey],
+    seed: u64,
+    label: &str,
+    mut f: impl FnMut(&[&ViewKey], &[RgbImage]) -> Result<()>,
+) -> Result<usize> {
+    let bar = crate::util::progress::bar(keys.len() as u64, label);
+    let mut skipped = 0;
+    for chunk in keys.chunks(cfg.backbone.batch_size.max(1)) {
+        let made: Vec<Option<RgbImage>> = chunk
+            .par_iter()
+            .map(|v| {
+                load_challenge(rows[v.row], v, &cfg.paths.datasets, &cfg.augment, seed)
+                    .ok()
+                    .map(|im| im.to_rgb8())
+            })
+            .collect();
+        let (kept, images): (Vec<&ViewKey>, Vec<RgbImage>) = chunk
+            .iter()
+            .zip(made)
+            .filter_map(|(v, im)| im.map(|im| (v, im)))
+            .unzip();
+        skipped += chunk.len() - kept.len();
+        if !images.is_empty() {
+            f(&kept, &images)?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(skipped)
 }

@@ -6,6 +6,7 @@
 
 pub mod ab;
 pub mod ab_test;
+pub mod calibrate;
 pub mod challenges;
 pub mod plots;
 pub mod stage;

@@ -1,24 +1,31 @@
 //! `sv72 eval` as a library call: a checkpoint's answers on every challenge of a split (features
 //! through the cache on `backbone.device`, the head on the CPU), reported by [`build_report`].
-
-use std::path::PathBuf;
+//! A model spec (test-time views, an ensemble) is run end to end on the challenge images
+//! instead, as `serve` runs it.
 
 use anyhow::{Context, Result};
 
-use super::challenges::{featurizer_for, ChallengeFeatures};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::bail;
+use image::RgbImage;
+
+use super::challenges::{featurizer_for, made_challenges, ChallengeFeatures, LATENCY_SAMPLES};
+use super::Latency;
 use super::{build_report, write_report, EvalMeta, EvalPrediction, EvalReport};
 use crate::backend::{on_device, Cpu};
 use crate::config::Config;
 use crate::data::manifest::{parse_on, ManifestRow, Split};
-use crate::infer::ModelRef;
-use crate::train::data::{challenge_views, read_split, LEVELS};
+use crate::infer::{is_spec_file, model_loader, ModelRef, ModelSpec, Predictor};
+use crate::train::data::{challenge_views, read_split, ViewKey, LEVELS};
 use crate::train::Checkpoint;
 use crate::util::hash::file_hash;
 
 /// What to evaluate, on what (the flags of `sv72 eval`).
 #[derive(Debug, Clone, Default)]
 pub struct EvalRequest {
-    /// Checkpoint folder or `latest` pointer (default: `<paths.checkpoints>/latest`).
+    /// Checkpoint folder, `latest` pointer or model spec (default: `<paths.checkpoints>/latest`).
     pub checkpoint: Option<PathBuf>,
     /// `MANIFEST[:split]` (default: the checkpoint's training manifest, test split).
     pub on: Option<String>,
@@ -26,8 +33,12 @@ pub struct EvalRequest {
     pub out: Option<PathBuf>,
 }
 
-/// Evaluates a checkpoint and writes its report; returns it with the files written.
+/// Evaluates a checkpoint (or model spec) and writes its report; returns it with the files
+/// written.
 pub fn evaluate(cfg: &Config, req: &EvalRequest) -> Result<(EvalReport, Vec<PathBuf>)> {
+    if let Some(spec) = req.checkpoint.as_deref().filter(|p| is_spec_file(p)) {
+        return evaluate_spec(cfg, req, spec);
+    }
     let dir = ModelRef::checkpoint(req.checkpoint.as_deref(), &cfg.paths.checkpoints)?;
     let cpu = Default::default();
     let ck = Checkpoint::<Cpu>::load(&dir, &cpu)?;
@@ -85,12 +96,145 @@ pub fn evaluate(cfg: &Config, req: &EvalRequest) -> Result<(EvalReport, Vec<Path
         level_probs: cfg.augment.level_probs,
         score_sequences: cfg.eval.score_sequences,
     };
-    let report = build_report(&preds, meta, latency)?;
-    let out = req.out.clone().unwrap_or_else(|| dir.clone());
+    finish(
+        &preds,
+        meta,
+        latency,
+        req.out.clone().unwrap_or_else(|| dir.clone()),
+    )
+}
+
+fn finish(
+    preds: &[EvalPrediction],
+    meta: EvalMeta,
+    latency: Option<Latency>,
+    out: PathBuf,
+) -> Result<(EvalReport, Vec<PathBuf>)> {
+    let report = build_report(preds, meta, latency)?;
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create the report folder {}", out.display()))?;
-    let files = write_report(&out, &report, &preds)?;
+    let files = write_report(&out, &report, preds)?;
     Ok((report, files))
+}
+
+/// A model spec on every challenge of the split, end to end (decoded challenge image → views →
+/// model(s) → aggregate → calibration), as `serve` answers. `--on` defaults to the training
+/// manifest of the spec's base checkpoint; the report goes beside the spec
+/// (`<spec stem>-eval/`) unless `out` is given.
+fn evaluate_spec(
+    cfg: &Config,
+    req: &EvalRequest,
+    file: &Path,
+) -> Result<(EvalReport, Vec<PathBuf>)> {
+    let spec = ModelSpec::read(file)?;
+    let (name, split) = match &req.on {
+        Some(on) => parse_on(on)?,
+        None => (spec_training_manifest(&spec, file)?, Split::Test),
+    };
+    let (path, owned) = read_split(&cfg.paths.datasets, &name, split, "eval")?;
+    let rows: Vec<&ManifestRow> = owned.iter().collect();
+    let draws = cfg.eval.draws_per_image.max(1);
+    let views = challenge_views(rows.len(), &LEVELS, draws, cfg.eval.seed, &cfg.augment);
+    eprintln!(
+        "eval: {} challenges ({} {split} images x levels 0-3 x {draws} draw(s)), model spec {}",
+        views.len(),
+        rows.len(),
+        file.display()
+    );
+    let loader = model_loader(cfg, cfg.backbone.device)?;
+    let mut model = loader(file).with_context(|| format!("cannot load {}", file.display()))?;
+    let mut preds = Vec::with_capacity(views.len());
+    let mut latency = None;
+    let device = cfg.backbone.device.to_string();
+    let skipped = made_challenges(
+        cfg,
+        &rows,
+        &views,
+        cfg.eval.seed,
+        "eval",
+        |kept: &[&ViewKey], images: &[RgbImage]| {
+            if latency.is_none() {
+                latency = probe_latency(model.as_mut(), images, &device)?;
+            }
+            let probs = model.predict(images)?;
+            if probs.len() != images.len() {
+                bail!(
+                    "{} answered {} times for {} images",
+                    model.version(),
+                    probs.len(),
+                    images.len()
+                );
+            }
+            for (v, p) in kept.iter().zip(probs) {
+                let r = rows[v.row];
+                preds.push(EvalPrediction {
+                    id: r.id.clone(),
+                    label: r.label,
+                    source: r.source,
+                    generator: r.generator.clone(),
+                    level: v.level,
+                    draw: v.draw,
+                    prob: f64::from(p),
+                });
+            }
+            Ok(())
+        },
+    )?;
+    if skipped > 0 {
+        eprintln!("eval: warning: {skipped} challenge(s) could not be made and were skipped");
+    }
+    if preds.is_empty() {
+        bail!("eval: none of the {} challenges could be made", views.len());
+    }
+    let meta = EvalMeta {
+        checkpoint: file.display().to_string(),
+        run_id: model.version(),
+        manifest: path.display().to_string(),
+        manifest_hash: file_hash(&path)?,
+        split: split.to_string(),
+        seed: cfg.eval.seed,
+        draws_per_image: draws,
+        level_probs: cfg.augment.level_probs,
+        score_sequences: cfg.eval.score_sequences,
+    };
+    let out = req.out.clone().unwrap_or_else(|| {
+        let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+        file.with_file_name(format!("{stem}-eval"))
+    });
+    finish(&preds, meta, latency, out)
+}
+
+/// The training manifest of a spec's base checkpoint (what `eval` defaults `--on` to).
+fn spec_training_manifest(spec: &ModelSpec, file: &Path) -> Result<String> {
+    if spec.model.is_some() {
+        if let ModelRef::Checkpoint(d) = ModelRef::resolve(&spec.base(file)?)? {
+            let ck = Checkpoint::<Cpu>::load(&d, &Default::default())?;
+            return Ok(ck.info.manifest.path.clone());
+        }
+    }
+    bail!(
+        "model spec {}: its base is not one checkpoint, so there is no training manifest to \
+         default to; pass --on MANIFEST[:split]",
+        file.display()
+    )
+}
+
+/// Batch-1 latency of `model` on challenge images (decoded; everything after decoding timed),
+/// the first call a warm-up; small batches are cycled up to [`LATENCY_SAMPLES`] timings.
+fn probe_latency(
+    model: &mut dyn Predictor,
+    images: &[RgbImage],
+    device: &str,
+) -> Result<Option<Latency>> {
+    let mut ms = Vec::new();
+    for (i, im) in images.iter().cycle().take(LATENCY_SAMPLES + 1).enumerate() {
+        let t = Instant::now();
+        model.predict(std::slice::from_ref(im))?;
+        if i > 0 {
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(Latency::from_samples(device, ms))
 }
 #[cfg(test)]
 mod tests {

@@ -3,13 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 
 use super::checkpoint::CheckpointPredictor;
+use super::ensemble::{EnsemblePredictor, Stacking};
 use super::export::ExportPredictor;
 use super::model_ref::ModelRef;
 use super::predictor::{Loader, Predictor};
+use super::spec::ModelSpec;
+use super::views::ViewPredictor;
 use crate::backend::{on_device, OnBackend};
 use crate::config::{Config, Device};
 
@@ -44,7 +47,38 @@ pub fn load_predictor<B: Backend>(
     Ok(match ModelRef::resolve(path)? {
         ModelRef::Checkpoint(dir) => Box::new(CheckpointPredictor::<B>::load(&dir, device, opts)?),
         ModelRef::Export(dir) => Box::new(ExportPredictor::<B>::load(&dir, device, opts)?),
+        ModelRef::Spec(file) => {
+            let spec = ModelSpec::read(&file)?;
+            let base: Box<dyn Predictor> = if spec.is_ensemble() {
+                Box::new(load_ensemble::<B>(&file, &spec, device, opts)?)
+            } else {
+                load_predictor::<B>(&spec.base(&file)?, device, opts)
+                    .with_context(|| format!("model spec {}", file.display()))?
+            };
+            Box::new(ViewPredictor::new(base, spec.view_spec())?)
+        }
     })
+}
+
+/// The members of an ensemble spec, stacked as the spec says (equal weights until fitted).
+pub fn load_ensemble<B: Backend>(
+    file: &Path,
+    spec: &ModelSpec,
+    device: &B::Device,
+    opts: &LoadOptions,
+) -> Result<EnsemblePredictor> {
+    let mut members = Vec::new();
+    for (i, p) in spec.member_paths(file)?.iter().enumerate() {
+        members.push(
+            load_predictor::<B>(p, device, opts)
+                .with_context(|| format!("model spec {}: members[{i}]", file.display()))?,
+        );
+    }
+    let n = members.len();
+    EnsemblePredictor::new(
+        members,
+        spec.stacking.clone().unwrap_or_else(|| Stacking::equal(n)),
+    )
 }
 
 /// The deployed model `sv72 serve` loads when no `--checkpoint` is given: `serve.model` when it

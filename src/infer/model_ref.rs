@@ -2,8 +2,8 @@
 //! checkpoint folder, an export folder, and the pointers to them (`checkpoints/latest`,
 //! `exports/latest`, the `exports/deployed` symlink).
 //!
-//! A pointer file holds one folder name relative to its own folder. Ensemble specs (issue #15)
-//! are meant to become one more variant, resolved from a YAML file.
+//! A pointer file holds one folder name relative to its own folder. A `.yaml`/`.yml` file is a
+//! model spec (`infer::spec`): a model with test-time views (issue #15).
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,8 @@ pub enum ModelRef {
     Checkpoint(PathBuf),
     /// An export folder (`sv72 export`): a transformers image-classification model.
     Export(PathBuf),
+    /// A model spec file (`*.yaml`, see `infer::spec`): a model served with test-time views.
+    Spec(PathBuf),
 }
 
 impl ModelRef {
@@ -33,6 +35,9 @@ impl ModelRef {
     pub fn resolve(path: &Path) -> Result<Self> {
         if path.is_dir() {
             return Self::classify(path);
+        }
+        if path.is_file() && is_spec_file(path) {
+            return Ok(ModelRef::Spec(path.to_path_buf()));
         }
         if path.is_file() {
             let text = std::fs::read_to_string(path)
@@ -81,6 +86,10 @@ impl ModelRef {
                 "{} is an export folder, not an sv72 checkpoint (head.safetensors + run.yaml)",
                 dir.display()
             ),
+            ModelRef::Spec(f) => bail!(
+                "{} is a model spec, not an sv72 checkpoint (head.safetensors + run.yaml)",
+                f.display()
+            ),
         }
     }
 
@@ -91,6 +100,10 @@ impl ModelRef {
             ModelRef::Checkpoint(dir) => bail!(
                 "{} is a checkpoint, not an export folder: export it with `sv72 export` first",
                 dir.display()
+            ),
+            ModelRef::Spec(f) => bail!(
+                "{} is a model spec, not an export folder: export its base model instead",
+                f.display()
             ),
         }
     }
@@ -109,10 +122,10 @@ impl ModelRef {
         }
     }
 
-    /// The folder the model lives in.
+    /// The folder the model lives in (for a spec, the spec file).
     pub fn dir(&self) -> &Path {
         match self {
-            ModelRef::Checkpoint(d) | ModelRef::Export(d) => d,
+            ModelRef::Checkpoint(d) | ModelRef::Export(d) | ModelRef::Spec(d) => d,
         }
     }
 
@@ -121,8 +134,15 @@ impl ModelRef {
         match self {
             ModelRef::Checkpoint(_) => "checkpoint",
             ModelRef::Export(_) => "export",
+            ModelRef::Spec(_) => "spec",
         }
     }
+}
+
+/// Whether `path` is named like a model spec (`.yaml` / `.yml`).
+pub fn is_spec_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
 /// Whether `dir` looks like an sv72 export folder (as opposed to a checkpoint).

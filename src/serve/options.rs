@@ -68,6 +68,9 @@ pub struct ServeOptions {
     pub rejection_log_per_s: u32,
     /// Shut down on SIGINT/SIGTERM.
     pub handle_signals: bool,
+    /// The VLM judge asked about answers in its band (`judge:` in the config), within what is
+    /// left of the answer deadline.
+    pub judge: Option<std::sync::Arc<crate::judge::Judge>>,
 }
 
 impl ServeOptions {
@@ -150,6 +153,7 @@ impl ServeOptions {
             max_nonce_keys: c.max_nonce_keys,
             rejection_log_per_s: c.rejection_log_per_s,
             handle_signals: false,
+            judge: None,
         })
     }
 }

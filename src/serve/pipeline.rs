@@ -614,13 +614,19 @@ async fn forward(
     let outcome =
         tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), rx.wait()).await;
     match outcome {
-        Ok(Some(Outcome::Scored(p))) => Ok(Forwarded {
-            prediction: p,
-            hash,
-            scored: true,
-            partial: false,
-            bytes,
-        }),
+        Ok(Some(Outcome::Scored(p))) => {
+            let p = match (&state.opts.judge, &bytes) {
+                (Some(j), Some(b)) if j.wants(p) => judged(j, b, &hash, p, deadline).await,
+                _ => p,
+            };
+            Ok(Forwarded {
+                prediction: p,
+                hash,
+                scored: true,
+                partial: false,
+                bytes,
+            })
+        }
         Ok(Some(Outcome::Fallback(_))) => Ok(fall("predictor_failed", hash, false, bytes)),
         // Dropped from a full queue for higher-stake work: the fallback still scores better
         // than an error, which validators score 0.
@@ -643,6 +649,23 @@ async fn forward(
             );
             Ok(fall("inference_timeout", hash, false, bytes))
         }
+    }
+}
+
+/// The judge's answer for a scored image, or `base` when it is not back by `deadline` (the
+/// judge keeps its own deadline; the timeout here only guards against a stuck blocking pool).
+async fn judged(
+    j: &std::sync::Arc<crate::judge::Judge>,
+    bytes: &[u8],
+    hash: &str,
+    base: f32,
+    deadline: Instant,
+) -> f32 {
+    let (j, bytes, hash) = (j.clone(), bytes.to_vec(), hash.to_string());
+    let task = tokio::task::spawn_blocking(move || j.judge(&bytes, &hash, base, deadline).answer);
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), task).await {
+        Ok(Ok(p)) => p,
+        _ => base,
     }
 }
 

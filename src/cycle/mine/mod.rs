@@ -21,8 +21,8 @@ use image::imageops;
 pub use diversity::{distance, embed_images, k_center_greedy, Distance, Embedded};
 pub use prompts::{measure, prompt_for, Prompt, SceneAttrs, Target};
 pub use select::{
-    apply_second_model, hardness, merge_cases, reasons_of, select_eval, select_serve, Case,
-    Criteria, EvalSelection, Origin, Reason, ServeSelection,
+    apply_judge, apply_second_model, hardness, merge_cases, reasons_of, select_eval, select_serve,
+    Case, Criteria, EvalSelection, Origin, Reason, ServeSelection,
 };
 pub use stage::{parse_since, run_mine_hard, MineRequest};
 pub use write::{write_outputs, Selected, Summary};
@@ -68,6 +68,41 @@ pub struct Settings {
     pub datasets_root: PathBuf,
     /// Images beyond these limits are skipped, as ingest would quarantine them.
     pub limits: DecodeLimits,
+    /// The VLM judge asked about every candidate (`mine-hard --judge`).
+    pub judge: Option<std::sync::Arc<crate::judge::Judge>>,
+}
+
+/// Asks the VLM judge's opinion of each case's image (`None` where there is none); the
+/// second value counts the images that could not be read and the reasons for no opinion.
+pub fn judge_cases(
+    judge: &std::sync::Arc<crate::judge::Judge>,
+    cases: &[Case],
+) -> (Vec<Option<f64>>, std::collections::BTreeMap<String, usize>) {
+    let (_, timeout) = judge.describe();
+    let mut why = std::collections::BTreeMap::new();
+    let bar = crate::util::progress::bar(cases.len() as u64, "judge");
+    let out = cases
+        .iter()
+        .map(|c| {
+            bar.inc(1);
+            let Ok(bytes) = std::fs::read(&c.path) else {
+                *why.entry("image unreadable".to_string()).or_default() += 1;
+                return None;
+            };
+            // Each call gets the configured timeout (plus the reserve it keeps back).
+            let deadline = std::time::Instant::now() + timeout + judge.reserve();
+            match judge.opinion(&bytes, &c.id, deadline) {
+                Ok((p, _)) => Some(p),
+                Err(reason) => {
+                    let key = reason.split(": ").next().unwrap_or("error").to_string();
+                    *why.entry(key).or_default() += 1;
+                    None
+                }
+            }
+        })
+        .collect();
+    bar.finish_and_clear();
+    (out, why)
 }
 
 /// Scores images with a second model; `None` where an image cannot be decoded.
@@ -153,7 +188,9 @@ fn inspect(case: &Case, s: &Settings, now: &str) -> Result<Selected> {
 
 /// Runs the whole selection and writes the artifacts into `out`; returns the summary.
 ///
-/// `model_b` scores the serve-log images for disagreement; `embed` (with the backbone's name)
+/// `model_b` scores the serve-log images for disagreement; `s.judge` gives its opinion on every
+/// candidate (disagreement with model A is one more reason, its answer a suggested label in
+/// the CSV); `embed` (with the backbone's name)
 /// enables k-centre greedy diversity, otherwise `no_embed_reason` says why cases are ranked by
 /// hardness alone.
 pub fn mine(
@@ -255,7 +292,22 @@ pub fn mine(
         );
         candidates.extend(sel.cases);
     }
-    let candidates = merge_cases(candidates);
+    let mut candidates = merge_cases(candidates);
+    if let Some(j) = &s.judge {
+        let (p_j, why) = judge_cases(j, &candidates);
+        let asked = p_j.len();
+        let answered = p_j.iter().filter(|p| p.is_some()).count();
+        for (k, n) in why {
+            bump(&mut summary, &format!("judge: no opinion ({k})"), n);
+        }
+        let n = apply_judge(&mut candidates, &p_j, &s.criteria);
+        let (model, _) = j.describe();
+        summary.inputs.push(format!(
+            "VLM judge `{model}` on the candidates: {answered} of {asked} answered, \
+             {n} disagreement(s) with model A (its answers are suggestions in \
+             `p_judge`/`judge_suggested_label`, not labels)"
+        ));
+    }
     let order: Vec<usize> = match embed {
         Some((backbone, embedder)) if !candidates.is_empty() => {
             let items: Vec<(String, PathBuf)> = candidates

@@ -19,6 +19,9 @@ pub enum Reason {
     Misclassified,
     /// Two models answered on opposite sides of 0.5, at least `min_disagreement` apart.
     Disagreement,
+    /// The VLM judge (`mine-hard --judge`) answered on the other side of 0.5 from model A, at
+    /// least `min_disagreement` apart.
+    JudgeDisagreement,
     /// The answer lies in the uncertainty band.
     Uncertain,
 }
@@ -28,6 +31,7 @@ impl Reason {
         match self {
             Reason::Misclassified => "misclassified",
             Reason::Disagreement => "disagreement",
+            Reason::JudgeDisagreement => "judge_disagreement",
             Reason::Uncertain => "uncertain",
         }
     }
@@ -113,6 +117,8 @@ pub fn hardness(p_a: f64, p_b: Option<f64>, reasons: &[Reason]) -> f64 {
         .map(|r| match r {
             Reason::Misclassified => 2.0 + 2.0 * (p_a - 0.5).abs(),
             Reason::Disagreement => 1.0 + p_b.map_or(0.0, |b| (p_a - b).abs()),
+            // Set by `apply_judge`, which ranks it by the judge's gap itself.
+            Reason::JudgeDisagreement => 1.0,
             Reason::Uncertain => 1.0 - 2.0 * (p_a - 0.5).abs(),
         })
         .fold(0.0, f64::max)
@@ -132,6 +138,9 @@ pub struct Case {
     pub p_a: f64,
     /// Model B's answer on the same image/level/draw, when a second model was given.
     pub p_b: Option<f64>,
+    /// The VLM judge's probability of roadwork (`mine-hard --judge`): a suggestion for the
+    /// labeller, never ground truth.
+    pub p_judge: Option<f64>,
     /// The label, when known (eval images).
     pub known_label: Option<u8>,
     /// Validator augmentation level of the hardest answer (eval).
@@ -264,6 +273,7 @@ pub fn select_eval(
             reasons,
             p_a: p.prob,
             p_b,
+            p_judge: None,
             known_label: Some(p.label),
             level: Some(p.level),
             draw: Some(p.draw),
@@ -356,6 +366,7 @@ pub fn select_serve(records: &[LoggedPrediction], log_path: &Path, c: &Criteria)
             reasons,
             p_a: r.prediction,
             p_b: None,
+            p_judge: None,
             known_label: None,
             level: None,
             draw: None,
@@ -384,6 +395,29 @@ pub fn apply_second_model(cases: &mut [Case], p_b: &[Option<f64>], c: &Criteria)
         }
         case.hardness = case.hardness.max(hardness(case.p_a, Some(b), &r));
         case.reasons = r;
+    }
+    sort_hardest_first(cases);
+    disagree
+}
+
+/// Sets the judge's opinions on cases (by index; `None` = no opinion) and adds
+/// [`Reason::JudgeDisagreement`] where the judge is on the other side of 0.5 from model A by at
+/// least `min_disagreement` (ranked like a two-model disagreement, by the gap); returns how many
+/// disagree. Known labels stay as they are: the judge only suggests.
+pub fn apply_judge(cases: &mut [Case], p_judge: &[Option<f64>], c: &Criteria) -> usize {
+    let mut disagree = 0;
+    for (case, j) in cases.iter_mut().zip(p_judge) {
+        let Some(j) = *j else { continue };
+        case.p_judge = Some(j);
+        if said_roadwork(case.p_a) != said_roadwork(j) && (case.p_a - j).abs() >= c.min_disagreement
+        {
+            disagree += 1;
+            if !case.reasons.contains(&Reason::JudgeDisagreement) {
+                case.reasons.push(Reason::JudgeDisagreement);
+                case.reasons.sort();
+            }
+            case.hardness = case.hardness.max(1.0 + (case.p_a - j).abs());
+        }
     }
     sort_hardest_first(cases);
     disagree

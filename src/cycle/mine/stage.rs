@@ -33,6 +33,8 @@ pub struct MineRequest {
     pub checkpoint: Option<PathBuf>,
     pub no_embed: bool,
     pub max_cases: Option<usize>,
+    /// Ask the VLM judge (`judge:` in the config) about every candidate.
+    pub judge: bool,
     /// Device for embeddings and the second model (default: `backbone.device`).
     pub device: Option<Device>,
 }
@@ -286,6 +288,17 @@ pub fn run_mine_hard(cfg: &Config, req: &MineRequest) -> Result<Summary> {
         }
         None => None,
     };
+    let judge = if req.judge {
+        match crate::judge::Judge::from_config(&cfg.judge)? {
+            Some(j) => Some(j),
+            None => bail!(
+                "--judge: judge.endpoint is empty; set it in the config (or --set \
+                 judge.endpoint=http://HOST:PORT/v1) to an OpenAI-compatible VLM server"
+            ),
+        }
+    } else {
+        None
+    };
     let settings = Settings {
         criteria,
         max_cases: req.max_cases.unwrap_or(mh.max_cases),
@@ -297,6 +310,7 @@ pub fn run_mine_hard(cfg: &Config, req: &MineRequest) -> Result<Summary> {
             max_pixels: cfg.ingest.max_pixels,
             max_file_bytes: cfg.ingest.max_file_bytes,
         },
+        judge,
     };
     let mut model_b = match &req.model_b {
         Some(p) => {

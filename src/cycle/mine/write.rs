@@ -10,7 +10,7 @@ use image::{imageops, Rgb, RgbImage};
 use serde::Serialize;
 
 use super::prompts::{Prompt, SceneAttrs};
-use super::select::{Case, Reason};
+use super::select::{said_roadwork, Case, Reason};
 use crate::data::manifest::{write_manifest, ManifestRow};
 use crate::util::{fsx, plot};
 
@@ -105,7 +105,9 @@ fn fmt_p(p: Option<f64>) -> String {
 }
 
 /// The labeller CSV: `path,label,source,generator` first (what `sv72 ingest --csv` reads; the
-/// other columns are ignored by it), then why each case is here.
+/// other columns are ignored by it), then why each case is here. With `mine-hard --judge`,
+/// `p_judge` and `judge_suggested_label` hold the VLM's opinion: a suggestion only, never put
+/// in `label` or `known_label`.
 pub fn csv_bytes(selected: &[Selected], datasets_root: &Path) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
@@ -122,6 +124,8 @@ pub fn csv_bytes(selected: &[Selected], datasets_root: &Path) -> Result<Vec<u8>>
         "suggested_label",
         "level",
         "hardness",
+        "p_judge",
+        "judge_suggested_label",
     ])?;
     for s in selected {
         let c = &s.case;
@@ -142,6 +146,9 @@ pub fn csv_bytes(selected: &[Selected], datasets_root: &Path) -> Result<Vec<u8>>
             suggested.to_string(),
             c.level.map_or(String::new(), |l| l.to_string()),
             format!("{:.4}", c.hardness),
+            fmt_p(c.p_judge),
+            c.p_judge
+                .map_or(String::new(), |j| u8::from(said_roadwork(j)).to_string()),
         ])?;
     }
     w.into_inner().context("CSV encoding failed")
@@ -193,7 +200,9 @@ pub fn contact_sheet(selected: &[Selected], max: usize) -> Result<RgbImage> {
         );
         let mark = if s.case.reasons.contains(&Reason::Misclassified) {
             Some(MISCLASSIFIED)
-        } else if s.case.reasons.contains(&Reason::Disagreement) {
+        } else if s.case.reasons.contains(&Reason::Disagreement)
+            || s.case.reasons.contains(&Reason::JudgeDisagreement)
+        {
             Some(DISAGREE)
         } else {
             None

@@ -1,0 +1,224 @@
+//! Model specs with test-time views end to end: a spec is a model wherever a model is taken
+//! (`ab-test`, `serve`'s loader), an identity-only spec answers exactly as its base model,
+//! `calibrate` fits and stores the views' temperature and threshold, and the ab-test report
+//! carries both models' latencies.
+
+use std::path::Path;
+use std::process::Output;
+
+use sv72::eval::ab::AbReport;
+use sv72::infer::{ModelSpec, Predictor};
+
+fn sv72(dir: &Path, args: &[&str]) -> Output {
+    let bb = format!(
+        "backbone.model={}",
+        super::common::fixture("backbones/dinov2_reg4_s36").display()
+    );
+    let fixed = ["--set", bb.as_str(), "--set", "ab_test.bootstrap=200"];
+    let all: Vec<&str> = fixed.into_iter().chain(args.iter().copied()).collect();
+    super::common::sv72(dir, &all)
+}
+
+fn code(dir: &Path, args: &[&str], want: i32) -> String {
+    let out = sv72(dir, args);
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(want), "sv72 {args:?}:\n{text}");
+    text
+}
+
+fn decision(path: &Path) -> AbReport {
+    serde_json::from_slice(&std::fs::read(path.join("decision.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    code(d, &["demo-data", "--out", "raw", "--count", "16"], 0);
+    for (name, folder, source, generator) in [
+        ("real", "raw/real", "real", "demo-photo"),
+        ("synth", "raw/synthetic", "synthetic", "demo-sdxl"),
+    ] {
+        code(
+            d,
+            &[
+                "ingest",
+                "--name",
+                name,
+                "--folder",
+                folder,
+                "--source",
+                source,
+                "--generator",
+                generator,
+            ],
+            0,
+        );
+    }
+    code(
+        d,
+        &[
+            "synth-mix",
+            "--real",
+            "real",
+            "--synthetic",
+            "synth",
+            "--name",
+            "mix",
+        ],
+        0,
+    );
+    code(
+        d,
+        &[
+            "train-head",
+            "--manifest",
+            "mix",
+            "--epochs",
+            "2",
+            "--views",
+            "1",
+        ],
+        0,
+    );
+
+    // Identity only: the spec answers exactly as its base model.
+    std::fs::write(d.join("plain.yaml"), "model: checkpoints/latest\n").unwrap();
+    code(
+        d,
+        &[
+            "ab-test",
+            "checkpoints/latest",
+            "plain.yaml",
+            "--on",
+            "mix:test",
+            "--out",
+            "plain",
+        ],
+        3,
+    );
+    let plain = decision(&d.join("plain"));
+    assert_eq!(plain.mode, "images");
+    assert_eq!(plain.b.kind, "spec");
+    assert!(
+        plain.b.id.ends_with("~identity/meanlogit"),
+        "{}",
+        plain.b.id
+    );
+    assert_eq!((plain.stats.mcnemar.b, plain.stats.mcnemar.c), (0, 0));
+    assert_eq!(plain.stats.delta.accuracy.estimate, 0.0);
+    let lat = plain.latency.as_ref().expect("latency in images mode");
+    assert!(lat.a.samples > 0 && lat.a.samples == lat.b.samples);
+    assert!(lat.a.p50_ms > 0.0 && lat.a.p99_ms >= lat.a.p50_ms);
+
+    // Several views, calibrated on the validation split, then compared.
+    std::fs::write(
+        d.join("tta.yaml"),
+        "model: checkpoints/latest\nviews: [identity, hflip, {grid: 2}]\naggregate: {top_k: 3}\n",
+    )
+    .unwrap();
+    let out = code(d, &["calibrate", "tta.yaml", "--on", "mix"], 0);
+    assert!(
+        out.contains("temperature") && out.contains("threshold"),
+        "{out}"
+    );
+    let spec = ModelSpec::read(&d.join("tta.yaml")).unwrap();
+    assert!(
+        spec.calibrated_on.as_deref().unwrap().contains("val"),
+        "{spec:?}"
+    );
+    assert!(spec.calibration.temperature > 0.0);
+    assert_eq!(spec.view_spec().per_image(), 6);
+    let md = code(
+        d,
+        &[
+            "ab-test",
+            "checkpoints/latest",
+            "tta.yaml",
+            "--on",
+            "mix:test",
+            "--out",
+            "tta",
+            "--set",
+            "ab_test.min_gain=-2",
+            "--set",
+            "ab_test.require_ci_above_zero=false",
+        ],
+        0,
+    );
+    assert!(md.contains("latency per answer"), "{md}");
+    let tta = decision(&d.join("tta"));
+    assert_eq!(tta.stats.answers, plain.stats.answers);
+    assert!(
+        tta.b.id.contains("identity+hflip+grid2/top3"),
+        "{}",
+        tta.b.id
+    );
+    let report = std::fs::read_to_string(d.join("tta/report.md")).unwrap();
+    assert!(report.contains("latency per answer"), "{report}");
+
+    // `eval` takes a spec: the identity spec (run end to end on the challenge images) scores
+    // what the checkpoint (through the feature cache) scores on the same challenges.
+    code(
+        d,
+        &[
+            "eval",
+            "--checkpoint",
+            "checkpoints/latest",
+            "--on",
+            "mix:test",
+            "--out",
+            "ev-ck",
+        ],
+        0,
+    );
+    let out = code(
+        d,
+        &["eval", "--checkpoint", "plain.yaml", "--on", "mix:test"],
+        0,
+    );
+    assert!(out.contains("plain-eval"), "{out}");
+    let read = |p: &Path| -> sv72::eval::EvalReport {
+        serde_json::from_slice(&std::fs::read(p.join("report.json")).unwrap()).unwrap()
+    };
+    let (ck, sp) = (read(&d.join("ev-ck")), read(&d.join("plain-eval")));
+    assert_eq!(sp.images, ck.images);
+    assert!(
+        sp.meta.run_id.ends_with("~identity/meanlogit"),
+        "{}",
+        sp.meta.run_id
+    );
+    assert!(
+        (sp.overall.accuracy - ck.overall.accuracy).abs() < 1e-9,
+        "spec {} vs checkpoint {}",
+        sp.overall.accuracy,
+        ck.overall.accuracy
+    );
+    assert!(sp.latency.as_ref().is_some_and(|l| l.samples > 0));
+    let e = code(d, &["eval", "--checkpoint", "tta.yaml"], 0);
+    assert!(e.contains("tta-eval"), "{e}");
+
+    // The loader serve uses takes a spec too; its answers are probabilities.
+    let mut cfg = sv72::config::Config::load(None, &[]).unwrap();
+    cfg.backbone.model = super::common::fixture("backbones/dinov2_reg4_s36")
+        .display()
+        .to_string();
+    cfg.paths.feature_cache = d.join("cache");
+    let loader = sv72::infer::model_loader(&cfg, sv72::config::Device::Cpu).unwrap();
+    let mut p: Box<dyn Predictor> = loader(&d.join("tta.yaml")).unwrap();
+    let im = image::RgbImage::from_pixel(64, 48, image::Rgb([90, 120, 60]));
+    let y = p.predict(&[im.clone(), im]).unwrap();
+    assert_eq!(y.len(), 2);
+    assert!(
+        y.iter().all(|v| (0.0..=1.0).contains(v)) && y[0] == y[1],
+        "{y:?}"
+    );
+
+    // A spec is not a checkpoint for commands that need one, with a clear error.
+    let e = code(d, &["calibrate", "checkpoints/latest", "--on", "mix"], 1);
+    assert!(e.contains("not a model spec"), "{e}");
+}
