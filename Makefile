@@ -70,7 +70,7 @@ test:
 # The load and abuse suite of `sv72 serve` (tests/serve_load.rs; a few minutes, loopback only).
 # SV72_ANCHOR_PYTHON=<python with tools/requirements-anchor.txt> adds the official-axon anchor.
 serve-check:
-	SV72_NO_PROGRESS=1 $(CARGO) test --release --locked --test main serve_load:: -- --ignored --nocapture --test-threads=1
+	SV72_NO_PROGRESS=1 $(CARGO) test --profile $(PROFILE) --locked --test main serve_load:: -- --ignored --nocapture --test-threads=1
 
 bench:
 	$(CARGO) bench --locked

@@ -1345,6 +1345,11 @@ mod checkpoint_model {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_224x224.jpg")
     }
 
+    /// The fixture decoded as `serve` decodes it (the crate's PIL-exact decoder).
+    fn fixture_rgb() -> RgbImage {
+        sv72::data::decode::decode_rgb_any(&std::fs::read(fixture_image()).unwrap()).unwrap()
+    }
+
     fn config(root: &Path, size: u32) -> Config {
         let mut cfg = Config::default();
         cfg.paths.checkpoints = root.join("checkpoints");
@@ -1383,7 +1388,7 @@ mod checkpoint_model {
 
     /// Backbone + head on the decoded fixture image, without the serving code.
     fn direct(ck_dir: &Path, snapshot: &Path, size: u32) -> f64 {
-        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let img = fixture_rgb();
         direct_on(ck_dir, snapshot, size, &img)
     }
 
@@ -1428,7 +1433,7 @@ mod checkpoint_model {
             CheckpointPredictor::<Cpu>::load(&latest, &dev, &LoadOptions::from_config(&cfg))
                 .unwrap();
         assert_eq!(p.checkpoint().dir, run_a);
-        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let img = fixture_rgb();
         let grey = RgbImage::from_pixel(97, 61, image::Rgb([90, 140, 200]));
         let batch = p
             .predict(&[img.clone(), grey.clone(), img.clone()])
@@ -1549,7 +1554,7 @@ mod checkpoint_model {
         let snap = fixture_backbone();
         let run_a = train_checkpoint(&cfg, &snap, 36, false);
         let run_b = train_checkpoint(&cfg, &snap, 36, true);
-        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let img = fixture_rgb();
         let mirrored = image::imageops::flip_horizontal(&img);
         let logit = |p: f64| (p / (1.0 - p)).ln();
         let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
@@ -1635,7 +1640,7 @@ mod checkpoint_model {
         let export_a = export_of(&run_a);
         let deployed = cfg.paths.exports.join(sv72::export::DEPLOYED);
         let loader = sv72::infer::model_loader(&cfg, sv72::config::Device::Cpu).unwrap();
-        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let img = fixture_rgb();
         let answer = |path: &Path| {
             loader(path)
                 .unwrap()
@@ -1927,7 +1932,7 @@ mod checkpoint_model {
         )
         .unwrap();
         let mut p = p;
-        let img = image::open(fixture_image()).unwrap().to_rgb8();
+        let img = fixture_rgb();
         let time = |f: &mut dyn FnMut()| {
             f();
             let t = Instant::now();
