@@ -841,6 +841,30 @@ mod cli_e2e {
         assert_eq!(ab.a.id, dino_id.trim());
         assert_eq!(ab.b.id, run_id);
         assert!(ab.stats.answers > 0 && ab.stats.images > 0);
+
+        // Export has no form for a SigLIP head yet: a clear error before anything is written.
+        let hotkey = sv72::keys::ss58_encode(&[9; 32], 42);
+        for target in ["subnet", "transformers"] {
+            let args = [
+                "export",
+                siglip_run.as_str(),
+                "--target",
+                target,
+                "--hotkey",
+                hotkey.as_str(),
+            ];
+            let out = super::common::sv72(d, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{target}: {err}");
+            assert!(err.contains("SigLIP backbones cannot be exported"), "{err}");
+            assert!(
+                !d.join("exports").exists()
+                    || std::fs::read_dir(d.join("exports"))
+                        .unwrap()
+                        .next()
+                        .is_none()
+            );
+        }
     }
 
     fn report(path: &Path) -> EvalReport {
