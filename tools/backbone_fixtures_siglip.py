@@ -63,7 +63,7 @@ TEXT = dict(
     num_hidden_layers=1,
     num_attention_heads=2,
     max_position_embeddings=8,
-    projection_size=32,
+    projection_size=16,  # = hidden_size: transformers 4.45.2 has no projection_size and assumes it
 )
 
 # What google/siglip2-base-patch16-224 ships as preprocessor_config.json, at the fixture's size.
