@@ -882,6 +882,65 @@ fn prediction_log_and_low_confidence_store() {
     assert_eq!(std::fs::read(saved).unwrap(), raw);
 }
 
+/// A JPEG cut before its end-of-image marker: Pillow refuses it, so serve answers the fallback
+/// (never the model's guess on grey filler), counts it and marks it `partial` in the log.
+#[test]
+fn truncated_jpeg_gets_the_fallback_marked_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("predictions.jsonl");
+    let k = keys();
+    let (server, _slot) = start(&k, Box::new(Const(0.9)), Some(log.clone()));
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(image_b64())
+        .unwrap();
+    let cut = &raw[..raw.len() * 2 / 3];
+    let mut preds = Vec::new();
+    for bytes in [&raw[..], cut] {
+        let img = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let s = Signed::new(&k.validator, &k.axon);
+        let b = synapse_body(&k.validator, &k.axon, s.nonce, &s.uuid, &img);
+        preds.push(accepted(&send(server.addr(), &s.build(b))));
+    }
+    assert_eq!(preds, vec![0.9, 0.5]);
+    let metrics = String::from_utf8(
+        send(
+            server.addr(),
+            &Req {
+                method: "GET",
+                path: "/metrics".into(),
+                headers: vec![],
+                body: vec![],
+            },
+        )
+        .body,
+    )
+    .unwrap();
+    assert!(metrics.contains("sv72_partial_images_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("sv72_fallbacks_total{reason=\"decode_failed\"} 1"),
+        "{metrics}"
+    );
+    server.shutdown().unwrap();
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (&lines[0]["scored"], &lines[0]["partial"]),
+        (&json!(true), &json!(false))
+    );
+    assert_eq!(
+        (&lines[1]["scored"], &lines[1]["partial"]),
+        (&json!(false), &json!(true))
+    );
+    assert_eq!(
+        lines[1]["image_hash"],
+        blake3::hash(cut).to_hex().to_string()
+    );
+}
+
 #[test]
 fn graceful_shutdown_finishes_in_flight() {
     let k = keys();

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
-use image::{DynamicImage, ImageDecoder as _, ImageReader, Limits, RgbImage};
+use image::{ImageDecoder as _, ImageReader, RgbImage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::options::ImageLimits;
-use crate::data::decode::{format_names, jpeg_complete, DecodeLimits, Reason, Rejection};
+use crate::data::decode::{
+    decode_rgb, format_names, jpeg_complete, DecodeLimits, Reason, Rejection,
+};
 
 /// Base64 texts up to this length are decoded on the request's task; longer ones on the
 /// blocking pool.
@@ -40,8 +42,6 @@ pub struct Decoded {
     pub bytes: Vec<u8>,
     /// Content hash of the file.
     pub hash: String,
-    /// A JPEG that ends before its end-of-image marker (decoded, grey where data is missing).
-    pub partial: bool,
     pub lane: Lane,
     pub width: u32,
     pub height: u32,
@@ -76,10 +76,11 @@ impl From<(Rejection, &str)> for Failed {
 pub struct Probe {
     pub width: u32,
     pub height: u32,
-    pub partial: bool,
 }
 
-/// Reads format and size from the header; refuses unsupported formats and too many pixels.
+/// Reads format and size from the header; refuses unsupported formats, too many pixels and
+/// JPEGs that end before their end-of-image marker (Pillow refuses those too, and the subnet's
+/// own miner would answer nothing; the caller answers the fallback and logs `image_partial`).
 pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<Probe, Rejection> {
     crate::data::decode::check_len(bytes.len() as u64, limits)?;
     let reader = ImageReader::new(Cursor::new(bytes))
@@ -112,38 +113,13 @@ pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<Probe, Rejection> {
             ),
         ));
     }
-    let partial = format == image::ImageFormat::Jpeg && !jpeg_complete(bytes);
-    Ok(Probe {
-        width,
-        height,
-        partial,
-    })
-}
-
-/// The decoder call, with serve's limits. `data::decode` is getting the crate's one decoder
-/// (PIL-matching JPEG, one alpha/EXIF/grey rule); when it lands, this body becomes that call.
-pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Rejection> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Rejection::new(Reason::Corrupt, e.to_string()))?;
-    let mut lim = Limits::default();
-    // The probe already refused too many pixels; this caps what wide pixel types and the
-    // decoders' own buffers may take beside them.
-    lim.max_alloc = Some(limits.max_pixels.saturating_mul(16).max(64 << 20));
-    reader.limits(lim);
-    let decoder = reader
-        .into_decoder()
-        .map_err(|e| Rejection::new(Reason::Corrupt, e.to_string()))?;
-    let (w, h) = decoder.dimensions();
-    if w as u64 * h as u64 > limits.max_pixels {
+    if format == image::ImageFormat::Jpeg && !jpeg_complete(bytes) {
         return Err(Rejection::new(
-            Reason::OverMaxPixels,
-            format!("{w}x{h} > {} pixels", limits.max_pixels),
+            Reason::Truncated,
+            format!("{width}x{height} JPEG data ends before its end-of-image marker"),
         ));
     }
-    let img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| Rejection::new(Reason::Corrupt, e.to_string()))?;
-    Ok(img.into_rgb8())
+    Ok(Probe { width, height })
 }
 
 /// Base64 as Python's `b64decode` reads it: characters outside the alphabet are dropped.
@@ -238,7 +214,7 @@ impl ImageLanes {
             }
         };
         let job = tokio::task::spawn_blocking(move || {
-            let r = decode_rgb(&bytes, &limits);
+            let r = decode_rgb(&bytes, &limits).map(|d| d.rgb);
             (r, bytes, place)
         });
         match tokio::time::timeout_at(deadline, job).await {
@@ -246,7 +222,6 @@ impl ImageLanes {
                 image,
                 bytes,
                 hash,
-                partial: probe.partial,
                 lane,
                 width: probe.width,
                 height: probe.height,
@@ -384,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn truncated_jpeg_is_flagged_partial() {
+    fn truncated_jpeg_is_refused_before_decoding() {
         let jpg = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/images/rgb_224x224.jpg"
@@ -394,9 +369,11 @@ mod tests {
             max_pixels: 1 << 20,
             max_file_bytes: 1 << 20,
         };
-        assert!(!probe(&jpg, &lim).unwrap().partial);
+        let p = probe(&jpg, &lim).unwrap();
+        assert_eq!((p.width, p.height), (224, 224));
+        assert_eq!(decode_rgb(&jpg, &lim).unwrap().rgb.dimensions(), (224, 224));
         let cut = &jpg[..jpg.len() * 2 / 3];
-        assert!(probe(cut, &lim).unwrap().partial);
-        assert_eq!(decode_rgb(cut, &lim).unwrap().dimensions(), (224, 224));
+        let r = probe(cut, &lim).unwrap_err();
+        assert_eq!(r.reason, Reason::Truncated, "{}", r.detail);
     }
 }

@@ -565,32 +565,34 @@ async fn forward(
                 .metrics
                 .decode_failures
                 .fetch_add(1, Ordering::Relaxed);
-            state.events.log(
-                "warn",
-                "image_decode_failed",
-                e.reason,
-                json!({"detail": e.detail, "hotkey": h.dendrite_hotkey, "peer": peer.to_string(),
-                       "image_hash": e.hash, "prediction": fallback}),
-            );
+            let partial = e.reason == "truncated";
+            if partial {
+                state.metrics.partial_images.fetch_add(1, Ordering::Relaxed);
+                state.events.log(
+                    "warn",
+                    "image_partial",
+                    "jpeg_truncated",
+                    json!({"detail": e.detail, "hotkey": h.dendrite_hotkey,
+                           "peer": peer.to_string(), "image_hash": e.hash, "prediction": fallback,
+                           "note": "JPEG ends before its end-of-image marker; Pillow refuses it"}),
+                );
+            } else {
+                state.events.log(
+                    "warn",
+                    "image_decode_failed",
+                    e.reason,
+                    json!({"detail": e.detail, "hotkey": h.dendrite_hotkey,
+                           "peer": peer.to_string(), "image_hash": e.hash, "prediction": fallback}),
+                );
+            }
             let reason = match e.reason {
                 "decode_busy" | "decode_timeout" => e.reason,
                 _ => "decode_failed",
             };
-            return Ok(fall(reason, e.hash, false, None));
+            return Ok(fall(reason, e.hash, partial, None));
         }
     };
-    if d.partial {
-        state.metrics.partial_images.fetch_add(1, Ordering::Relaxed);
-        state.events.log(
-            "warn",
-            "image_partial",
-            "jpeg_truncated",
-            json!({"hotkey": h.dendrite_hotkey, "peer": peer.to_string(), "image_hash": d.hash,
-                   "width": d.width, "height": d.height,
-                   "note": "JPEG ends before its end-of-image marker; scored as decoded"}),
-        );
-    }
-    let (hash, partial, lane, place) = (d.hash, d.partial, d.lane, d.place);
+    let (hash, lane, place) = (d.hash, d.lane, d.place);
     let bytes = Some(d.bytes);
     let rx = state.batcher.submit(d.image, stake);
     // A large image keeps its lane place until inference is done with it, even past the
@@ -616,10 +618,10 @@ async fn forward(
             prediction: p,
             hash,
             scored: true,
-            partial,
+            partial: false,
             bytes,
         }),
-        Ok(Some(Outcome::Fallback(_))) => Ok(fall("predictor_failed", hash, partial, bytes)),
+        Ok(Some(Outcome::Fallback(_))) => Ok(fall("predictor_failed", hash, false, bytes)),
         // Dropped from a full queue for higher-stake work: the fallback still scores better
         // than an error, which validators score 0.
         Ok(Some(Outcome::Shed)) => {
@@ -630,7 +632,7 @@ async fn forward(
                 json!({"hotkey": h.dendrite_hotkey, "image_hash": hash, "prediction": fallback,
                        "note": "dropped for higher-stake queries (serve.queue_capacity)"}),
             );
-            Ok(fall("queue_full", hash, partial, bytes))
+            Ok(fall("queue_full", hash, false, bytes))
         }
         Ok(None) | Err(_) => {
             state.events.log(
@@ -639,7 +641,7 @@ async fn forward(
                 "inference_timeout",
                 json!({"hotkey": h.dendrite_hotkey, "image_hash": hash, "prediction": fallback}),
             );
-            Ok(fall("inference_timeout", hash, partial, bytes))
+            Ok(fall("inference_timeout", hash, false, bytes))
         }
     }
 }
