@@ -1,6 +1,7 @@
 //! Backbones against `transformers` reference outputs: tiny random snapshots and their references
 //! under tests/fixtures/backbones/, made by `tools/backbone_fixtures.py` (DINOv2, DINOv2 with
-//! registers) and `tools/backbone_fixtures_dinov3.py` (DINOv3).
+//! registers), `tools/backbone_fixtures_dinov3.py` (DINOv3) and `tools/backbone_fixtures_siglip.py`
+//! (SigLIP vision towers).
 
 #[cfg(feature = "cuda")]
 #[path = "backbones/cuda.rs"]
@@ -9,3 +10,5 @@ mod cuda;
 mod dinov2;
 #[path = "backbones/dinov3.rs"]
 mod dinov3;
+#[path = "backbones/siglip.rs"]
+mod siglip;

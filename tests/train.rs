@@ -684,7 +684,12 @@ mod cli_e2e {
 
     /// Runs `sv72 --set backbone.model=<fixture> ARGS` in `dir`.
     fn sv72(dir: &Path, args: &[&str]) -> Output {
-        let bb = format!("backbone.model={}", backbone());
+        sv72_on(&backbone(), dir, args)
+    }
+
+    /// Runs `sv72 --set backbone.model=BB ARGS` in `dir`.
+    fn sv72_on(bb: &str, dir: &Path, args: &[&str]) -> Output {
+        let bb = format!("backbone.model={bb}");
         let all: Vec<&str> = ["--set", bb.as_str()]
             .into_iter()
             .chain(args.iter().copied())
@@ -696,43 +701,28 @@ mod cli_e2e {
         super::common::stdout_ok(&sv72(dir, args), args)
     }
 
-    fn report(path: &Path) -> EvalReport {
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn demo_set_trains_and_evaluates() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
+    /// The demo set ingested and mixed into manifest `mix` in `d`.
+    fn demo_mix(d: &Path, ok: &dyn Fn(&Path, &[&str]) -> String) {
         ok(d, &["demo-data", "--out", "raw", "--count", "16"]);
-        ok(
-            d,
-            &[
-                "ingest",
-                "--name",
-                "real",
-                "--folder",
-                "raw/real",
-                "--source",
-                "real",
-                "--generator",
-                "demo-photo",
-            ],
-        );
-        ok(
-            d,
-            &[
-                "ingest",
-                "--name",
-                "synth",
-                "--folder",
-                "raw/synthetic",
-                "--source",
-                "synthetic",
-                "--generator",
-                "demo-sdxl",
-            ],
-        );
+        for (name, folder, source, generator) in [
+            ("real", "raw/real", "real", "demo-photo"),
+            ("synth", "raw/synthetic", "synthetic", "demo-sdxl"),
+        ] {
+            ok(
+                d,
+                &[
+                    "ingest",
+                    "--name",
+                    name,
+                    "--folder",
+                    folder,
+                    "--source",
+                    source,
+                    "--generator",
+                    generator,
+                ],
+            );
+        }
         ok(
             d,
             &[
@@ -745,6 +735,147 @@ mod cli_e2e {
                 "mix",
             ],
         );
+    }
+
+    /// A SigLIP backbone end to end through the CLI: `embed` writes `[pooled ; patch mean]`
+    /// features (cls = the MAP head's pooled output), `train-head` trains on them through the
+    /// feature cache, and `eval` scores the checkpoint on the same backbone.
+    #[test]
+    fn siglip_backbone_embeds_trains_and_evaluates() {
+        let bb = super::common::fixture("backbones/siglip-tiny")
+            .display()
+            .to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        // The checkpoint's own processor (64x64), as a SigLIP user would run it.
+        let run = |args: &[&str]| {
+            let all: Vec<&str> = ["--set", "backbone.preprocess=processor"]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect();
+            super::common::stdout_ok(&sv72_on(&bb, d, &all), &all)
+        };
+        demo_mix(d, &|_, a| run(a));
+        let out = run(&[
+            "embed",
+            &bb,
+            "--manifest",
+            "mix",
+            "--out",
+            "feats.safetensors",
+        ]);
+        assert!(out.contains("embedded"), "{out}");
+        let w = sv72::model::weights::Weights::open_files(&[d.join("feats.safetensors")]).unwrap();
+        let (cls, shape) = w.f32_data("cls").unwrap();
+        let (pooler, _) = w.f32_data("pooler").unwrap();
+        let (mean, mshape) = w.f32_data("patch_mean").unwrap();
+        assert_eq!(shape[1], 32, "siglip-tiny is 32 wide");
+        assert_eq!(shape, mshape);
+        assert!(shape[0] > 0);
+        assert_eq!(cls, pooler, "SigLIP's cls is its pooled output");
+        assert_ne!(
+            pooler, mean,
+            "pooled and mean features are different vectors"
+        );
+        assert!(pooler.iter().chain(&mean).all(|x| x.is_finite()));
+
+        let stdout = run(&[
+            "train-head",
+            "--manifest",
+            "mix",
+            "--epochs",
+            "3",
+            "--views",
+            "1",
+        ]);
+        let run_id = std::fs::read_to_string(d.join("checkpoints/latest")).unwrap();
+        let run_id = run_id.trim();
+        assert!(stdout.contains(run_id), "{stdout}");
+        let info: RunInfo = serde_yaml::from_str(
+            &std::fs::read_to_string(d.join("checkpoints").join(run_id).join("run.yaml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(info.backbone.hidden_size, 32);
+        assert_eq!(info.head.input_dim, 64, "[pooled ; patch mean]");
+        assert!(info.manifest.train_rows > 0 && info.manifest.val_rows > 0);
+        assert!((-1.0..=1.0).contains(&info.metrics.val.mcc));
+
+        run(&["eval", "--out", "report"]);
+        let r = report(&d.join("report/report.json"));
+        assert_eq!(r.meta.run_id, run_id);
+        assert!(r.images > 0);
+        assert_eq!(r.overall.n, r.images * 4);
+        assert!((0.0..=1.0).contains(&r.overall.accuracy));
+
+        // A/B of the SigLIP head against a DINOv2 head on the same test split: each side
+        // runs on its own backbone (decision: promote = exit 0, keep = exit 3).
+        let siglip_run = d.join("checkpoints").join(run_id);
+        let dino = ["--set", "backbone.preprocess=processor"];
+        let args = [
+            &dino[..],
+            &["train-head", "--manifest", "mix", "--epochs", "2"],
+        ]
+        .concat();
+        super::common::stdout_ok(&sv72_on(&backbone(), d, &args), &args);
+        let dino_id = std::fs::read_to_string(d.join("checkpoints/latest")).unwrap();
+        assert_ne!(dino_id.trim(), run_id);
+        let siglip_run = siglip_run.display().to_string();
+        let args = [
+            "ab-test",
+            "checkpoints/latest",
+            siglip_run.as_str(),
+            "--on",
+            "mix:test",
+            "--out",
+            "ab",
+        ];
+        let out = super::common::sv72(d, &args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "{args:?}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ab: sv72::eval::ab::AbReport =
+            serde_json::from_slice(&std::fs::read(d.join("ab/decision.json")).unwrap()).unwrap();
+        assert_eq!(ab.a.id, dino_id.trim());
+        assert_eq!(ab.b.id, run_id);
+        assert!(ab.stats.answers > 0 && ab.stats.images > 0);
+
+        // Export has no form for a SigLIP head yet: a clear error before anything is written.
+        let hotkey = sv72::keys::ss58_encode(&[9; 32], 42);
+        for target in ["subnet", "transformers"] {
+            let args = [
+                "export",
+                siglip_run.as_str(),
+                "--target",
+                target,
+                "--hotkey",
+                hotkey.as_str(),
+            ];
+            let out = super::common::sv72(d, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{target}: {err}");
+            assert!(err.contains("SigLIP backbones cannot be exported"), "{err}");
+            assert!(
+                !d.join("exports").exists()
+                    || std::fs::read_dir(d.join("exports"))
+                        .unwrap()
+                        .next()
+                        .is_none()
+            );
+        }
+    }
+
+    fn report(path: &Path) -> EvalReport {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn demo_set_trains_and_evaluates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        demo_mix(d, &ok);
 
         // Without the cuda feature, --device cuda is a clear error and writes nothing.
         if !cfg!(feature = "cuda") {

@@ -15,7 +15,7 @@ pub struct Size {
     pub name: &'static str,
     /// The checkpoint it mirrors.
     pub mirrors: &'static str,
-    pub dinov3: bool,
+    pub arch: Arch,
     pub hidden: usize,
     pub heads: usize,
     pub layers: usize,
@@ -23,12 +23,24 @@ pub struct Size {
     pub registers: usize,
 }
 
+/// The family of a named size (and what it needs beyond the widths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Dinov2,
+    Dinov3,
+    /// A fixed-resolution SigLIP (2) vision tower: patch side and training resolution.
+    Siglip {
+        patch: usize,
+        image: usize,
+    },
+}
+
 /// The sizes `sv72 bench --backbone` accepts by name.
 pub const SIZES: &[Size] = &[
     Size {
         name: "vits14",
         mirrors: "facebook/dinov2-small",
-        dinov3: false,
+        arch: Arch::Dinov2,
         hidden: 384,
         heads: 6,
         layers: 12,
@@ -38,7 +50,7 @@ pub const SIZES: &[Size] = &[
     Size {
         name: "vits14-reg",
         mirrors: "facebook/dinov2-with-registers-small",
-        dinov3: false,
+        arch: Arch::Dinov2,
         hidden: 384,
         heads: 6,
         layers: 12,
@@ -48,7 +60,7 @@ pub const SIZES: &[Size] = &[
     Size {
         name: "vitb14",
         mirrors: "facebook/dinov2-base",
-        dinov3: false,
+        arch: Arch::Dinov2,
         hidden: 768,
         heads: 12,
         layers: 12,
@@ -58,7 +70,7 @@ pub const SIZES: &[Size] = &[
     Size {
         name: "vitl14",
         mirrors: "facebook/dinov2-large",
-        dinov3: false,
+        arch: Arch::Dinov2,
         hidden: 1024,
         heads: 16,
         layers: 24,
@@ -68,7 +80,7 @@ pub const SIZES: &[Size] = &[
     Size {
         name: "dinov3-vits16",
         mirrors: "facebook/dinov3-vits16-pretrain-lvd1689m",
-        dinov3: true,
+        arch: Arch::Dinov3,
         hidden: 384,
         heads: 6,
         layers: 12,
@@ -78,12 +90,51 @@ pub const SIZES: &[Size] = &[
     Size {
         name: "dinov3-vitl16",
         mirrors: "facebook/dinov3-vitl16-pretrain-lvd1689m",
-        dinov3: true,
+        arch: Arch::Dinov3,
         hidden: 1024,
         heads: 16,
         layers: 24,
         mlp: 4096,
         registers: 4,
+    },
+    Size {
+        name: "siglip2-base-p16-224",
+        mirrors: "google/siglip2-base-patch16-224",
+        arch: Arch::Siglip {
+            patch: 16,
+            image: 224,
+        },
+        hidden: 768,
+        heads: 12,
+        layers: 12,
+        mlp: 3072,
+        registers: 0,
+    },
+    Size {
+        name: "siglip2-large-p16-256",
+        mirrors: "google/siglip2-large-patch16-256",
+        arch: Arch::Siglip {
+            patch: 16,
+            image: 256,
+        },
+        hidden: 1024,
+        heads: 16,
+        layers: 24,
+        mlp: 4096,
+        registers: 0,
+    },
+    Size {
+        name: "siglip2-so400m-p14-384",
+        mirrors: "google/siglip2-so400m-patch14-384",
+        arch: Arch::Siglip {
+            patch: 14,
+            image: 384,
+        },
+        hidden: 1152,
+        heads: 16,
+        layers: 27,
+        mlp: 4304,
+        registers: 0,
     },
 ];
 
@@ -93,10 +144,10 @@ pub fn write_random_snapshot(name: &str, dir: &Path) -> Result<()> {
         bail!("unknown backbone size {name:?}");
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (config, processor, shapes) = if size.dinov3 {
-        dinov3(size)
-    } else {
-        dinov2(size)
+    let (config, processor, shapes) = match size.arch {
+        Arch::Dinov2 => dinov2(size),
+        Arch::Dinov3 => dinov3(size),
+        Arch::Siglip { patch, image } => siglip(size, patch, image),
     };
     std::fs::write(dir.join("config.json"), config)?;
     std::fs::write(dir.join("preprocessor_config.json"), processor)?;
@@ -247,6 +298,66 @@ fn dinov3(s: &Size) -> (String, String, Shapes) {
     (config, processor.to_string(), shapes)
 }
 
+/// A `SiglipModel` checkpoint's vision half (the text tower is never read, so it is left out).
+fn siglip(s: &Size, p: usize, image: usize) -> (String, String, Shapes) {
+    let d = s.hidden;
+    let config = format!(
+        r#"{{"architectures": ["SiglipModel"], "model_type": "siglip", "vision_config": {{
+ "model_type": "siglip_vision_model", "hidden_size": {d}, "num_attention_heads": {},
+ "num_hidden_layers": {}, "intermediate_size": {}, "hidden_act": "gelu_pytorch_tanh",
+ "image_size": {image}, "patch_size": {p}, "num_channels": 3, "layer_norm_eps": 1e-06}}}}"#,
+        s.heads, s.layers, s.mlp
+    );
+    let processor = format!(
+        r#"{{"do_normalize": true, "do_rescale": true, "do_resize": true,
+ "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor",
+ "image_std": [0.5, 0.5, 0.5], "resample": 2, "rescale_factor": 0.00392156862745098,
+ "size": {{"height": {image}, "width": {image}}}}}"#
+    );
+    let v = "vision_model.";
+    let grid = image / p;
+    let mut shapes: Shapes = vec![
+        (
+            format!("{v}embeddings.patch_embedding.weight"),
+            vec![d, 3, p, p],
+        ),
+        (format!("{v}embeddings.patch_embedding.bias"), vec![d]),
+        (
+            format!("{v}embeddings.position_embedding.weight"),
+            vec![grid * grid, d],
+        ),
+        (format!("{v}post_layernorm.weight"), vec![d]),
+        (format!("{v}post_layernorm.bias"), vec![d]),
+        (format!("{v}head.probe"), vec![1, 1, d]),
+        (format!("{v}head.attention.in_proj_weight"), vec![3 * d, d]),
+        (format!("{v}head.attention.in_proj_bias"), vec![3 * d]),
+        (format!("{v}head.attention.out_proj.weight"), vec![d, d]),
+        (format!("{v}head.attention.out_proj.bias"), vec![d]),
+        (format!("{v}head.layernorm.weight"), vec![d]),
+        (format!("{v}head.layernorm.bias"), vec![d]),
+    ];
+    let mlp = |pre: &str, shapes: &mut Shapes| {
+        shapes.push((format!("{pre}mlp.fc1.weight"), vec![s.mlp, d]));
+        shapes.push((format!("{pre}mlp.fc1.bias"), vec![s.mlp]));
+        shapes.push((format!("{pre}mlp.fc2.weight"), vec![d, s.mlp]));
+        shapes.push((format!("{pre}mlp.fc2.bias"), vec![d]));
+    };
+    mlp(&format!("{v}head."), &mut shapes);
+    for i in 0..s.layers {
+        let pre = format!("{v}encoder.layers.{i}.");
+        for lin in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            shapes.push((format!("{pre}self_attn.{lin}.weight"), vec![d, d]));
+            shapes.push((format!("{pre}self_attn.{lin}.bias"), vec![d]));
+        }
+        mlp(&pre, &mut shapes);
+        for n in ["layer_norm1", "layer_norm2"] {
+            shapes.push((format!("{pre}{n}.weight"), vec![d]));
+            shapes.push((format!("{pre}{n}.bias"), vec![d]));
+        }
+    }
+    (config, processor, shapes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,14 +368,18 @@ mod tests {
     /// the smallest of each family to keep the test fast; the others differ only in numbers).
     #[test]
     fn named_snapshots_load() {
-        for name in ["vits14-reg", "dinov3-vits16"] {
+        for (name, width, prefix) in [
+            ("vits14-reg", 384, 5),
+            ("dinov3-vits16", 384, 5),
+            ("siglip2-base-p16-224", 768, 0),
+        ] {
             let dir =
                 std::env::temp_dir().join(format!("sv72-snap-test-{name}-{}", std::process::id()));
             write_random_snapshot(name, &dir).unwrap();
             let m = Backbone::<Cpu>::load(&dir, &Default::default()).unwrap();
-            assert_eq!(m.hidden_size(), 384, "{name}");
+            assert_eq!(m.hidden_size(), width, "{name}");
             assert_eq!(m.num_layers(), 12, "{name}");
-            assert_eq!(m.num_prefix_tokens(), 5, "{name}");
+            assert_eq!(m.num_prefix_tokens(), prefix, "{name}");
             crate::model::preprocess::Preprocess::from_snapshot(&dir).unwrap();
             std::fs::remove_dir_all(&dir).unwrap();
         }

@@ -50,6 +50,14 @@ impl Family {
             "dinov2" => Family::Dinov2,
             "dinov2_with_registers" => Family::Dinov2WithRegisters,
             crate::model::dinov3::MODEL_TYPE => Family::Dinov3,
+            crate::model::siglip::MODEL_TYPE | crate::model::siglip::VISION_MODEL_TYPE => bail!(
+                "{}: SigLIP backbones cannot be exported yet (either target): transformers' \
+                 SiglipForImageClassification (4.45.2 and 5.x) is a Linear on the mean of the \
+                 patch tokens only, while sv72's heads also read the MAP head's pooled output, \
+                 so no built-in class computes the same function; serve the checkpoint with \
+                 `sv72 serve`, or export a DINOv2 challenger",
+                origin.display()
+            ),
             other => bail!(
                 "{}: model_type {other:?} cannot be exported (sv72 exports dinov2, \
                  dinov2_with_registers and dinov3_vit backbones)",

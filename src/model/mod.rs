@@ -1,6 +1,8 @@
-//! ViT backbones (DINOv2, DINOv2 with registers, DINOv3) loaded from Hugging Face snapshots.
+//! ViT backbones (DINOv2, DINOv2 with registers, DINOv3, SigLIP / SigLIP 2 vision towers) loaded
+//! from Hugging Face snapshots.
 //!
-//! In the manner of candle's model files: one file per family ([`dinov2`], [`dinov3`]), each
+//! In the manner of candle's model files: one file per family ([`dinov2`], [`dinov3`],
+//! [`siglip`]), each
 //! with a serde config struct, blocks that load themselves (`Block::load(&loader, i, &cfg)`)
 //! and the forward, numerically matching `transformers`. Shared by both: the weight
 //! [`loader`] (prefixes, renamed tensors, transposes, layer-scale folding, write-back
@@ -17,6 +19,7 @@ pub mod loader;
 pub mod ops;
 pub mod preprocess;
 pub mod resample;
+pub mod siglip;
 pub mod weights;
 
 use std::path::Path;
@@ -38,13 +41,14 @@ pub type NamedTensors = std::collections::HashMap<String, (Vec<usize>, Vec<f32>)
 /// What a backbone gives per image.
 #[derive(Debug, Clone)]
 pub struct BackboneOutput<B: Backend> {
-    /// CLS token of the final (layer-normed) hidden state, `[N, D]`.
+    /// CLS token of the final (layer-normed) hidden state, `[N, D]`; for a family without one
+    /// (SigLIP) its pooled output.
     pub cls: Tensor<B, 2>,
     /// The model's pooler output as `transformers` defines it, `[N, D]`.
     pub pooler: Tensor<B, 2>,
     /// Mean of the patch tokens (no CLS, no registers) of the final hidden state, `[N, D]`.
     pub patch_mean: Tensor<B, 2>,
-    /// Full final hidden state `[N, 1 + registers + patches, D]`, when asked for.
+    /// Full final hidden state `[N, prefix tokens + patches, D]`, when asked for.
     pub last_hidden_state: Option<Tensor<B, 3>>,
 }
 
@@ -162,6 +166,7 @@ pub enum ProjRole {
 pub enum Backbone<B: Backend> {
     Dinov2(dinov2::Dinov2Model<B>),
     Dinov3(dinov3::Dinov3Model<B>),
+    Siglip(siglip::SiglipVisionModel<B>),
 }
 
 impl<B: Backend> Backbone<B> {
@@ -197,8 +202,17 @@ impl<B: Backend> Backbone<B> {
                 device,
                 opts,
             )?)),
+            siglip::MODEL_TYPE | siglip::VISION_MODEL_TYPE | "siglip2" | "siglip2_vision_model" => {
+                Ok(Backbone::Siglip(siglip::SiglipVisionModel::from_weights(
+                    siglip::SiglipVisionConfig::from_file(&cfg)?,
+                    weights,
+                    dir,
+                    device,
+                    opts,
+                )?))
+            }
             other => bail!(
-                "{}: unsupported model_type {other:?}; sv72 loads dinov2, dinov2_with_registers and dinov3_vit",
+                "{}: unsupported model_type {other:?}; sv72 loads dinov2, dinov2_with_registers, dinov3_vit, siglip and siglip_vision_model",
                 cfg.display()
             ),
         }
@@ -212,14 +226,29 @@ impl<B: Backend> Backbone<B> {
                 Ok(m.forward(pixel_values))
             }
             Backbone::Dinov3(m) => m.try_forward(pixel_values),
+            Backbone::Siglip(m) => m.try_forward(pixel_values),
         }
     }
 
-    /// CLS plus register tokens.
+    /// Every output of a batch (see [`BackboneOutput`]), with an error for a malformed input.
+    pub fn try_extract(
+        &self,
+        pixel_values: Tensor<B, 4>,
+        want_hidden: bool,
+    ) -> Result<BackboneOutput<B>> {
+        match self {
+            Backbone::Dinov2(m) => m.try_extract(pixel_values, want_hidden),
+            Backbone::Dinov3(m) => m.try_extract(pixel_values, want_hidden),
+            Backbone::Siglip(m) => m.try_extract(pixel_values, want_hidden),
+        }
+    }
+
+    /// CLS plus register tokens (none for SigLIP).
     pub fn num_prefix_tokens(&self) -> usize {
         match self {
             Backbone::Dinov2(m) => m.num_prefix_tokens(),
             Backbone::Dinov3(m) => m.config().num_prefix_tokens(),
+            Backbone::Siglip(_) => 0,
         }
     }
 
@@ -228,6 +257,7 @@ impl<B: Backend> Backbone<B> {
         match self {
             Backbone::Dinov2(m) => m.config().num_hidden_layers,
             Backbone::Dinov3(m) => m.config().num_hidden_layers,
+            Backbone::Siglip(m) => m.config().num_hidden_layers,
         }
     }
 
@@ -236,6 +266,7 @@ impl<B: Backend> Backbone<B> {
         match self {
             Backbone::Dinov2(m) => m.bindings(),
             Backbone::Dinov3(m) => m.bindings(),
+            Backbone::Siglip(m) => m.bindings(),
         }
     }
 
@@ -252,6 +283,7 @@ impl<B: Backend> Backbone<B> {
         let projs = match self {
             Backbone::Dinov2(m) => m.projections_mut(),
             Backbone::Dinov3(m) => m.projections_mut(),
+            Backbone::Siglip(m) => m.projections_mut(),
         };
         for (role, p) in projs {
             if targets(role) {
@@ -261,6 +293,7 @@ impl<B: Backend> Backbone<B> {
         match self {
             Backbone::Dinov2(m) => m.bindings_mut().extend(added),
             Backbone::Dinov3(m) => m.bindings_mut().extend(added),
+            Backbone::Siglip(m) => m.bindings_mut().extend(added),
         }
         Ok(())
     }
@@ -271,24 +304,28 @@ impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
         match self {
             Backbone::Dinov2(m) => m.extract(pixel_values, want_hidden),
             Backbone::Dinov3(m) => m.extract(pixel_values, want_hidden),
+            Backbone::Siglip(m) => m.extract(pixel_values, want_hidden),
         }
     }
     fn hidden_size(&self) -> usize {
         match self {
             Backbone::Dinov2(m) => m.hidden_size(),
             Backbone::Dinov3(m) => m.hidden_size(),
+            Backbone::Siglip(m) => m.hidden_size(),
         }
     }
     fn patch_size(&self) -> usize {
         match self {
             Backbone::Dinov2(m) => m.patch_size(),
             Backbone::Dinov3(m) => m.patch_size(),
+            Backbone::Siglip(m) => m.patch_size(),
         }
     }
 }
 
 /// Loads any supported backbone from a snapshot folder, dispatching on `config.json`'s
-/// `model_type` (`dinov2`, `dinov2_with_registers`, `dinov3_vit`).
+/// `model_type` (`dinov2`, `dinov2_with_registers`, `dinov3_vit`, `siglip`,
+/// `siglip_vision_model`).
 pub fn load_backbone<B: Backend>(
     snapshot_dir: &Path,
     device: &B::Device,

@@ -4,9 +4,9 @@
 //! by default (`backend=None` → torchvision when installed; only Lanczos processors fall back to
 //! PIL on old torchvision). Two pipelines follow from the checkpoint's `image_processor_type`:
 //!
-//! * BiT / ViT style (DINOv2, DINOv2 with registers): convert to RGB → resize the **uint8** image
-//!   (torch's antialiased separable kernel with int16 fixed-point weights, one uint8 rounding per
-//!   axis) → centre crop (zero padding when the crop is larger) → fused rescale + normalise in f32.
+//! * BiT / ViT / SigLIP style (DINOv2, DINOv2 with registers, SigLIP): convert to RGB → resize
+//!   the **uint8** image (torch's antialiased separable kernel with int16 fixed-point weights,
+//!   one uint8 rounding per axis) → centre crop (zero padding when the crop is larger) → fused rescale + normalise in f32.
 //! * DINOv3: rescale to f32 first → antialiased **float** resize → (crop) → normalise.
 //!
 //! Both resamplers are implemented here (bilinear = triangle filter, bicubic = Keys a = -0.5, the
@@ -233,6 +233,19 @@ impl Preprocess {
                 [0.5; 3],
                 [0.5; 3],
             ),
+            // SigLIP / SigLIP 2 at fixed resolution: resize to `size` on uint8 (no crop), then
+            // one fused rescale + normalise (the torchvision backend, like ViT's).
+            "SiglipImageProcessor" => (
+                Order::ResizeU8First,
+                3,
+                Some(ResizeTo::Exact {
+                    height: 224,
+                    width: 224,
+                }),
+                None,
+                [0.5; 3],
+                [0.5; 3],
+            ),
             "DINOv3ViTImageProcessor" => (
                 Order::RescaleFirst,
                 2,
@@ -245,7 +258,7 @@ impl Preprocess {
                 IMAGENET_STD,
             ),
             other => bail!(
-                "{origin}: image_processor_type {other:?} is not supported (sv72 knows BitImageProcessor, ViTImageProcessor, DINOv3ViTImageProcessor)"
+                "{origin}: image_processor_type {other:?} is not supported (sv72 knows BitImageProcessor, ViTImageProcessor, DINOv3ViTImageProcessor, SiglipImageProcessor; SigLIP 2 NaFlex's Siglip2ImageProcessor is not supported)"
             ),
         };
         let resample = Resample::from_pil(v.resample.unwrap_or(d_resample), origin)?;

@@ -18,9 +18,7 @@ use crate::model::weights::Weights;
 
 /// Trained values by parameter: shape and row-major data.
 pub type ParamValues = HashMap<ParamId, (Vec<usize>, Vec<f32>)>;
-use crate::model::{
-    Backbone, BackboneOutput, Binding, FeatureExtractor, LoadOptions, NamedTensors, ProjRole,
-};
+use crate::model::{Backbone, Binding, FeatureExtractor, LoadOptions, NamedTensors, ProjRole};
 use crate::train::head::{Head, HeadKind};
 
 /// Backbone and head, trained together.
@@ -31,11 +29,10 @@ pub struct FtModel<B: Backend> {
 }
 
 impl<B: Backend> FtModel<B> {
-    /// Head inputs `[N, 2·D]` = `[CLS ; mean of patch tokens]` of the final hidden state, as
-    /// `train-head` reads them from the feature cache.
+    /// Head inputs `[N, 2·D]` = `[CLS ; mean of patch tokens]` of the final hidden state (SigLIP:
+    /// `[pooled ; mean of patch tokens]`), as `train-head` reads them from the feature cache.
     pub fn features(&self, pixel_values: Tensor<B, 4>) -> Result<Tensor<B, 2>> {
-        let hidden = self.backbone.try_forward(pixel_values)?;
-        let out = BackboneOutput::from_hidden(hidden, self.backbone.num_prefix_tokens(), false);
+        let out = self.backbone.try_extract(pixel_values, false)?;
         Ok(Tensor::cat(vec![out.cls, out.patch_mean], 1))
     }
 
