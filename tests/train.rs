@@ -867,6 +867,207 @@ mod cli_e2e {
         }
     }
 
+    /// An ensemble of a DINOv2-reg head and a SigLIP head (different backbones, widths 36 and
+    /// 32, different preprocessing: the validator recipe with ImageNet mean/std vs SigLIP's own
+    /// 64² processor with mean/std 0.5) through the CLI: `calibrate` fits and stores the
+    /// stacking, `eval` and `ab-test` take the spec, and its answers are neither member's.
+    #[test]
+    fn dino_and_siglip_ensemble_calibrates_evaluates_and_ab_tests() {
+        let siglip = super::common::fixture("backbones/siglip-tiny")
+            .display()
+            .to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        demo_mix(d, &ok);
+        let train = [
+            "train-head",
+            "--manifest",
+            "mix",
+            "--epochs",
+            "2",
+            "--views",
+            "1",
+        ];
+        ok(d, &train);
+        let latest = || {
+            std::fs::read_to_string(d.join("checkpoints/latest"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let dino_id = latest();
+        let args = [&["--set", "backbone.preprocess=processor"][..], &train].concat();
+        super::common::stdout_ok(&sv72_on(&siglip, d, &args), &args);
+        let sig_id = latest();
+        assert_ne!(dino_id, sig_id);
+        let info = |id: &str| -> RunInfo {
+            let p = d.join("checkpoints").join(id).join("run.yaml");
+            serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        let (di, si) = (info(&dino_id), info(&sig_id));
+        assert_eq!((di.head.input_dim, si.head.input_dim), (72, 64));
+        assert_ne!(
+            di.backbone.preprocess, si.backbone.preprocess,
+            "the members are preprocessed differently"
+        );
+
+        let spec = d.join("ens.yaml");
+        std::fs::write(
+            &spec,
+            format!("members: [checkpoints/{dino_id}, checkpoints/{sig_id}]\n"),
+        )
+        .unwrap();
+        let out = ok(d, &["calibrate", "ens.yaml", "--on", "mix"]);
+        assert!(out.contains("temperature"), "{out}");
+        let s = sv72::infer::ModelSpec::read(&spec).unwrap();
+        let st = s.stacking.as_ref().expect("calibrate stores the stacking");
+        assert_eq!(st.weights.len(), 2);
+        assert!(st.bias.is_finite() && st.weights.iter().all(|w| w.is_finite()));
+        assert_ne!(
+            st,
+            &sv72::infer::Stacking::equal(2),
+            "fitted, not the default"
+        );
+        assert!(s.calibrated_on.as_deref().unwrap().contains("val"), "{s:?}");
+
+        // `eval` with the spec, and with each member, on the same challenges.
+        let eval = |model: &str, out: &str| {
+            ok(
+                d,
+                &[
+                    "eval",
+                    "--checkpoint",
+                    model,
+                    "--on",
+                    "mix:test",
+                    "--out",
+                    out,
+                ],
+            );
+            let r = report(&d.join(out).join("report.json"));
+            let preds =
+                sv72::eval::read_predictions(&d.join(out).join(sv72::eval::PREDICTIONS_FILE))
+                    .unwrap();
+            assert!(r.images > 0);
+            assert_eq!(r.overall.n, r.images * 4, "{out}: one answer per challenge");
+            assert_eq!(preds.len(), r.overall.n, "{out}");
+            assert!(preds.iter().all(|p| (0.0..=1.0).contains(&p.prob)), "{out}");
+            let by_key: std::collections::BTreeMap<(String, u8, u32), f64> = preds
+                .into_iter()
+                .map(|p| ((p.id, p.level, p.draw), p.prob))
+                .collect();
+            (r, by_key)
+        };
+        let (er, ens) = eval("ens.yaml", "ev-ens");
+        assert!(er.meta.run_id.contains("ensemble["), "{}", er.meta.run_id);
+        // Without --on: the members' shared training manifest, report beside the spec.
+        ok(d, &["eval", "--checkpoint", "ens.yaml"]);
+        let again =
+            sv72::eval::read_predictions(&d.join("ens-eval").join(sv72::eval::PREDICTIONS_FILE))
+                .unwrap();
+        assert_eq!(again.len(), ens.len());
+        assert!(again
+            .iter()
+            .all(|p| ens[&(p.id.clone(), p.level, p.draw)] == p.prob));
+        assert!(er.latency.as_ref().is_some_and(|l| l.samples > 0));
+        for (id, out) in [(&dino_id, "ev-dino"), (&sig_id, "ev-sig")] {
+            let (_, member) = eval(&format!("checkpoints/{id}"), out);
+            assert_eq!(
+                member.keys().collect::<Vec<_>>(),
+                ens.keys().collect::<Vec<_>>(),
+                "same challenges"
+            );
+            let differ = member
+                .iter()
+                .filter(|(k, p)| (ens[*k] - **p).abs() > 1e-4)
+                .count();
+            assert!(differ > 0, "the ensemble answers as {id} alone");
+        }
+
+        // A/B: the DINO head against the ensemble spec, on identical challenges.
+        let args = [
+            "ab-test",
+            &format!("checkpoints/{dino_id}"),
+            "ens.yaml",
+            "--on",
+            "mix:test",
+            "--out",
+            "ab",
+            "--set",
+            "ab_test.bootstrap=200",
+        ]
+        .map(|s| s.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sv72(d, &args);
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ab: sv72::eval::ab::AbReport =
+            serde_json::from_slice(&std::fs::read(d.join("ab/decision.json")).unwrap()).unwrap();
+        assert_eq!(ab.a.id, dino_id);
+        assert_eq!(ab.b.kind, "spec");
+        assert_eq!(
+            ab.mode, "images",
+            "members on other backbones run end to end"
+        );
+        assert!(ab.b.id.contains("ensemble["), "{}", ab.b.id);
+        assert_eq!(ab.stats.answers, er.overall.n);
+        assert!(d.join("ab/report.md").is_file());
+        let answers =
+            std::fs::read_to_string(d.join("ab").join(sv72::eval::ab::ANSWERS_FILE)).unwrap();
+        let paired: Vec<sv72::eval::ab::PairedAnswer> = answers
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(paired.len(), ab.stats.answers);
+        assert!(
+            paired.iter().any(|p| (p.prob_a - p.prob_b).abs() > 1e-4),
+            "the ensemble answers as the DINO head"
+        );
+        assert!(ab.latency.as_ref().is_some_and(|l| l.b.samples > 0));
+
+        // Through the loader `serve` uses: on one decoded batch of mixed sizes, the ensemble
+        // answers the calibrated stacked logit of what each member, loaded alone with its own
+        // preprocessing, answers for the same images.
+        let mut cfg = sv72::config::Config::load(None, &[]).unwrap();
+        cfg.paths.feature_cache = d.join("cache");
+        let loader = sv72::infer::model_loader(&cfg, sv72::config::Device::Cpu).unwrap();
+        let images: Vec<image::RgbImage> = [(64, 48), (300, 200), (97, 131)]
+            .into_iter()
+            .map(|(w, h)| {
+                image::RgbImage::from_fn(w, h, |x, y| {
+                    image::Rgb([
+                        (x * 7 % 256) as u8,
+                        (y * 5 % 256) as u8,
+                        ((x + y) % 256) as u8,
+                    ])
+                })
+            })
+            .collect();
+        let mut alone = Vec::new();
+        for id in [&dino_id, &sig_id] {
+            let mut m = loader(&d.join("checkpoints").join(id)).unwrap();
+            alone.push(m.predict(&images).unwrap());
+        }
+        let got = loader(&spec).unwrap().predict(&images).unwrap();
+        assert_eq!(got.len(), images.len());
+        for (i, &g) in got.iter().enumerate() {
+            let members = [f64::from(alone[0][i]), f64::from(alone[1][i])];
+            let want = s.calibration.apply(st.logit(&members));
+            assert!(
+                (f64::from(g) - want).abs() < 1e-5,
+                "image {i}: ensemble {g}, stacked members {want} ({members:?})"
+            );
+            assert!(
+                members.iter().all(|&m| (f64::from(g) - m).abs() > 1e-6),
+                "image {i}: ensemble {g} answers as a member {members:?}"
+            );
+        }
+    }
+
     fn report(path: &Path) -> EvalReport {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }

@@ -119,7 +119,7 @@ fn finish(
 
 /// A model spec on every challenge of the split, end to end (decoded challenge image → views →
 /// model(s) → aggregate → calibration), as `serve` answers. `--on` defaults to the training
-/// manifest of the spec's base checkpoint; the report goes beside the spec
+/// manifest of the spec's base checkpoint (of an ensemble's members, when they share one); the report goes beside the spec
 /// (`<spec stem>-eval/`) unless `out` is given.
 fn evaluate_spec(
     cfg: &Config,
@@ -204,19 +204,40 @@ fn evaluate_spec(
     finish(&preds, meta, latency, out)
 }
 
-/// The training manifest of a spec's base checkpoint (what `eval` defaults `--on` to).
+/// The training manifest of a spec's base checkpoint, or the one every member of an ensemble
+/// was trained on (what `eval` defaults `--on` to).
 fn spec_training_manifest(spec: &ModelSpec, file: &Path) -> Result<String> {
-    if spec.model.is_some() {
-        if let ModelRef::Checkpoint(d) = ModelRef::resolve(&spec.base(file)?)? {
-            let ck = Checkpoint::<Cpu>::load(&d, &Default::default())?;
-            return Ok(ck.info.manifest.path.clone());
+    let models = if spec.is_ensemble() {
+        spec.member_paths(file)?
+    } else {
+        vec![spec.base(file)?]
+    };
+    let mut manifests = Vec::new();
+    for m in &models {
+        match ModelRef::resolve(m)? {
+            ModelRef::Checkpoint(d) => {
+                let ck = Checkpoint::<Cpu>::load(&d, &Default::default())?;
+                manifests.push(ck.info.manifest.path.clone());
+            }
+            _ => bail!(
+                "model spec {}: {} is not an sv72 checkpoint, so there is no training manifest \
+                 to default to; pass --on MANIFEST[:split]",
+                file.display(),
+                m.display()
+            ),
         }
     }
-    bail!(
-        "model spec {}: its base is not one checkpoint, so there is no training manifest to \
-         default to; pass --on MANIFEST[:split]",
-        file.display()
-    )
+    manifests.sort();
+    manifests.dedup();
+    match manifests.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "model spec {}: its members were trained on different manifests ({}), so there is \
+             no one to default to; pass --on MANIFEST[:split]",
+            file.display(),
+            manifests.join(", ")
+        ),
+    }
 }
 
 /// Batch-1 latency of `model` on challenge images (decoded; everything after decoding timed),
