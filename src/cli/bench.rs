@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use super::Ctx;
 use super::finetune::ModeArg;
+use super::Ctx;
 use crate::bench::{self, BenchOptions, TrainBenchOptions};
 use crate::config::{Device, Dtype, FinetuneMode};
 use crate::train::head::HeadKind;
