@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
-use rayon::prelude::*;
 
 use super::ab::{
     compare, decide, write_ab_report, AbOptions, AbReport, DataRef, ModelRecord, PairLatency,
     PairedAnswer, Rule,
 };
-use super::challenges::{featurizer_for, ChallengeFeatures};
+use super::challenges::{featurizer_for, made_challenges, ChallengeFeatures};
 use super::Latency;
 use crate::backend::{on_device, Cpu};
 use crate::config::Config;
@@ -22,7 +21,7 @@ use crate::exit;
 use crate::export::card::{ModelCard, MODEL_CARD_FILE};
 use crate::infer::{model_loader, ModelRef as Model, Predictor};
 use crate::train::checkpoint::{Checkpoint, BUNDLED_BACKBONE};
-use crate::train::data::{challenge_views, load_challenge, read_split, ViewKey, LEVELS};
+use crate::train::data::{challenge_views, read_split, ViewKey, LEVELS};
 use crate::util::hash::file_hash;
 
 /// How the two models are run on the challenges.
@@ -231,34 +230,21 @@ fn answers_by_images(
         loader(&a.load_path).with_context(|| format!("cannot load model A {}", a.r.arg))?;
     let mut pb =
         loader(&b.load_path).with_context(|| format!("cannot load model B {}", b.r.arg))?;
-    let root = &cfg.paths.datasets;
-    let seed = cfg.ab_test.seed;
-    let bar = crate::util::progress::bar(views.len() as u64, "ab-test");
     let mut out = Vec::with_capacity(views.len());
-    let mut skipped = 0;
     let mut latency = None;
-    for chunk in views.chunks(cfg.backbone.batch_size.max(1)) {
-        let made: Vec<Option<RgbImage>> = chunk
-            .par_iter()
-            .map(|v| {
-                load_challenge(rows[v.row], v, root, &cfg.augment, seed)
-                    .ok()
-                    .map(|im| im.to_rgb8())
-            })
-            .collect();
-        let (kept, images): (Vec<&ViewKey>, Vec<RgbImage>) = chunk
-            .iter()
-            .zip(made)
-            .filter_map(|(v, im)| im.map(|im| (v, im)))
-            .unzip();
-        skipped += chunk.len() - kept.len();
-        if !images.is_empty() {
+    let skipped = made_challenges(
+        cfg,
+        rows,
+        views,
+        cfg.ab_test.seed,
+        "ab-test",
+        |kept, images| {
             if latency.is_none() {
                 let device = cfg.backbone.device.to_string();
-                latency = probe_latency(pa.as_mut(), pb.as_mut(), &images, &device)?;
+                latency = probe_latency(pa.as_mut(), pb.as_mut(), images, &device)?;
             }
-            let ya = pa.predict(&images).context("model A")?;
-            let yb = pb.predict(&images).context("model B")?;
+            let ya = pa.predict(images).context("model A")?;
+            let yb = pb.predict(images).context("model B")?;
             if ya.len() != images.len() || yb.len() != images.len() {
                 bail!(
                     "a model answered {}/{} times for {} images",
@@ -267,13 +253,12 @@ fn answers_by_images(
                     images.len()
                 );
             }
-            for ((v, x), y) in kept.into_iter().zip(ya).zip(yb) {
-                out.push((v.clone(), f64::from(x), f64::from(y)));
+            for ((v, x), y) in kept.iter().zip(ya).zip(yb) {
+                out.push(((*v).clone(), f64::from(x), f64::from(y)));
             }
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
+            Ok(())
+        },
+    )?;
     if out.is_empty() {
         bail!("none of the {} challenges could be made", views.len());
     }
