@@ -622,3 +622,95 @@ mod e2e {
         );
     }
 }
+
+/// `sv72 bench --train` (issue #14's benchmark) runs real optimiser steps on the tiny fixture
+/// and reports every field; LoRA trains exactly the attention adapters, `full` everything.
+/// Timings are not checked (the machine is shared), only that they are consistent.
+#[test]
+fn bench_train_reports_each_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = backbone("dinov2_reg4_s36");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snap.join("config.json")).unwrap()).unwrap();
+    let (d, layers) = (
+        cfg["hidden_size"].as_u64().unwrap() as usize,
+        cfg["num_hidden_layers"].as_u64().unwrap() as usize,
+    );
+    let rank = FinetuneConfig::default().lora.rank;
+    let mut full_params = 0;
+    for mode in ["lora", "full"] {
+        let json = tmp.path().join(format!("{mode}.json"));
+        let args = [
+            "bench",
+            "--backbone",
+            snap.to_str().unwrap(),
+            "--train",
+            mode,
+            "--batch",
+            "3",
+            "--image-size",
+            "28",
+            "--warmup-steps",
+            "1",
+            "--steps",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        let text = super::common::stdout_ok(&super::common::sv72(tmp.path(), &args), &args);
+        assert!(text.contains(&format!("finetune {mode}")), "{text}");
+        assert!(
+            text.contains("images/s") && text.contains("peak host memory"),
+            "{text}"
+        );
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(r["mode"], mode);
+        assert_eq!(r["batch"], 3);
+        assert_eq!(r["steps"], 2);
+        assert_eq!(r["warmup_steps"], 1);
+        assert_eq!(r["device"], "cpu");
+        let f = |k: &str| {
+            r[k].as_f64()
+                .unwrap_or_else(|| panic!("{k} missing in {r}"))
+        };
+        let ms = f("ms_per_step");
+        assert!(ms > 0.0, "{r}");
+        assert!(
+            (f("images_per_s") - 3e3 / ms).abs() < 1e-6 * f("images_per_s"),
+            "{r}"
+        );
+        assert!(f("cores_used") > 0.0 && f("peak_rss_mib") > 0.0, "{r}");
+        assert!(f("last_loss").is_finite() && f("last_loss") > 0.0, "{r}");
+        let trained = r["trainable_params"].as_u64().unwrap() as usize;
+        let total = r["backbone_params"].as_u64().unwrap() as usize;
+        if mode == "lora" {
+            // A and B (rank × d and d × rank) on q, k, v and the output projection of each block.
+            assert_eq!(trained, layers * 4 * 2 * rank * d, "{r}");
+        } else {
+            assert_eq!(trained, total, "{r}");
+            full_params = total;
+        }
+    }
+    assert!(full_params > 0);
+
+    // One batch size only with --train, and no half precision on the CPU.
+    for (extra, needle) in [
+        (&["--batch", "2,4"][..], "one batch size"),
+        (&["--dtype", "bf16"][..], "f32 only"),
+    ] {
+        let mut args = vec![
+            "bench",
+            "--backbone",
+            snap.to_str().unwrap(),
+            "--train",
+            "lora",
+            "--steps",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let out = super::common::sv72(tmp.path(), &args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

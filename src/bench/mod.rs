@@ -6,8 +6,12 @@
 //! Speed figures are only meaningful as ratios against an anchor run in the same window
 //! (`tools/bench_torch_vit.py` takes the same options); every line also reports CPU time over
 //! wall time, so a run that should use N cores but uses one shows it.
+//!
+//! [`train`] (`--train lora|full`) times fine-tuning optimiser steps instead
+//! (`tools/bench_torch_finetune.py` is its anchor).
 
 pub mod snapshot;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +28,7 @@ use crate::model::preprocess::Preprocess;
 use crate::model::Backbone;
 
 pub use snapshot::{write_random_snapshot, SIZES};
+pub use train::{TrainBenchOptions, TrainBenchReport};
 
 /// What to measure.
 #[derive(Debug, Clone)]
