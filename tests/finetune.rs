@@ -83,6 +83,11 @@ fn lora_cfg(rank: usize, mlp: bool) -> FinetuneConfig {
 
 /// LoRA with B = 0 (PEFT's initialisation) changes nothing: the adapted model equals the base
 /// model as `embed` runs it (folded for inference).
+/// The CPU backend's RNG (`B::seed`) is one process-wide stream: every test that seeds it or
+/// draws from it (a `Trainer::step` reseeds it per micro-batch) holds this lock, or two tests
+/// would draw from each other's stream.
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn lora_with_zero_b_equals_the_base_model() {
     for fam in LORA_FAMILIES {
@@ -285,6 +290,7 @@ fn step_like_reference(
 /// two.
 #[test]
 fn one_step_matches_pytorch_and_peft() {
+    let _serial = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for fam in FAMILIES {
         let fixture =
             read_all(&super::common::fixture("finetune").join(format!("{fam}.safetensors")));
@@ -385,7 +391,7 @@ mod e2e {
         cfg
     }
 
-    static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    use super::RNG_LOCK;
 
     fn request(resume: Option<PathBuf>, hook: Option<finetune::FtEpochHook>) -> FinetuneRequest {
         FinetuneRequest {
