@@ -500,40 +500,7 @@ mod cli_e2e {
     fn promote_keep_exit_codes_and_swap_symmetry() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        code(d, &["demo-data", "--out", "raw", "--count", "16"], 0);
-        for (name, folder, source, generator) in [
-            ("real", "raw/real", "real", "demo-photo"),
-            ("synth", "raw/synthetic", "synthetic", "demo-sdxl"),
-        ] {
-            code(
-                d,
-                &[
-                    "ingest",
-                    "--name",
-                    name,
-                    "--folder",
-                    folder,
-                    "--source",
-                    source,
-                    "--generator",
-                    generator,
-                ],
-                0,
-            );
-        }
-        code(
-            d,
-            &[
-                "synth-mix",
-                "--real",
-                "real",
-                "--synthetic",
-                "synth",
-                "--name",
-                "mix",
-            ],
-            0,
-        );
+        super::common::demo_mix(d, 16);
         code(
             d,
             &[

@@ -701,42 +701,6 @@ mod cli_e2e {
         super::common::stdout_ok(&sv72(dir, args), args)
     }
 
-    /// The demo set ingested and mixed into manifest `mix` in `d`.
-    fn demo_mix(d: &Path, ok: &dyn Fn(&Path, &[&str]) -> String) {
-        ok(d, &["demo-data", "--out", "raw", "--count", "16"]);
-        for (name, folder, source, generator) in [
-            ("real", "raw/real", "real", "demo-photo"),
-            ("synth", "raw/synthetic", "synthetic", "demo-sdxl"),
-        ] {
-            ok(
-                d,
-                &[
-                    "ingest",
-                    "--name",
-                    name,
-                    "--folder",
-                    folder,
-                    "--source",
-                    source,
-                    "--generator",
-                    generator,
-                ],
-            );
-        }
-        ok(
-            d,
-            &[
-                "synth-mix",
-                "--real",
-                "real",
-                "--synthetic",
-                "synth",
-                "--name",
-                "mix",
-            ],
-        );
-    }
-
     /// A SigLIP backbone end to end through the CLI: `embed` writes `[pooled ; patch mean]`
     /// features (cls = the MAP head's pooled output), `train-head` trains on them through the
     /// feature cache, and `eval` scores the checkpoint on the same backbone.
@@ -755,7 +719,7 @@ mod cli_e2e {
                 .collect();
             super::common::stdout_ok(&sv72_on(&bb, d, &all), &all)
         };
-        demo_mix(d, &|_, a| run(a));
+        super::common::demo_mix(d, 16);
         let out = run(&[
             "embed",
             &bb,
@@ -878,7 +842,7 @@ mod cli_e2e {
             .to_string();
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        demo_mix(d, &ok);
+        super::common::demo_mix(d, 16);
         let train = [
             "train-head",
             "--manifest",
@@ -1076,7 +1040,7 @@ mod cli_e2e {
     fn demo_set_trains_and_evaluates() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        demo_mix(d, &ok);
+        super::common::demo_mix(d, 16);
 
         // Without the cuda feature, --device cuda is a clear error and writes nothing.
         if !cfg!(feature = "cuda") {

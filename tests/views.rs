@@ -38,40 +38,7 @@ fn decision(path: &Path) -> AbReport {
 fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    code(d, &["demo-data", "--out", "raw", "--count", "16"], 0);
-    for (name, folder, source, generator) in [
-        ("real", "raw/real", "real", "demo-photo"),
-        ("synth", "raw/synthetic", "synthetic", "demo-sdxl"),
-    ] {
-        code(
-            d,
-            &[
-                "ingest",
-                "--name",
-                name,
-                "--folder",
-                folder,
-                "--source",
-                source,
-                "--generator",
-                generator,
-            ],
-            0,
-        );
-    }
-    code(
-        d,
-        &[
-            "synth-mix",
-            "--real",
-            "real",
-            "--synthetic",
-            "synth",
-            "--name",
-            "mix",
-        ],
-        0,
-    );
+    super::common::demo_mix(d, 16);
     code(
         d,
         &[
