@@ -5,8 +5,6 @@
 use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -14,95 +12,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// One request as the stand-ins see it.
-#[derive(Debug, Clone)]
-struct Req {
-    method: String,
-    path: String,
-    /// Lower-cased names.
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-fn resp(status: u16, body: impl Into<Vec<u8>>) -> Resp {
-    Resp {
-        status,
-        headers: Vec::new(),
-        body: body.into(),
-    }
-}
-
-fn resp_json(status: u16, v: Value) -> Resp {
-    resp(status, serde_json::to_vec(&v).unwrap())
-}
-
-type Handler = Arc<dyn Fn(&Req) -> Resp + Send + Sync>;
-
-/// A minimal HTTP/1.1 server: one thread per connection, `Connection: close`.
-fn start_server(handler: Handler) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let handler = handler.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let mut parts = line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_string();
-                let path = parts.next().unwrap_or("").to_string();
-                let mut headers = HashMap::new();
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':') {
-                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                    }
-                }
-                let len: usize = headers
-                    .get("content-length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0u8; len];
-                if r.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let req = Req {
-                    method,
-                    path,
-                    headers,
-                    body,
-                };
-                let out = handler(&req);
-                let mut head = format!(
-                    "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-                    out.status,
-                    out.body.len()
-                );
-                for (k, v) in &out.headers {
-                    head.push_str(&format!("{k}: {v}\r\n"));
-                }
-                head.push_str("\r\n");
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&out.body);
-                let _ = s.flush();
-            });
-        }
-    });
-    base
-}
+use common::http::{resp, resp_json, start as start_server, Handler, Req, Resp};
 
 fn sha_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
@@ -144,28 +54,31 @@ mod hub {
 
     fn handle(st: &Shared, base: &str, req: &Req) -> Resp {
         let mut s = st.lock().unwrap();
-        let storage = req.path.starts_with("/storage/");
-        let route = if req.path == "/api/repos/create" {
+        let storage = req.target.starts_with("/storage/");
+        let route = if req.target == "/api/repos/create" {
             "create".to_string()
         } else if req
-            .path
+            .target
             .starts_with(&format!("/api/models/{REPO}/preupload/"))
         {
             "preupload".into()
-        } else if req.path == format!("/{REPO}.git/info/lfs/objects/batch") {
+        } else if req.target == format!("/{REPO}.git/info/lfs/objects/batch") {
             "batch".into()
-        } else if req.path.starts_with("/storage/put/") {
+        } else if req.target.starts_with("/storage/put/") {
             "put".into()
-        } else if req.path.starts_with("/storage/part/") {
+        } else if req.target.starts_with("/storage/part/") {
             "part".into()
-        } else if req.path.starts_with("/lfs/complete/") {
+        } else if req.target.starts_with("/lfs/complete/") {
             "complete".into()
-        } else if req.path == "/lfs/verify" {
+        } else if req.target == "/lfs/verify" {
             "verify".into()
-        } else if req.path.starts_with(&format!("/api/models/{REPO}/commit/")) {
+        } else if req
+            .target
+            .starts_with(&format!("/api/models/{REPO}/commit/"))
+        {
             "commit".into()
         } else {
-            format!("unknown {} {}", req.method, req.path)
+            format!("unknown {} {}", req.method, req.target)
         };
         s.log.push(route.clone());
         let auth = req.headers.get("authorization").cloned();
@@ -208,8 +121,8 @@ mod hub {
                 resp_json(200, json!({"url": format!("{base}/{REPO}")}))
             }
             "preupload" => {
-                if !req.path.ends_with("/preupload/main") {
-                    s.problems.push(format!("preupload path {}", req.path));
+                if !req.target.ends_with("/preupload/main") {
+                    s.problems.push(format!("preupload path {}", req.target));
                 }
                 let files = body["files"].as_array().cloned().unwrap_or_default();
                 let answer: Vec<Value> = files
@@ -273,7 +186,7 @@ mod hub {
             }
             "put" => {
                 let oid = req
-                    .path
+                    .target
                     .trim_start_matches("/storage/put/")
                     .split('?')
                     .next()
@@ -291,7 +204,7 @@ mod hub {
             }
             "part" => {
                 let rest = req
-                    .path
+                    .target
                     .trim_start_matches("/storage/part/")
                     .split('?')
                     .next()
@@ -304,7 +217,7 @@ mod hub {
                 r
             }
             "complete" => {
-                let oid = req.path.trim_start_matches("/lfs/complete/").to_string();
+                let oid = req.target.trim_start_matches("/lfs/complete/").to_string();
                 let parts = body["parts"].as_array().cloned().unwrap_or_default();
                 let mut all = Vec::new();
                 for (i, p) in parts.iter().enumerate() {
@@ -634,7 +547,7 @@ mod hub {
         let always: Handler = {
             let st = st.clone();
             Arc::new(move |r: &Req| {
-                st.lock().unwrap().log.push(r.path.clone());
+                st.lock().unwrap().log.push(r.target.clone());
                 resp_json(503, json!({"error": "Service Unavailable"}))
             })
         };
@@ -813,7 +726,7 @@ mod register {
         let st2 = st.clone();
         let url = start_server(Arc::new(move |r: &Req| {
             let mut s = st2.lock().unwrap();
-            match (r.method.as_str(), r.path.as_str()) {
+            match (r.method.as_str(), r.target.as_str()) {
                 ("POST", "/participants/register") => {
                     let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
                     let verdict = check_registration(&v);

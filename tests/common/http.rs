@@ -10,6 +10,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct Req {
     pub method: String,
+    /// The request target as sent (path and query).
+    pub target: String,
     /// Path without the query.
     pub path: String,
     /// Decoded query parameters.
@@ -200,6 +202,7 @@ pub fn start(handler: Handler) -> String {
                 }
                 let req = Req {
                     method,
+                    target,
                     path,
                     query,
                     headers,
