@@ -2,6 +2,8 @@
 //! (`tools/finetune_reference.py`), determinism and resume, and fine-tuned checkpoints loading
 //! and exporting like head checkpoints.
 
+use crate::common::values;
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
@@ -54,10 +56,6 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
             0.0,
             |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
         )
-}
-
-fn values<const D: usize, B: burn::tensor::backend::Backend>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
 }
 
 /// Random pixels `[n, 3, side, side]`.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::{max_abs_diff, values};
 use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -36,21 +37,6 @@ fn pixels(h: usize, w: usize) -> Tensor<Cpu, 4> {
     )
 }
 
-fn max_abs_diff(got: Vec<f32>, want: &[f32], what: &str) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(
-            0f32,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        )
-}
-
-fn values<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
-}
-
 /// Compares every output of `snapshot` on the reference pixels of one resolution.
 fn check_against_reference(snapshot: &Path, reference_dir: &Path, (h, w): (usize, usize)) {
     let model = dinov3::load::<Cpu>(snapshot, &Default::default()).unwrap();
@@ -74,7 +60,7 @@ fn check_against_reference(snapshot: &Path, reference_dir: &Path, (h, w): (usize
         } else {
             read(&reference, name).0
         };
-        let d = max_abs_diff(got, &want, name);
+        let d = max_abs_diff(&got, &want, name);
         eprintln!("{} {h}x{w} {name}: max |Δ| = {d:.3e}", snapshot.display());
         assert!(
             d <= TOL,
@@ -126,11 +112,11 @@ fn image_files_through_sv72_preprocess_match_reference() {
     for (i, name) in pngs {
         let img = image::open(images.join(name)).unwrap();
         let px = pre.pixel_values(&img).unwrap();
-        let dp = max_abs_diff(px.clone(), &stored[i * n..(i + 1) * n], name);
+        let dp = max_abs_diff(&px, &stored[i * n..(i + 1) * n], name);
         let px =
             Tensor::<Cpu, 4>::from_data(TensorData::new(px, [1, 3, h, w]), &Default::default());
         let cls = values(model.try_extract(px, false).unwrap().cls);
-        let dc = max_abs_diff(cls, &want[i * d..(i + 1) * d], name);
+        let dc = max_abs_diff(&cls, &want[i * d..(i + 1) * d], name);
         eprintln!("{name}: pixel_values max |Δ| {dp:.3e}, cls max |Δ| {dc:.3e}");
         assert!(
             dp <= 1.5e-3,
@@ -209,7 +195,7 @@ fn full_size_snapshot_matches_transformers() {
         ("cls", cls),
         ("patch_mean", values(out.patch_mean)),
     ] {
-        let d = max_abs_diff(got, &read(&reference, name).0, name);
+        let d = max_abs_diff(&got, &read(&reference, name).0, name);
         eprintln!("{} {name}: max |Δ| = {d:.3e}", dir.display());
         assert!(d <= 1e-3, "{name}: max |Δ| = {d:e}");
     }
@@ -238,7 +224,7 @@ fn ignores_pixels_that_do_not_fill_a_patch() {
     let a = model.try_extract(px, false).unwrap();
     let b = model.try_extract(padded, false).unwrap();
     assert!(a.last_hidden_state.is_none());
-    let d = max_abs_diff(values(b.patch_mean), &values(a.patch_mean), "patch_mean");
+    let d = max_abs_diff(&values(b.patch_mean), &values(a.patch_mean), "patch_mean");
     assert!(d == 0.0, "padding changed the output by {d:e}");
 }
 

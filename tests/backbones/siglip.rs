@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::{max_abs_diff, values};
 use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -48,21 +49,6 @@ fn pixels(h: usize, w: usize) -> Tensor<Cpu, 4> {
         TensorData::new(v, [PNGS.len(), 3, h, w]),
         &Default::default(),
     )
-}
-
-fn max_abs_diff(got: &[f32], want: &[f32], what: &str) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(
-            0f32,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        )
-}
-
-fn values<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
 }
 
 fn check(snapshot: &Path, (h, w): (usize, usize)) {

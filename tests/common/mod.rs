@@ -135,3 +135,22 @@ pub fn demo_mix(dir: &Path, count: usize) {
         stdout_ok(&sv72(dir, &args), &args);
     }
 }
+
+/// Largest |got − want| (infinite if any difference is NaN); asserts equal lengths.
+pub fn max_abs_diff(got: &[f32], want: &[f32], what: &str) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(
+            0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+}
+
+/// A tensor's values as f32, row-major.
+pub fn values<const D: usize, B: burn::tensor::backend::Backend>(
+    t: burn::tensor::Tensor<B, D>,
+) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
