@@ -1,7 +1,7 @@
 //! Backbones against `transformers` reference outputs: tiny random snapshots and their references
 //! under tests/fixtures/backbones/, made by `tools/backbone_fixtures.py` (DINOv2, DINOv2 with
-//! registers), `tools/backbone_fixtures_dinov3.py` (DINOv3) and `tools/backbone_fixtures_siglip.py`
-//! (SigLIP vision towers).
+//! registers), `tools/backbone_fixtures_dinov3.py` (DINOv3), `tools/backbone_fixtures_siglip.py`
+//! (SigLIP vision towers) and `tools/backbone_fixtures_siglip2.py` (SigLIP 2 NaFlex).
 
 #[cfg(feature = "cuda")]
 #[path = "backbones/cuda.rs"]
@@ -12,3 +12,5 @@ mod dinov2;
 mod dinov3;
 #[path = "backbones/siglip.rs"]
 mod siglip;
+#[path = "backbones/siglip2.rs"]
+mod siglip2;

@@ -486,6 +486,8 @@ mod tests {
             "dinov3-gated",
             "siglip-tiny",
             "siglip-vision",
+            "siglip2-tiny",
+            "siglip2-vision",
         ] {
             let dir = root.join(name);
             let w = Weights::open(&dir).unwrap();

@@ -1,8 +1,9 @@
-//! ViT backbones (DINOv2, DINOv2 with registers, DINOv3, SigLIP / SigLIP 2 vision towers) loaded
+//! ViT backbones (DINOv2, DINOv2 with registers, DINOv3, SigLIP / SigLIP 2 vision towers at fixed
+//! resolution and SigLIP 2 NaFlex) loaded
 //! from Hugging Face snapshots.
 //!
 //! In the manner of candle's model files: one file per family ([`dinov2`], [`dinov3`],
-//! [`siglip`]), each
+//! [`siglip`], [`siglip2`]), each
 //! with a serde config struct, blocks that load themselves (`Block::load(&loader, i, &cfg)`)
 //! and the forward, numerically matching `transformers`. Shared by both: the weight
 //! [`loader`] (prefixes, renamed tensors, transposes, layer-scale folding, write-back
@@ -20,6 +21,7 @@ pub mod ops;
 pub mod preprocess;
 pub mod resample;
 pub mod siglip;
+pub mod siglip2;
 pub mod weights;
 
 use std::path::Path;
@@ -167,6 +169,7 @@ pub enum Backbone<B: Backend> {
     Dinov2(dinov2::Dinov2Model<B>),
     Dinov3(dinov3::Dinov3Model<B>),
     Siglip(siglip::SiglipVisionModel<B>),
+    Siglip2(siglip2::Siglip2VisionModel<B>),
 }
 
 impl<B: Backend> Backbone<B> {
@@ -202,7 +205,7 @@ impl<B: Backend> Backbone<B> {
                 device,
                 opts,
             )?)),
-            siglip::MODEL_TYPE | siglip::VISION_MODEL_TYPE | "siglip2" | "siglip2_vision_model" => {
+            siglip::MODEL_TYPE | siglip::VISION_MODEL_TYPE => {
                 Ok(Backbone::Siglip(siglip::SiglipVisionModel::from_weights(
                     siglip::SiglipVisionConfig::from_file(&cfg)?,
                     weights,
@@ -211,8 +214,17 @@ impl<B: Backend> Backbone<B> {
                     opts,
                 )?))
             }
+            siglip2::MODEL_TYPE | siglip2::VISION_MODEL_TYPE => {
+                Ok(Backbone::Siglip2(siglip2::Siglip2VisionModel::from_weights(
+                    siglip2::Siglip2VisionConfig::from_file(&cfg)?,
+                    weights,
+                    dir,
+                    device,
+                    opts,
+                )?))
+            }
             other => bail!(
-                "{}: unsupported model_type {other:?}; sv72 loads dinov2, dinov2_with_registers, dinov3_vit, siglip and siglip_vision_model",
+                "{}: unsupported model_type {other:?}; sv72 loads dinov2, dinov2_with_registers, dinov3_vit, siglip, siglip_vision_model, siglip2 and siglip2_vision_model",
                 cfg.display()
             ),
         }
@@ -227,6 +239,7 @@ impl<B: Backend> Backbone<B> {
             }
             Backbone::Dinov3(m) => m.try_forward(pixel_values),
             Backbone::Siglip(m) => m.try_forward(pixel_values),
+            Backbone::Siglip2(m) => m.try_forward(pixel_values),
         }
     }
 
@@ -240,6 +253,7 @@ impl<B: Backend> Backbone<B> {
             Backbone::Dinov2(m) => m.try_extract(pixel_values, want_hidden),
             Backbone::Dinov3(m) => m.try_extract(pixel_values, want_hidden),
             Backbone::Siglip(m) => m.try_extract(pixel_values, want_hidden),
+            Backbone::Siglip2(m) => m.try_extract(pixel_values, want_hidden),
         }
     }
 
@@ -248,7 +262,7 @@ impl<B: Backend> Backbone<B> {
         match self {
             Backbone::Dinov2(m) => m.num_prefix_tokens(),
             Backbone::Dinov3(m) => m.config().num_prefix_tokens(),
-            Backbone::Siglip(_) => 0,
+            Backbone::Siglip(_) | Backbone::Siglip2(_) => 0,
         }
     }
 
@@ -258,6 +272,7 @@ impl<B: Backend> Backbone<B> {
             Backbone::Dinov2(m) => m.config().num_hidden_layers,
             Backbone::Dinov3(m) => m.config().num_hidden_layers,
             Backbone::Siglip(m) => m.config().num_hidden_layers,
+            Backbone::Siglip2(m) => m.config().base.num_hidden_layers,
         }
     }
 
@@ -267,6 +282,7 @@ impl<B: Backend> Backbone<B> {
             Backbone::Dinov2(m) => m.bindings(),
             Backbone::Dinov3(m) => m.bindings(),
             Backbone::Siglip(m) => m.bindings(),
+            Backbone::Siglip2(m) => m.bindings(),
         }
     }
 
@@ -284,6 +300,7 @@ impl<B: Backend> Backbone<B> {
             Backbone::Dinov2(m) => m.projections_mut(),
             Backbone::Dinov3(m) => m.projections_mut(),
             Backbone::Siglip(m) => m.projections_mut(),
+            Backbone::Siglip2(m) => m.projections_mut(),
         };
         for (role, p) in projs {
             if targets(role) {
@@ -294,6 +311,7 @@ impl<B: Backend> Backbone<B> {
             Backbone::Dinov2(m) => m.bindings_mut().extend(added),
             Backbone::Dinov3(m) => m.bindings_mut().extend(added),
             Backbone::Siglip(m) => m.bindings_mut().extend(added),
+            Backbone::Siglip2(m) => m.bindings_mut().extend(added),
         }
         Ok(())
     }
@@ -305,6 +323,7 @@ impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
             Backbone::Dinov2(m) => m.extract(pixel_values, want_hidden),
             Backbone::Dinov3(m) => m.extract(pixel_values, want_hidden),
             Backbone::Siglip(m) => m.extract(pixel_values, want_hidden),
+            Backbone::Siglip2(m) => m.extract(pixel_values, want_hidden),
         }
     }
     fn hidden_size(&self) -> usize {
@@ -312,6 +331,7 @@ impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
             Backbone::Dinov2(m) => m.hidden_size(),
             Backbone::Dinov3(m) => m.hidden_size(),
             Backbone::Siglip(m) => m.hidden_size(),
+            Backbone::Siglip2(m) => m.hidden_size(),
         }
     }
     fn patch_size(&self) -> usize {
@@ -319,13 +339,14 @@ impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
             Backbone::Dinov2(m) => m.patch_size(),
             Backbone::Dinov3(m) => m.patch_size(),
             Backbone::Siglip(m) => m.patch_size(),
+            Backbone::Siglip2(m) => m.patch_size(),
         }
     }
 }
 
 /// Loads any supported backbone from a snapshot folder, dispatching on `config.json`'s
 /// `model_type` (`dinov2`, `dinov2_with_registers`, `dinov3_vit`, `siglip`,
-/// `siglip_vision_model`).
+/// `siglip_vision_model`, `siglip2`, `siglip2_vision_model`).
 pub fn load_backbone<B: Backend>(
     snapshot_dir: &Path,
     device: &B::Device,

@@ -80,6 +80,28 @@ pub enum ResizeTo {
     ShortestEdge(u32),
     /// Exact `height × width`.
     Exact { height: u32, width: u32 },
+    /// SigLIP 2 NaFlex: the largest grid of `patch`-pixel patches, at most `max_patches` of
+    /// them, that keeps the aspect ratio (`get_image_size_for_max_num_patches`).
+    MaxPatches { patch: u32, max_patches: u32 },
+}
+
+/// `(height, width)` that `Siglip2ImageProcessor` resizes a `height × width` image to: its binary
+/// search for the largest scale whose patch grid (each side rounded up to whole patches, at least
+/// one) has at most `max_patches` patches, in the same f64 arithmetic.
+pub fn naflex_size(height: u32, width: u32, patch: u32, max_patches: u32) -> (u32, u32) {
+    let p = patch as f64;
+    let scaled = |scale: f64, size: u32| ((size as f64 * scale / p).ceil() * p).max(p);
+    let (mut lo, mut hi) = (1e-5 / 10.0, 100.0);
+    while hi - lo >= 1e-5 {
+        let scale = (lo + hi) / 2.0;
+        let n = (scaled(scale, height) / p) * (scaled(scale, width) / p);
+        if n <= max_patches as f64 {
+            lo = scale;
+        } else {
+            hi = scale;
+        }
+    }
+    (scaled(lo, height) as u32, scaled(lo, width) as u32)
 }
 
 /// Where the uint8 → f32 conversion happens.
@@ -153,6 +175,8 @@ struct RawProcessor {
     do_normalize: Option<bool>,
     image_mean: Option<Triple>,
     image_std: Option<Triple>,
+    patch_size: Option<u64>,
+    max_num_patches: Option<u64>,
 }
 
 fn side(v: Option<u64>, key: &str, origin: &str) -> Result<Option<u32>> {
@@ -246,6 +270,16 @@ impl Preprocess {
                 [0.5; 3],
                 [0.5; 3],
             ),
+            // SigLIP 2 NaFlex: aspect-preserving resize to a patch grid (below), on uint8 as
+            // the torchvision backend does, then the fused rescale + normalise.
+            "Siglip2ImageProcessor" => (
+                Order::ResizeU8First,
+                2,
+                None,
+                None,
+                [0.5; 3],
+                [0.5; 3],
+            ),
             "DINOv3ViTImageProcessor" => (
                 Order::RescaleFirst,
                 2,
@@ -258,11 +292,27 @@ impl Preprocess {
                 IMAGENET_STD,
             ),
             other => bail!(
-                "{origin}: image_processor_type {other:?} is not supported (sv72 knows BitImageProcessor, ViTImageProcessor, DINOv3ViTImageProcessor, SiglipImageProcessor; SigLIP 2 NaFlex's Siglip2ImageProcessor is not supported)"
+                "{origin}: image_processor_type {other:?} is not supported (sv72 knows BitImageProcessor, ViTImageProcessor, DINOv3ViTImageProcessor, SiglipImageProcessor, Siglip2ImageProcessor)"
             ),
         };
         let resample = Resample::from_pil(v.resample.unwrap_or(d_resample), origin)?;
-        let resize = if v.do_resize.unwrap_or(true) {
+        let resize = if base == "Siglip2ImageProcessor" {
+            // `size` is ignored: the target follows from the patch budget.
+            if !v.do_resize.unwrap_or(true) {
+                bail!(
+                    "{origin}: `do_resize: false` is not supported for Siglip2ImageProcessor \
+                     (images would need whole-patch sides); remove it"
+                );
+            }
+            let patch = side(Some(v.patch_size.unwrap_or(16)), "patch_size", origin)?.unwrap();
+            let max_patches = side(
+                Some(v.max_num_patches.unwrap_or(256)),
+                "max_num_patches",
+                origin,
+            )?
+            .unwrap();
+            Some((ResizeTo::MaxPatches { patch, max_patches }, resample))
+        } else if v.do_resize.unwrap_or(true) {
             let size = match v.size {
                 None => d_size,
                 Some(s) => Some(parse_size(s, origin, "size")?),
@@ -276,7 +326,7 @@ impl Preprocess {
                 None => d_crop,
                 Some(s) => match parse_size(s, origin, "crop_size")? {
                     ResizeTo::Exact { height, width } => Some((height, width)),
-                    ResizeTo::ShortestEdge(_) => {
+                    ResizeTo::ShortestEdge(_) | ResizeTo::MaxPatches { .. } => {
                         bail!("{origin}: `crop_size` needs `height` and `width`")
                     }
                 },
@@ -381,6 +431,9 @@ impl Preprocess {
         match self.resize {
             None => (height, width),
             Some((ResizeTo::Exact { height, width }, _)) => (height, width),
+            Some((ResizeTo::MaxPatches { patch, max_patches }, _)) => {
+                naflex_size(height, width, patch, max_patches)
+            }
             Some((ResizeTo::ShortestEdge(s), _)) => {
                 let (short, long) = if width <= height {
                     (width, height)

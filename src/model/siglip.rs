@@ -11,8 +11,8 @@
 //! tensor, so a checkpoint's text tower is never brought into memory.
 //!
 //! The NaFlex variant (`siglip2`, `Siglip2VisionModel`: patchified variable-aspect input with
-//! per-image position resizing and a padding mask) is a different input contract and is not
-//! loaded here; its snapshots get an error that says so.
+//! per-image position resizing and a padding mask) is [`super::siglip2`], which reuses these
+//! blocks.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -148,8 +148,7 @@ impl SiglipVisionConfig {
             Some(VISION_MODEL_TYPE) => parse_config(text, origin)?,
             Some(t @ ("siglip2" | "siglip2_vision_model")) => bail!(
                 "{o}: model_type `{t}` is a SigLIP 2 NaFlex checkpoint (variable aspect ratio, \
-                 patchified input), which sv72 does not load; use a fixed-resolution SigLIP 2 \
-                 checkpoint (model_type `siglip`, e.g. google/siglip2-base-patch16-224)"
+                 patchified input): load it with `model::siglip2`, not the fixed-resolution tower"
             ),
             other => bail!(
                 "{o}: model_type {other:?} is not a SigLIP vision model (expected `{MODEL_TYPE}` \
@@ -278,7 +277,7 @@ impl<B: Backend> Layer<B> {
     }
 
     /// One block over tokens flattened to `[N * T, D]`.
-    fn forward(&self, x: Tensor<B, 2>, shape: ops::AttnShape) -> Tensor<B, 2> {
+    pub(crate) fn forward(&self, x: Tensor<B, 2>, shape: ops::AttnShape) -> Tensor<B, 2> {
         let h = ops::layer_norm(&self.layer_norm1, x.clone());
         let a = ops::self_attention(self.qkv.forward(h), shape, None);
         let x = self.out_proj.forward_add(a, x, &None);
@@ -305,7 +304,7 @@ pub struct MapHead<B: Backend> {
 }
 
 impl<B: Backend> MapHead<B> {
-    fn load(l: &Loader<'_, B>, cfg: &SiglipVisionConfig) -> Result<Self> {
+    pub(crate) fn load(l: &Loader<'_, B>, cfg: &SiglipVisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let l = l.pp("head");
         let a = l.pp("attention");
