@@ -831,6 +831,78 @@ mod cli_e2e {
         }
     }
 
+    /// A SigLIP 2 NaFlex backbone through the CLI with its own processor (each image resized to
+    /// its own patch grid, so batches are grouped by size): embed, train-head, eval, and a
+    /// clear refusal from export.
+    #[test]
+    fn naflex_backbone_embeds_trains_evaluates_and_refuses_export() {
+        let bb = super::common::fixture("backbones/siglip2-tiny")
+            .display()
+            .to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let run = |args: &[&str]| {
+            let all: Vec<&str> = ["--set", "backbone.preprocess=processor"]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect();
+            super::common::stdout_ok(&sv72_on(&bb, d, &all), &all)
+        };
+        super::common::demo_mix(d, 16);
+        let args = [
+            "embed",
+            &bb,
+            "--manifest",
+            "mix",
+            "--out",
+            "feats.safetensors",
+        ];
+        assert!(run(&args).contains("embedded"));
+        let w = sv72::model::weights::Weights::open_files(&[d.join("feats.safetensors")]).unwrap();
+        let (pooler, shape) = w.f32_data("pooler").unwrap();
+        let (mean, _) = w.f32_data("patch_mean").unwrap();
+        assert_eq!(shape[1], 32, "siglip2-tiny is 32 wide");
+        assert!(shape[0] > 0);
+        assert_ne!(pooler, mean);
+        assert!(pooler.iter().chain(&mean).all(|x| x.is_finite()));
+
+        run(&[
+            "train-head",
+            "--manifest",
+            "mix",
+            "--epochs",
+            "3",
+            "--views",
+            "1",
+        ]);
+        let run_id = std::fs::read_to_string(d.join("checkpoints/latest")).unwrap();
+        let run_id = run_id.trim().to_string();
+        let info: RunInfo = serde_yaml::from_str(
+            &std::fs::read_to_string(d.join("checkpoints").join(&run_id).join("run.yaml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(info.head.input_dim, 64, "[pooled ; patch mean]");
+        run(&["eval", "--out", "report"]);
+        let r = report(&d.join("report/report.json"));
+        assert_eq!(r.meta.run_id, run_id);
+        assert!(r.images > 0);
+
+        let ck = d.join("checkpoints").join(&run_id).display().to_string();
+        let hotkey = sv72::keys::ss58_encode(&[9; 32], 42);
+        let args = [
+            "export",
+            ck.as_str(),
+            "--target",
+            "transformers",
+            "--hotkey",
+            hotkey.as_str(),
+        ];
+        let out = super::common::sv72(d, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("NaFlex") && err.contains("4.45.2"), "{err}");
+    }
+
     /// An ensemble of a DINOv2-reg head and a SigLIP head (different backbones, widths 36 and
     /// 32, different preprocessing: the validator recipe with ImageNet mean/std vs SigLIP's own
     /// 64² processor with mean/std 0.5) through the CLI: `calibrate` fits and stores the

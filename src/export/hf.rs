@@ -58,6 +58,14 @@ impl Family {
                  `sv72 serve`, or export a DINOv2 challenger",
                 origin.display()
             ),
+            crate::model::siglip2::MODEL_TYPE | crate::model::siglip2::VISION_MODEL_TYPE => bail!(
+                "{}: SigLIP 2 NaFlex backbones cannot be exported: the subnet's transformers \
+                 4.45.2 has no siglip2 model type at all, and 5.x's \
+                 Siglip2ForImageClassification is a Linear on the mean of the valid patch \
+                 tokens only, while sv72's heads also read the MAP head's pooled output; serve \
+                 the checkpoint with `sv72 serve`, or export a DINOv2 challenger",
+                origin.display()
+            ),
             other => bail!(
                 "{}: model_type {other:?} cannot be exported (sv72 exports dinov2, \
                  dinov2_with_registers and dinov3_vit backbones)",

@@ -705,6 +705,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn naflex_size_matches_transformers_binary_search() {
+        // (h, w, patch, max) -> transformers 5.24 get_image_size_for_max_num_patches.
+        for (h, w, p, m, want) in [
+            (240, 180, 8, 24, (48, 32)),
+            (500, 300, 8, 48, (72, 40)),
+            (53, 37, 8, 48, (64, 48)),
+            (1080, 1920, 16, 256, (192, 336)),
+            (1, 5000, 16, 256, (16, 4096)),
+            (224, 224, 16, 256, (256, 256)),
+            (384, 640, 16, 1024, (384, 640)),
+        ] {
+            assert_eq!(naflex_size(h, w, p, m), want, "{h}x{w} p{p} max {m}");
+        }
+        let p = Preprocess::from_json(
+            r#"{"image_processor_type": "Siglip2ImageProcessor", "size": {"height": 10, "width": 10}}"#,
+            "t",
+        )
+        .unwrap();
+        // Defaults: patch 16, 256 patches, bilinear; `size` is ignored.
+        assert_eq!(p.output_size(1920, 1080), (192, 336));
+        assert_eq!(p.resize.unwrap().1, Resample::Bilinear);
+        let e = Preprocess::from_json(
+            r#"{"image_processor_type": "Siglip2ImageProcessor", "do_resize": false}"#,
+            "pp.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pp.json") && e.contains("do_resize"), "{e}");
+    }
+
+    #[test]
     fn shortest_edge_keeps_aspect() {
         let p = Preprocess::from_json(
             r#"{"size":{"shortest_edge":256},"crop_size":{"height":224,"width":224}}"#,
