@@ -5,7 +5,9 @@ images/s and CPU time over wall time (cores busy) per line.
     /work/venvs/perf/bin/python tools/bench_torch_vit.py --backbone vits14-reg --batch 1,8 \
         [--threads 2] [--secs 6] [--device cpu|cuda] [--dtype f32|f16|bf16] [--attn sdpa,eager]
 
-Named sizes as `sv72 bench`: vits14, vits14-reg, vitb14, vitl14, dinov3-vits16, dinov3-vitl16.
+Named sizes as `sv72 bench`: vits14, vits14-reg, vitb14, vitl14, dinov3-vits16, dinov3-vitl16,
+siglip2-base-p16-naflex, siglip2-so400m-p16-naflex (NaFlex: the square image as
+(image-size/16)² patches, no padding, as sv72 runs one image size per batch).
 """
 
 import argparse
@@ -23,11 +25,21 @@ SIZES = {
     "vitl14": (1024, 16, 24, 4096, 0),
     "dinov3-vits16": (384, 6, 12, 1536, 4),
     "dinov3-vitl16": (1024, 16, 24, 4096, 4),
+    "siglip2-base-p16-naflex": (768, 12, 12, 3072, 0),
+    "siglip2-so400m-p16-naflex": (1152, 16, 27, 4304, 0),
 }
 
 
 def build(name: str, attn: str):
     d, heads, layers, mlp, regs = SIZES[name]
+    if name.endswith("naflex"):
+        from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+        cfg = Siglip2VisionConfig(
+            hidden_size=d, num_attention_heads=heads, num_hidden_layers=layers,
+            intermediate_size=mlp, patch_size=16, num_patches=256, attn_implementation=attn,
+        )
+        return Siglip2VisionModel(cfg)
     if name.startswith("dinov3"):
         from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
@@ -81,14 +93,23 @@ def main() -> None:
         model = build(args.backbone, attn).eval().to(args.device, dtype)
         for batch in (int(b) for b in args.batch.split(",")):
             x = torch.randn(batch, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
+            kw = {"pixel_values": x}
+            if args.backbone.endswith("naflex"):
+                g = args.image_size // 16
+                patches = x.reshape(batch, 3, g, 16, g, 16).permute(0, 2, 4, 3, 5, 1)
+                kw = {
+                    "pixel_values": patches.reshape(batch, g * g, 3 * 16 * 16).contiguous(),
+                    "pixel_attention_mask": torch.ones(batch, g * g, dtype=torch.int32, device=args.device),
+                    "spatial_shapes": torch.tensor([[g, g]] * batch, device=args.device),
+                }
             with torch.inference_mode():
                 for _ in range(2):
-                    model(pixel_values=x)
+                    model(**kw)
                 sync()
                 times, wall0, cpu0 = [], time.perf_counter(), cpu_time()
                 while len(times) < 3 or time.perf_counter() - wall0 < args.secs:
                     t = time.perf_counter()
-                    model(pixel_values=x)
+                    model(**kw)
                     sync()
                     times.append(time.perf_counter() - t)
                 wall, cpu = time.perf_counter() - wall0, cpu_time() - cpu0

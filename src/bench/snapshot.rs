@@ -33,6 +33,12 @@ pub enum Arch {
         patch: usize,
         image: usize,
     },
+    /// A SigLIP 2 NaFlex vision tower: patch side and position-grid size (`num_patches`, also
+    /// the processor's default `max_num_patches`).
+    Siglip2Naflex {
+        patch: usize,
+        num_patches: usize,
+    },
 }
 
 /// The sizes `sv72 bench --backbone` accepts by name.
@@ -136,6 +142,32 @@ pub const SIZES: &[Size] = &[
         mlp: 4304,
         registers: 0,
     },
+    Size {
+        name: "siglip2-base-p16-naflex",
+        mirrors: "google/siglip2-base-patch16-naflex",
+        arch: Arch::Siglip2Naflex {
+            patch: 16,
+            num_patches: 256,
+        },
+        hidden: 768,
+        heads: 12,
+        layers: 12,
+        mlp: 3072,
+        registers: 0,
+    },
+    Size {
+        name: "siglip2-so400m-p16-naflex",
+        mirrors: "google/siglip2-so400m-patch16-naflex",
+        arch: Arch::Siglip2Naflex {
+            patch: 16,
+            num_patches: 256,
+        },
+        hidden: 1152,
+        heads: 16,
+        layers: 27,
+        mlp: 4304,
+        registers: 0,
+    },
 ];
 
 /// Writes a random snapshot of the named size into `dir` (created).
@@ -147,7 +179,8 @@ pub fn write_random_snapshot(name: &str, dir: &Path) -> Result<()> {
     let (config, processor, shapes) = match size.arch {
         Arch::Dinov2 => dinov2(size),
         Arch::Dinov3 => dinov3(size),
-        Arch::Siglip { patch, image } => siglip(size, patch, image),
+        Arch::Siglip { patch, image } => siglip(size, patch, image, None),
+        Arch::Siglip2Naflex { patch, num_patches } => siglip(size, patch, 0, Some(num_patches)),
     };
     std::fs::write(dir.join("config.json"), config)?;
     std::fs::write(dir.join("preprocessor_config.json"), processor)?;
@@ -298,9 +331,29 @@ fn dinov3(s: &Size) -> (String, String, Shapes) {
     (config, processor.to_string(), shapes)
 }
 
-/// A `SiglipModel` checkpoint's vision half (the text tower is never read, so it is left out).
-fn siglip(s: &Size, p: usize, image: usize) -> (String, String, Shapes) {
+/// A `SiglipModel` checkpoint's vision half (the text tower is never read, so it is left out);
+/// with `naflex = Some(num_patches)` a `Siglip2Model` one (linear patch embedding).
+fn siglip(s: &Size, p: usize, image: usize, naflex: Option<usize>) -> (String, String, Shapes) {
     let d = s.hidden;
+    if let Some(np) = naflex {
+        let config = format!(
+            r#"{{"architectures": ["Siglip2Model"], "model_type": "siglip2", "vision_config": {{
+ "model_type": "siglip2_vision_model", "hidden_size": {d}, "num_attention_heads": {},
+ "num_hidden_layers": {}, "intermediate_size": {}, "hidden_act": "gelu_pytorch_tanh",
+ "num_patches": {np}, "patch_size": {p}, "num_channels": 3, "layer_norm_eps": 1e-06}}}}"#,
+            s.heads, s.layers, s.mlp
+        );
+        let processor = format!(
+            r#"{{"do_normalize": true, "do_rescale": true, "do_resize": true,
+ "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "Siglip2ImageProcessor",
+ "image_std": [0.5, 0.5, 0.5], "resample": 2, "rescale_factor": 0.00392156862745098,
+ "max_num_patches": {np}, "patch_size": {p}}}"#
+        );
+        let grid = (np as f64).sqrt() as usize;
+        let (_, _, mut shapes) = siglip(s, p, grid * p, None);
+        shapes[0].1 = vec![d, 3 * p * p];
+        return (config, processor, shapes);
+    }
     let config = format!(
         r#"{{"architectures": ["SiglipModel"], "model_type": "siglip", "vision_config": {{
  "model_type": "siglip_vision_model", "hidden_size": {d}, "num_attention_heads": {},
@@ -372,6 +425,7 @@ mod tests {
             ("vits14-reg", 384, 5),
             ("dinov3-vits16", 384, 5),
             ("siglip2-base-p16-224", 768, 0),
+            ("siglip2-base-p16-naflex", 768, 0),
         ] {
             let dir =
                 std::env::temp_dir().join(format!("sv72-snap-test-{name}-{}", std::process::id()));
