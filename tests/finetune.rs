@@ -23,12 +23,13 @@ use sv72::train::head::HeadKind;
 type Ad = Autodiff<Cpu>;
 
 const FAMILIES: [&str; 3] = ["dinov2_s36", "dinov2_reg4_s36", "dinov3-tiny"];
-/// The families above plus SigLIP, for the checks that need no PyTorch reference.
-const LORA_FAMILIES: [&str; 4] = [
+/// The families above plus SigLIP and SigLIP 2 NaFlex, for the checks that need no PyTorch reference.
+const LORA_FAMILIES: [&str; 5] = [
     "dinov2_s36",
     "dinov2_reg4_s36",
     "dinov3-tiny",
     "siglip-tiny",
+    "siglip2-tiny",
 ];
 
 fn backbone(name: &str) -> PathBuf {
