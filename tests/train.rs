@@ -832,8 +832,8 @@ mod cli_e2e {
     }
 
     /// A SigLIP 2 NaFlex backbone through the CLI with its own processor (each image resized to
-    /// its own patch grid, so batches are grouped by size): embed, train-head, eval, and a
-    /// clear refusal from export.
+    /// its own patch grid, so batches are grouped by size): embed, train-head, eval, an A/B
+    /// test against a DINOv2 head, and a clear refusal from export.
     #[test]
     fn naflex_backbone_embeds_trains_evaluates_and_refuses_export() {
         let bb = super::common::fixture("backbones/siglip2-tiny")
@@ -887,7 +887,42 @@ mod cli_e2e {
         assert_eq!(r.meta.run_id, run_id);
         assert!(r.images > 0);
 
+        // A/B against a DINOv2 head on the same test split, each on its own backbone.
         let ck = d.join("checkpoints").join(&run_id).display().to_string();
+        let args = [
+            "--set",
+            "backbone.preprocess=processor",
+            "train-head",
+            "--manifest",
+            "mix",
+            "--epochs",
+            "2",
+        ];
+        super::common::stdout_ok(&sv72_on(&backbone(), d, &args), &args);
+        let dino_id = std::fs::read_to_string(d.join("checkpoints/latest")).unwrap();
+        let args = [
+            "ab-test",
+            "checkpoints/latest",
+            ck.as_str(),
+            "--on",
+            "mix:test",
+            "--out",
+            "ab",
+        ];
+        let out = super::common::sv72(d, &args);
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ab: sv72::eval::ab::AbReport =
+            serde_json::from_slice(&std::fs::read(d.join("ab/decision.json")).unwrap()).unwrap();
+        assert_eq!(
+            (ab.a.id.as_str(), ab.b.id.as_str()),
+            (dino_id.trim(), run_id.as_str())
+        );
+        assert!(ab.stats.answers > 0 && ab.stats.images > 0);
+
         let hotkey = sv72::keys::ss58_encode(&[9; 32], 42);
         let args = [
             "export",
