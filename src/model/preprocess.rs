@@ -8,6 +8,9 @@
 //!   the **uint8** image (torch's antialiased separable kernel with int16 fixed-point weights,
 //!   one uint8 rounding per axis) → centre crop (zero padding when the crop is larger) → fused rescale + normalise in f32.
 //! * DINOv3: rescale to f32 first → antialiased **float** resize → (crop) → normalise.
+//! * SigLIP 2 NaFlex (`Siglip2ImageProcessor`): the uint8 pipeline, resized to the largest patch
+//!   grid within `max_num_patches` that keeps the aspect ratio ([`naflex_size`]); the model
+//!   patchifies (transformers' processor does that step, and pads).
 //!
 //! Both resamplers are implemented here (bilinear = triangle filter, bicubic = Keys a = -0.5, the
 //! antialiased kernels torch and Pillow share; the filter widens by the scale when downscaling).
