@@ -121,7 +121,6 @@ pub fn self_attention(qkv: &[f32], dims: Dims, rope: Option<&RopeRef<'_>>, out: 
                         rs: 1,
                         cs: hd as isize,
                     },
-                    1.0,
                     false,
                 );
                 math::softmax_rows(s, t);
@@ -144,7 +143,6 @@ pub fn self_attention(qkv: &[f32], dims: Dims, rope: Option<&RopeRef<'_>>, out: 
                         rs: 3 * d as isize,
                         cs: 1,
                     },
-                    1.0,
                     false,
                 );
             }

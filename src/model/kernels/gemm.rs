@@ -1,5 +1,12 @@
-//! `f32` matrix products through the `gemm` crate (the one burn-flex uses), with strides so
-//! that views (a head's columns of a fused q|k|v, a transposed key) are read in place.
+//! `f32` matrix products with strides, so that views (a head's columns of a fused q|k|v, a
+//! transposed key) are read in place.
+//!
+//! On x86-64 with AVX-512 the product runs on the kernel in [`avx512`]: the ViT shapes
+//! (`M` = a few hundred to a few thousand token rows, `K` ≤ 1536, `N` ≤ 4096) are too small for
+//! the `gemm` crate's general blocking and its rayon split to keep two cores busy (issue #11), so
+//! the work is split into one task per thread over column blocks, the weights are read in
+//! place (they need no packing: rows are contiguous), and each task runs a 14×32 register tile.
+//! Elsewhere the `gemm` crate runs the product.
 
 /// A read-only strided matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -19,8 +26,8 @@ pub struct MatMut {
 /// Below this many multiply-adds a product runs on the calling thread (burn-flex's threshold).
 const PARALLEL_FLOPS: usize = 192 * 192 * 192;
 
-/// `dst = (accumulate ? dst : 0) + scale · lhs · rhs` for `lhs` `m×k`, `rhs` `k×n`.
-/// `threads`: let gemm split the product over the rayon pool when it is large enough.
+/// `dst = (accumulate ? dst : 0) + lhs · rhs` for `lhs` `m×k`, `rhs` `k×n`.
+/// `threads`: split the product over the rayon pool when it is large enough.
 ///
 /// # Safety
 /// The three matrices must be valid for their shapes and strides, and `dst` must not overlap
@@ -34,10 +41,35 @@ pub unsafe fn matmul(
     accumulate: bool,
     lhs: MatRef,
     rhs: MatRef,
-    scale: f32,
     threads: bool,
 ) {
-    let parallelism = if threads && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_FLOPS {
+    let parallel = threads && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_FLOPS;
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: forwarded from the caller; the CPU has AVX-512F.
+        unsafe { avx512::matmul(m, n, k, dst, accumulate, lhs, rhs, parallel) };
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { matmul_gemm_crate(m, n, k, dst, accumulate, lhs, rhs, parallel) }
+}
+
+/// [`matmul`] on the `gemm` crate (the portable path; also the reference in tests).
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_gemm_crate(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut,
+    accumulate: bool,
+    lhs: MatRef,
+    rhs: MatRef,
+    parallel: bool,
+) {
+    let parallelism = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
@@ -59,11 +91,502 @@ pub unsafe fn matmul(
             rhs.cs,
             rhs.rs,
             1.0,
-            scale,
+            1.0,
             false,
             false,
             false,
             parallelism,
         );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    //! The AVX-512 product. Per task (a block of rows × a block of columns):
+    //! for each `KC`-deep slice of `k`, each `MR`-row tile of `lhs` is packed `k`-major into a
+    //! small buffer that stays in L1 (once per tile and slice: packing is a visible cost), then
+    //! multiplied against every `NR`-wide column panel of the task, read straight from `rhs`
+    //! (unit column stride; packed otherwise) and streamed from L2 (a task's share of a ViT-S/B
+    //! weight slice, `KC` × ≤ 768 columns, fits there). The register tile is `MR` × `NR` = 14 × 32: 28 accumulators, two `rhs` loads and
+    //! fourteen broadcast `lhs` operands per step, enough independent FMAs to fill both FMA
+    //! pipes through their latency.
+
+    use std::arch::x86_64::*;
+    use std::cell::RefCell;
+    use std::sync::OnceLock;
+
+    use rayon::prelude::*;
+
+    use super::{MatMut, MatRef};
+
+    /// Rows of the register tile.
+    pub const MR: usize = 14;
+    /// Columns of the register tile (two 16-lane vectors).
+    pub const NR: usize = 32;
+    /// Depth of one `k` slice: a packed `lhs` tile is `MR·KC` floats (21 KiB), L1-resident.
+    const KC: usize = 384;
+
+    /// Whether the CPU runs AVX-512F (checked once).
+    pub fn available() -> bool {
+        static AVX512: OnceLock<bool> = OnceLock::new();
+        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+
+    thread_local! {
+        /// Per-thread packing scratch: the `lhs` tile, then (for a strided `rhs`) its panels.
+        static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// The three matrices, shared read-only by the tasks (each writes its own block of `dst`).
+    #[derive(Clone, Copy)]
+    struct Job {
+        dst: MatMut,
+        lhs: MatRef,
+        rhs: MatRef,
+        k: usize,
+        accumulate: bool,
+    }
+    // SAFETY: tasks write disjoint blocks of `dst` and only read `lhs` and `rhs`; the caller of
+    // `matmul` guarantees nothing else touches them during the call.
+    unsafe impl Send for Job {}
+    unsafe impl Sync for Job {}
+
+    /// See [`super::matmul`]; `parallel` splits the product into one task per rayon thread.
+    ///
+    /// # Safety
+    /// As [`super::matmul`], and the CPU must have AVX-512F.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: MatMut,
+        accumulate: bool,
+        lhs: MatRef,
+        rhs: MatRef,
+        parallel: bool,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let job = Job {
+            dst,
+            lhs,
+            rhs,
+            k,
+            accumulate,
+        };
+        let threads = if parallel {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        if threads <= 1 {
+            // SAFETY: forwarded.
+            unsafe { block(job, 0..m, 0..n) };
+            return;
+        }
+        // Column blocks first (each task then reads only its share of `rhs`, the weights), in
+        // whole panels; rows split as well when there are fewer panels than threads.
+        let panels = n.div_ceil(NR);
+        let col_parts = threads.min(panels);
+        let row_parts = threads.div_ceil(col_parts).min(m.div_ceil(MR));
+        let row_tiles = m.div_ceil(MR);
+        (0..col_parts * row_parts).into_par_iter().for_each(|task| {
+            let (c, r) = (task % col_parts, task / col_parts);
+            let cols =
+                (panels * c / col_parts * NR).min(n)..(panels * (c + 1) / col_parts * NR).min(n);
+            let rows = (row_tiles * r / row_parts * MR).min(m)
+                ..(row_tiles * (r + 1) / row_parts * MR).min(m);
+            // SAFETY: blocks of distinct tasks are disjoint.
+            unsafe { block(job, rows, cols) };
+        });
+    }
+
+    /// `dst[rows, cols] (+)= lhs[rows, :] · rhs[:, cols]` on the calling thread.
+    unsafe fn block(job: Job, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        PACK.with_borrow_mut(|(a_pack, b_pack)| {
+            if a_pack.len() < MR * KC {
+                a_pack.resize(MR * KC, 0.0);
+            }
+            let Job {
+                dst,
+                lhs,
+                rhs,
+                k,
+                accumulate,
+            } = job;
+            let direct = rhs.cs == 1;
+            let (j0, j1) = (cols.start, cols.end);
+            #[cfg(test)]
+            super::tests_hook::touched();
+            for p0 in (0..k.max(1)).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let load_c = accumulate || p0 > 0;
+                // Where panel `j` (a column index) of this slice starts, and its row stride.
+                let (b_base, ldb, panel_stride): (*const f32, isize, isize);
+                // SAFETY (whole block): indices stay within the shapes the caller vouched for;
+                // packed buffers are sized before use.
+                unsafe {
+                    if direct {
+                        b_base = rhs.ptr.offset(p0 as isize * rhs.rs + j0 as isize);
+                        ldb = rhs.rs;
+                        panel_stride = NR as isize;
+                    } else {
+                        let panels = (j1 - j0).div_ceil(NR);
+                        let need = panels * kc * NR;
+                        if b_pack.len() < need {
+                            b_pack.resize(need, 0.0);
+                        }
+                        pack_rhs(rhs, p0, kc, j0, j1, b_pack);
+                        b_base = b_pack.as_ptr();
+                        ldb = NR as isize;
+                        panel_stride = (kc * NR) as isize;
+                    }
+                    for i0 in rows.clone().step_by(MR) {
+                        let mr = MR.min(rows.end - i0);
+                        pack_lhs(lhs, i0, mr, p0, kc, a_pack);
+                        for (pi, j) in (j0..j1).step_by(NR).enumerate() {
+                            let nr = NR.min(j1 - j);
+                            let b = b_base.offset(pi as isize * panel_stride);
+                            let c = dst.ptr.offset(i0 as isize * dst.rs + j as isize);
+                            tile(mr, nr, kc, a_pack.as_ptr(), b, ldb, c, dst.rs, load_c);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Packs `lhs[i0..i0+mr, p0..p0+kc]` `k`-major: `out[p·mr + i]`.
+    unsafe fn pack_lhs(lhs: MatRef, i0: usize, mr: usize, p0: usize, kc: usize, out: &mut [f32]) {
+        if lhs.cs == 1 {
+            let out = &mut out[..kc * mr];
+            for i in 0..mr {
+                // SAFETY: row `i0 + i` has `kc` floats from column `p0`.
+                let row = unsafe {
+                    std::slice::from_raw_parts(
+                        lhs.ptr.offset((i0 + i) as isize * lhs.rs + p0 as isize),
+                        kc,
+                    )
+                };
+                for (o, v) in out[i..].iter_mut().step_by(mr).zip(row) {
+                    *o = *v;
+                }
+            }
+            return;
+        }
+        for i in 0..mr {
+            // SAFETY: within the caller's shape.
+            let row = unsafe {
+                lhs.ptr
+                    .offset((i0 + i) as isize * lhs.rs + p0 as isize * lhs.cs)
+            };
+            for p in 0..kc {
+                // SAFETY: as above; `out` holds MR·KC floats.
+                unsafe { *out.get_unchecked_mut(p * mr + i) = *row.offset(p as isize * lhs.cs) };
+            }
+        }
+    }
+
+    /// Packs `rhs[p0..p0+kc, j0..j1]` into `NR`-wide panels, `out[panel][p][NR]`, the last
+    /// panel zero-padded.
+    unsafe fn pack_rhs(rhs: MatRef, p0: usize, kc: usize, j0: usize, j1: usize, out: &mut [f32]) {
+        for (pi, j) in (j0..j1).step_by(NR).enumerate() {
+            let panel = &mut out[pi * kc * NR..(pi + 1) * kc * NR];
+            let nr = NR.min(j1 - j);
+            if nr < NR {
+                panel.fill(0.0);
+            }
+            for jj in 0..nr {
+                // SAFETY: within the caller's shape.
+                let col = unsafe {
+                    rhs.ptr
+                        .offset(p0 as isize * rhs.rs + (j + jj) as isize * rhs.cs)
+                };
+                for p in 0..kc {
+                    // SAFETY: as above.
+                    panel[p * NR + jj] = unsafe { *col.offset(p as isize * rhs.rs) };
+                }
+            }
+        }
+    }
+
+    /// Dispatches one `mr × nr` tile to its monomorphised kernel.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn tile(
+        mr: usize,
+        nr: usize,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: isize,
+        c: *mut f32,
+        ldc: isize,
+        load_c: bool,
+    ) {
+        macro_rules! go {
+            ($($m:literal)*) => {
+                match (mr, nr == NR) {
+                    $(
+                        ($m, true) => unsafe { kernel::<$m, true>(kc, a, b, ldb, c, ldc, nr, load_c) },
+                        ($m, false) => unsafe { kernel::<$m, false>(kc, a, b, ldb, c, ldc, nr, load_c) },
+                    )*
+                    _ => unreachable!("tile rows 1..=MR"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    }
+
+    /// `c[0..R, 0..nr] (+)= a · b` over `kc` steps: `a` packed `[kc][R]`, `b` rows `ldb` apart.
+    /// `FULL`: `nr == NR` (no masks).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel<const R: usize, const FULL: bool>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: isize,
+        c: *mut f32,
+        ldc: isize,
+        nr: usize,
+        load_c: bool,
+    ) {
+        let (m0, m1): (__mmask16, __mmask16) = if FULL {
+            (!0, !0)
+        } else {
+            (
+                (((1u32 << nr.min(16)) - 1) & 0xffff) as u16,
+                (((1u32 << nr.saturating_sub(16)) - 1) & 0xffff) as u16,
+            )
+        };
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            // SAFETY: `b` row has `nr` readable floats (masked beyond), `a` holds R per step.
+            unsafe {
+                let (b0, b1) = if FULL {
+                    (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
+                } else {
+                    (
+                        _mm512_maskz_loadu_ps(m0, b),
+                        _mm512_maskz_loadu_ps(m1, b.add(16)),
+                    )
+                };
+                for i in 0..R {
+                    let ai = _mm512_set1_ps(*a.add(i));
+                    acc0[i] = _mm512_fmadd_ps(ai, b0, acc0[i]);
+                    acc1[i] = _mm512_fmadd_ps(ai, b1, acc1[i]);
+                }
+                a = a.add(R);
+                b = b.offset(ldb);
+            }
+        }
+        for i in 0..R {
+            // SAFETY: row `i` of the tile has `nr` writable floats.
+            unsafe {
+                let row = c.offset(i as isize * ldc);
+                if FULL {
+                    if load_c {
+                        acc0[i] = _mm512_add_ps(acc0[i], _mm512_loadu_ps(row));
+                        acc1[i] = _mm512_add_ps(acc1[i], _mm512_loadu_ps(row.add(16)));
+                    }
+                    _mm512_storeu_ps(row, acc0[i]);
+                    _mm512_storeu_ps(row.add(16), acc1[i]);
+                } else {
+                    if load_c {
+                        acc0[i] = _mm512_add_ps(acc0[i], _mm512_maskz_loadu_ps(m0, row));
+                        acc1[i] = _mm512_add_ps(acc1[i], _mm512_maskz_loadu_ps(m1, row.add(16)));
+                    }
+                    _mm512_mask_storeu_ps(row, m0, acc0[i]);
+                    _mm512_mask_storeu_ps(row.add(16), m1, acc1[i]);
+                }
+            }
+        }
+    }
+}
+
+/// Records which threads ran a block of the AVX-512 product (the multi-thread test).
+#[cfg(test)]
+pub(crate) mod tests_hook {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::thread::ThreadId;
+
+    pub static THREADS: Mutex<Option<HashSet<ThreadId>>> = Mutex::new(None);
+
+    pub fn touched() {
+        // Only the test's own pool: other tests run products at the same time.
+        let me = std::thread::current();
+        if me.name().is_some_and(|n| n.starts_with("gemm-test")) {
+            if let Some(set) = THREADS.lock().unwrap().as_mut() {
+                set.insert(me.id());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ViT-sized product on a 2-thread pool runs on both threads (issue #11: the CPU forward
+    /// once ran on one core).
+    #[test]
+    fn large_matmul_runs_on_more_than_one_thread() {
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            let (m, n, k) = (8 * 261, 1152, 384);
+            let (a, b) = (data(m * k, 1), data(k * n, 2));
+            let mut out = vec![0f32; m * n];
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .thread_name(|i| format!("gemm-test-{i}"))
+                .build()
+                .unwrap();
+            *tests_hook::THREADS.lock().unwrap() = Some(Default::default());
+            // A few products: on a loaded machine the second worker may wake too late for one.
+            for _ in 0..20 {
+                pool.install(|| {
+                    // SAFETY: buffers match the shapes.
+                    unsafe {
+                        matmul(
+                            m,
+                            n,
+                            k,
+                            MatMut {
+                                ptr: out.as_mut_ptr(),
+                                rs: n as isize,
+                            },
+                            false,
+                            MatRef {
+                                ptr: a.as_ptr(),
+                                rs: k as isize,
+                                cs: 1,
+                            },
+                            MatRef {
+                                ptr: b.as_ptr(),
+                                rs: n as isize,
+                                cs: 1,
+                            },
+                            true,
+                        )
+                    }
+                });
+                if tests_hook::THREADS.lock().unwrap().as_ref().unwrap().len() >= 2 {
+                    break;
+                }
+            }
+            let seen = tests_hook::THREADS.lock().unwrap().take().unwrap();
+            assert!(seen.len() >= 2, "product ran on {} thread(s)", seen.len());
+        }
+    }
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + seed) * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// Plain f64 reference of `acc + a·b` with strides.
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        ars: usize,
+        acs: usize,
+        b: &[f32],
+        brs: usize,
+        bcs: usize,
+        acc: &[f32],
+    ) -> Vec<f32> {
+        let mut out = acc.to_vec();
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| a[i * ars + p * acs] as f64 * b[p * brs + j * bcs] as f64)
+                    .sum();
+                out[i * n + j] = (out[i * n + j] as f64 + s) as f32;
+            }
+        }
+        out
+    }
+
+    /// Every tile shape (rows 1..=14 and beyond, ragged columns, `k` past one slice), strided
+    /// and transposed operands, accumulate on and off, one thread and the pool.
+    #[test]
+    fn matmul_matches_reference_over_edge_shapes() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (13, 31, 7),
+            (29, 70, 400),
+            (261, 96, 64),
+            (15, 33, 800),
+            (3, 700, 5),
+        ] {
+            // lhs row-major m×k; rhs either row-major k×n or the transpose of a row-major n×k.
+            let a = data(m * k, 1);
+            let b = data(k * n, 2);
+            let acc = data(m * n, 3);
+            for transposed in [false, true] {
+                let (brs, bcs) = if transposed { (1, k) } else { (n, 1) };
+                for accumulate in [false, true] {
+                    for threads in [false, true] {
+                        let mut out = if accumulate {
+                            acc.clone()
+                        } else {
+                            vec![f32::NAN; m * n]
+                        };
+                        let zero = vec![0f32; m * n];
+                        let want = reference(
+                            m,
+                            n,
+                            k,
+                            &a,
+                            k,
+                            1,
+                            &b,
+                            brs,
+                            bcs,
+                            if accumulate { &acc } else { &zero },
+                        );
+                        // SAFETY: buffers match the shapes and strides.
+                        unsafe {
+                            matmul(
+                                m,
+                                n,
+                                k,
+                                MatMut {
+                                    ptr: out.as_mut_ptr(),
+                                    rs: n as isize,
+                                },
+                                accumulate,
+                                MatRef {
+                                    ptr: a.as_ptr(),
+                                    rs: k as isize,
+                                    cs: 1,
+                                },
+                                MatRef {
+                                    ptr: b.as_ptr(),
+                                    rs: brs as isize,
+                                    cs: bcs as isize,
+                                },
+                                threads,
+                            );
+                        }
+                        for (x, y) in out.iter().zip(&want) {
+                            assert!(
+                                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                                "{m}x{n}x{k} t={transposed} acc={accumulate}: {x} vs {y}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

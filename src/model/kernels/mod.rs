@@ -138,7 +138,6 @@ fn linear_host(
                 rs: n as isize,
                 cs: 1,
             },
-            1.0,
             true,
         );
     }
