@@ -540,6 +540,7 @@ mod tests {
     }
 
     /// Plain f64 reference of `acc + a·b` with strides.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         m: usize,
         n: usize,
