@@ -102,28 +102,29 @@ struct Top {
     vision_config: Option<serde_json::Value>,
 }
 
-fn d_hidden() -> usize {
+// Defaults of transformers' `SiglipVisionConfig`, shared with SigLIP 2 (same values there).
+pub(super) fn d_hidden() -> usize {
     768
 }
-fn d_intermediate() -> usize {
+pub(super) fn d_intermediate() -> usize {
     3072
 }
-fn d_layers() -> usize {
+pub(super) fn d_layers() -> usize {
     12
 }
-fn d_heads() -> usize {
+pub(super) fn d_heads() -> usize {
     12
 }
-fn d_act() -> String {
+pub(super) fn d_act() -> String {
     "gelu_pytorch_tanh".into()
 }
-fn d_eps() -> f64 {
+pub(super) fn d_eps() -> f64 {
     1e-6
 }
-fn d_channels() -> usize {
+pub(super) fn d_channels() -> usize {
     3
 }
-fn d_true() -> bool {
+pub(super) fn d_true() -> bool {
     true
 }
 

@@ -27,7 +27,10 @@ use serde::Deserialize;
 
 use super::linear::Proj;
 use super::loader::{Bindings, LoadOptions, Loader, PartSpec};
-use super::siglip::{Activation, Layer, MapHead, SiglipVisionConfig};
+use super::siglip::{
+    d_act, d_channels, d_eps, d_heads, d_hidden, d_intermediate, d_layers, d_true, Activation,
+    Layer, MapHead, SiglipVisionConfig,
+};
 use super::weights::Weights;
 use super::{ops, parse_config, BackboneOutput, FeatureExtractor, ProjRole};
 
@@ -87,31 +90,6 @@ fn d_patch() -> usize {
 fn d_num_patches() -> usize {
     256
 }
-fn d_hidden() -> usize {
-    768
-}
-fn d_intermediate() -> usize {
-    3072
-}
-fn d_layers() -> usize {
-    12
-}
-fn d_heads() -> usize {
-    12
-}
-fn d_act() -> String {
-    "gelu_pytorch_tanh".into()
-}
-fn d_eps() -> f64 {
-    1e-6
-}
-fn d_channels() -> usize {
-    3
-}
-fn d_true() -> bool {
-    true
-}
-
 impl Siglip2VisionConfig {
     /// Reads and validates `path` (a snapshot's `config.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
