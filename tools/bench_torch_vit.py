@@ -6,8 +6,10 @@ images/s and CPU time over wall time (cores busy) per line.
         [--threads 2] [--secs 6] [--device cpu|cuda] [--dtype f32|f16|bf16] [--attn sdpa,eager]
 
 Named sizes as `sv72 bench`: vits14, vits14-reg, vitb14, vitl14, dinov3-vits16, dinov3-vitl16,
-siglip2-base-p16-naflex, siglip2-so400m-p16-naflex (NaFlex: the square image as
-(image-size/16)² patches, no padding, as sv72 runs one image size per batch).
+siglip2-base-p16-224, siglip2-large-p16-256, siglip2-so400m-p14-384 (fixed-resolution SigLIP 2:
+pass `--image-size` for its own resolution; other sizes interpolate the position table as
+`sv72 bench` does), siglip2-base-p16-naflex, siglip2-so400m-p16-naflex (NaFlex: the square image
+as (image-size/16)² patches, no padding, as sv72 runs one image size per batch).
 """
 
 import argparse
@@ -25,6 +27,9 @@ SIZES = {
     "vitl14": (1024, 16, 24, 4096, 0),
     "dinov3-vits16": (384, 6, 12, 1536, 4),
     "dinov3-vitl16": (1024, 16, 24, 4096, 4),
+    "siglip2-base-p16-224": (768, 12, 12, 3072, 0),
+    "siglip2-large-p16-256": (1024, 16, 24, 4096, 0),
+    "siglip2-so400m-p14-384": (1152, 16, 27, 4304, 0),
     "siglip2-base-p16-naflex": (768, 12, 12, 3072, 0),
     "siglip2-so400m-p16-naflex": (1152, 16, 27, 4304, 0),
 }
@@ -40,6 +45,15 @@ def build(name: str, attn: str):
             intermediate_size=mlp, patch_size=16, num_patches=256, attn_implementation=attn,
         )
         return Siglip2VisionModel(cfg)
+    if name.startswith("siglip2-"):
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        patch, image = int(name.split("-p")[1].split("-")[0]), int(name.rsplit("-", 1)[1])
+        cfg = SiglipVisionConfig(
+            hidden_size=d, num_attention_heads=heads, num_hidden_layers=layers,
+            intermediate_size=mlp, patch_size=patch, image_size=image, attn_implementation=attn,
+        )
+        return SiglipVisionModel(cfg)
     if name.startswith("dinov3"):
         from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
@@ -94,6 +108,8 @@ def main() -> None:
         for batch in (int(b) for b in args.batch.split(",")):
             x = torch.randn(batch, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
             kw = {"pixel_values": x}
+            if args.backbone.startswith("siglip2-") and not args.backbone.endswith("naflex"):
+                kw["interpolate_pos_encoding"] = True
             if args.backbone.endswith("naflex"):
                 g = args.image_size // 16
                 patches = x.reshape(batch, 3, g, 16, g, 16).permute(0, 2, 4, 3, 5, 1)
