@@ -28,7 +28,7 @@ use super::activation::Activation;
 use super::linear::Proj;
 use super::loader::{Bindings, LoadOptions, Loader, PartSpec, Piece, PieceKind};
 use super::ops;
-use super::resample::bicubic_matrix;
+use super::resample::{bicubic_matrix, resize_grid};
 use super::weights::Weights;
 use super::{parse_config, BackboneOutput, FeatureExtractor, IntOrPair};
 
@@ -315,26 +315,14 @@ impl<B: Backend> Embeddings<B> {
         if rows * cols == gh * gw && square {
             return pos;
         }
-        let d = cfg.hidden_size;
-        let device = pos.device();
         let aa = cfg.family.antialias();
-        // Separable: out = Wy · P · Wxᵀ per channel, as two plain matmuls.
-        let matrix = |n_in, n_out| {
-            Tensor::<B, 2>::from_data(
-                burn::tensor::TensorData::new(bicubic_matrix(n_in, n_out, aa), [n_out, n_in]),
-                &device,
-            )
-        };
-        let (wy, wx) = (matrix(gh, rows), matrix(gw, cols));
-        let t = wy.matmul(pos.reshape([gh, gw * d])); // [rows, gw * D]
-        let t = t
-            .reshape([rows, gw, d])
-            .swap_dims(0, 1)
-            .reshape([gw, rows * d]);
-        let t = wx.matmul(t); // [cols, rows * D]
-        t.reshape([cols, rows, d])
-            .swap_dims(0, 1)
-            .reshape([rows * cols, d])
+        resize_grid(
+            pos,
+            [gh, gw],
+            [rows, cols],
+            bicubic_matrix(gh, rows, aa),
+            bicubic_matrix(gw, cols, aa),
+        )
     }
 
     /// Tokens `[N, 1 + R + patches, D]` of `pixel_values` `[N, C, H, W]`.

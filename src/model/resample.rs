@@ -4,6 +4,9 @@
 
 use std::ops::{Add, Mul, Sub};
 
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
 /// The float types the kernels run in: torch computes the plain bicubic taps in the input's
 /// f32, the antialiased tables in f64.
 pub trait Real:
@@ -160,6 +163,31 @@ pub fn bicubic_matrix(n_in: usize, n_out: usize, antialias: bool) -> Vec<f32> {
         }
     }
     m.into_iter().map(|w| w as f32).collect()
+}
+
+/// Resamples a position table `[gh · gw, D]` to `[rows · cols, D]` separably, out = Wy · P · Wxᵀ
+/// per channel as two plain matmuls; `wy` `[rows, gh]` and `wx` `[cols, gw]` are row-major
+/// per-axis weights (e.g. [`bicubic_matrix`]).
+pub fn resize_grid<B: Backend>(
+    pos: Tensor<B, 2>,
+    [gh, gw]: [usize; 2],
+    [rows, cols]: [usize; 2],
+    wy: Vec<f32>,
+    wx: Vec<f32>,
+) -> Tensor<B, 2> {
+    let d = pos.dims()[1];
+    let device = pos.device();
+    let wy = Tensor::<B, 2>::from_data(TensorData::new(wy, [rows, gh]), &device);
+    let wx = Tensor::<B, 2>::from_data(TensorData::new(wx, [cols, gw]), &device);
+    let t = wy.matmul(pos.reshape([gh, gw * d])); // [rows, gw * D]
+    let t = t
+        .reshape([rows, gw, d])
+        .swap_dims(0, 1)
+        .reshape([gw, rows * d]);
+    let t = wx.matmul(t); // [cols, rows * D]
+    t.reshape([cols, rows, d])
+        .swap_dims(0, 1)
+        .reshape([rows * cols, d])
 }
 
 #[cfg(test)]

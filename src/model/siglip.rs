@@ -21,14 +21,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::LayerNorm;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use serde::Deserialize;
 
 pub use super::activation::Activation;
 use super::linear::Proj;
 use super::loader::{Bindings, LoadOptions, Loader, PartSpec};
 use super::ops;
-use super::resample::bicubic_matrix;
+use super::resample::{bicubic_matrix, resize_grid};
 use super::weights::Weights;
 use super::{parse_config, BackboneOutput, FeatureExtractor, IntOrPair, ProjRole};
 
@@ -407,24 +407,13 @@ impl<B: Backend> Embeddings<B> {
         if rows * cols == g * g && square {
             return pos;
         }
-        let d = cfg.hidden_size;
-        let device = pos.device();
-        let matrix = |n_out| {
-            Tensor::<B, 2>::from_data(
-                TensorData::new(bicubic_matrix(g, n_out, false), [n_out, g]),
-                &device,
-            )
-        };
-        let (wy, wx) = (matrix(rows), matrix(cols));
-        let t = wy.matmul(pos.reshape([g, g * d])); // [rows, g * D]
-        let t = t
-            .reshape([rows, g, d])
-            .swap_dims(0, 1)
-            .reshape([g, rows * d]);
-        let t = wx.matmul(t); // [cols, rows * D]
-        t.reshape([cols, rows, d])
-            .swap_dims(0, 1)
-            .reshape([rows * cols, d])
+        resize_grid(
+            pos,
+            [g, g],
+            [rows, cols],
+            bicubic_matrix(g, rows, false),
+            bicubic_matrix(g, cols, false),
+        )
     }
 }
 

@@ -22,11 +22,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::LayerNorm;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use super::linear::Proj;
 use super::loader::{Bindings, LoadOptions, Loader, PartSpec};
+use super::resample::resize_grid;
 use super::siglip::{
     d_act, d_channels, d_eps, d_heads, d_hidden, d_intermediate, d_layers, d_true, Activation,
     Layer, MapHead, SiglipVisionConfig,
@@ -208,25 +209,14 @@ impl<B: Backend> Embeddings<B> {
 
     /// Position embeddings `[rows · cols, D]`: the grid resized to `rows × cols`.
     fn positions(&self, cfg: &Siglip2VisionConfig, rows: usize, cols: usize) -> Tensor<B, 2> {
-        let (g, d) = (cfg.grid(), cfg.base.hidden_size);
-        let pos = self.pos.val();
-        let device = pos.device();
-        let matrix = |n_out| {
-            Tensor::<B, 2>::from_data(
-                TensorData::new(bilinear_aa_matrix(g, n_out), [n_out, g]),
-                &device,
-            )
-        };
-        let (wy, wx) = (matrix(rows), matrix(cols));
-        let t = wy.matmul(pos.reshape([g, g * d])); // [rows, g * D]
-        let t = t
-            .reshape([rows, g, d])
-            .swap_dims(0, 1)
-            .reshape([g, rows * d]);
-        let t = wx.matmul(t); // [cols, rows * D]
-        t.reshape([cols, rows, d])
-            .swap_dims(0, 1)
-            .reshape([rows * cols, d])
+        let g = cfg.grid();
+        resize_grid(
+            self.pos.val(),
+            [g, g],
+            [rows, cols],
+            bilinear_aa_matrix(g, rows),
+            bilinear_aa_matrix(g, cols),
+        )
     }
 }
 
