@@ -252,6 +252,16 @@ pub struct Layer<B: Backend> {
 }
 
 impl<B: Backend> Layer<B> {
+    /// This layer's four projections, for attaching adapters (shared with SigLIP 2).
+    pub(super) fn projections_mut(&mut self) -> [(ProjRole, &mut Proj<B>); 4] {
+        [
+            (ProjRole::AttnQkv, &mut self.qkv),
+            (ProjRole::AttnOut, &mut self.out_proj),
+            (ProjRole::MlpIn, &mut self.mlp.fc1),
+            (ProjRole::MlpOut, &mut self.mlp.fc2),
+        ]
+    }
+
     /// Block `i` (`encoder.layers.i`).
     pub fn load(l: &Loader<'_, B>, i: usize, cfg: &SiglipVisionConfig) -> Result<Self> {
         let l = l.pp(&format!("encoder.layers.{i}")).at_depth(i + 1);
@@ -520,14 +530,10 @@ impl<B: Backend> SiglipVisionModel<B> {
 
     /// Every encoder projection, for attaching adapters (the MAP head's stay as they are).
     pub fn projections_mut(&mut self) -> Vec<(ProjRole, &mut Proj<B>)> {
-        let mut out = Vec::new();
-        for l in &mut self.layers {
-            out.push((ProjRole::AttnQkv, &mut l.qkv));
-            out.push((ProjRole::AttnOut, &mut l.out_proj));
-            out.push((ProjRole::MlpIn, &mut l.mlp.fc1));
-            out.push((ProjRole::MlpOut, &mut l.mlp.fc2));
-        }
-        out
+        self.layers
+            .iter_mut()
+            .flat_map(Layer::projections_mut)
+            .collect()
     }
 
     /// Final (`post_layernorm`) hidden state `[N, patches, D]`.

@@ -322,14 +322,10 @@ impl<B: Backend> Siglip2VisionModel<B> {
 
     /// Every encoder projection, for attaching adapters.
     pub fn projections_mut(&mut self) -> Vec<(ProjRole, &mut Proj<B>)> {
-        let mut out = Vec::new();
-        for l in &mut self.layers {
-            out.push((ProjRole::AttnQkv, &mut l.qkv));
-            out.push((ProjRole::AttnOut, &mut l.out_proj));
-            out.push((ProjRole::MlpIn, &mut l.mlp.fc1));
-            out.push((ProjRole::MlpOut, &mut l.mlp.fc2));
-        }
-        out
+        self.layers
+            .iter_mut()
+            .flat_map(Layer::projections_mut)
+            .collect()
     }
 
     /// Final hidden state `[n, rows · cols, D]` of `n` images of one `rows × cols` patch grid,
