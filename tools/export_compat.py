@@ -1,13 +1,14 @@
 """`make compat`: which transformers stacks load sv72's exports, and do they answer what sv72 does.
 
 For every fixture backbone family (tests/fixtures/backbones: DINOv2, DINOv2-SwiGLU,
-DINOv2-with-registers, DINOv3, DINOv3-gated) x head (linear, MLP), and for plain DINOv2 both
-preprocessing recipes, this:
+DINOv2-with-registers, DINOv3, DINOv3-gated) x head (linear, MLP), for plain DINOv2 both
+preprocessing recipes, and for `sv72 finetune` (LoRA merged, full) on DINOv2 and DINOv2-reg, this:
 
 1. builds two virtual environments (once, under --venvs): the subnet miner's pinned stack
    (tools/compat-subnet.txt: transformers 4.45.2, torch 2.6.0, pillow 10.4.0, python 3.11) and
    current transformers (tools/compat-current.txt);
-2. trains a head with the real CLI on `sv72 demo-data` scenes (ingest, synth-mix, train-head)
+2. trains a head with the real CLI on `sv72 demo-data` scenes (ingest, synth-mix, train-head, or
+   a short `finetune`)
    and exports it with the default `--target subnet` where the model allows it, else
    `--target transformers` (which the table then shows), with `--selfcheck` on the scored
    images: sv72's probabilities through the predictor `sv72 serve` loads, decoded by the
@@ -46,7 +47,8 @@ STACKS = [
     ("current", "tools/compat-current.txt", "transformers 5.24.0"),
 ]
 TOL = 1e-4
-# (label, fixture, head, preprocess, may use the default target)
+# (label, fixture, head, preprocess[, how the model is trained: "head" (train-head, the default)
+# or a `sv72 finetune --mode` (lora | partial | full), whose export carries the adapted backbone])
 CASES = [
     ("dinov2 linear", "dinov2_s36", "linear", "validator"),
     ("dinov2 linear (processor)", "dinov2_s36", "linear", "processor"),
@@ -59,6 +61,9 @@ CASES = [
     ("dinov3 MLP", "dinov3-tiny", "mlp", "validator"),
     ("dinov3-gated linear", "dinov3-gated", "linear", "validator"),
     ("dinov3-gated MLP", "dinov3-gated", "mlp", "validator"),
+    ("dinov2 LoRA fine-tune", "dinov2_s36", "linear", "validator", "lora"),
+    ("dinov2 full fine-tune", "dinov2_s36", "linear", "validator", "full"),
+    ("dinov2-reg4 LoRA fine-tune", "dinov2_reg4_s36", "linear", "validator", "lora"),
 ]
 KINDS = [
     ("jpeg-pil", "JPEG, PIL defaults (validators)"),
@@ -240,15 +245,23 @@ def main():
     kind_of = {r["path"]: r["kind"] for r in index}
 
     rows = []
-    for label, fixture, head, pre in CASES:
+    for label, fixture, head, pre, *how in CASES:
+        train = how[0] if how else "head"
         if a.only and a.only not in label:
             continue
         case = label.replace(" ", "_").replace("(", "").replace(")", "")
         snap = os.path.join(FIX, fixture)
         sets = ["--set", f"backbone.model={snap}", "--set", f"head.kind={head}", "--set", f"backbone.preprocess={pre}",
                 "--set", f"paths.exports={work}/exports/{case}", "--set", f"paths.checkpoints={work}/checkpoints/{case}"]
-        log(f"{label}: train-head, export...")
-        sv(*sets, "train-head", "--manifest", "mix", "--views", "2")
+        if train == "head":
+            log(f"{label}: train-head, export...")
+            sv(*sets, "train-head", "--manifest", "mix", "--views", "2")
+        else:
+            # Two short epochs with a high rate: the point is an export whose backbone weights
+            # differ from the snapshot's (merged adapters, updated blocks), not a good model.
+            log(f"{label}: finetune --mode {train}, export...")
+            sv(*sets, "finetune", "--manifest", "mix", "--mode", train, "--epochs", "2",
+               "--set", "finetune.lr=0.01", "--set", "finetune.warmup_steps=0")
         ck = f"{work}/checkpoints/{case}/latest"
         probs = f"{work}/probs_{case}.json"
         hotkey = run([sv72, "query", "--print-hotkey", "--hotkey-seed", "01" * 32]).strip()
@@ -271,7 +284,7 @@ def main():
             cfg = json.load(f)
         with open(os.path.join(exp_dir, "sv72_export.json")) as f:
             prov = json.load(f)
-        row = {"label": label, "fixture": fixture, "head": head, "preprocess": pre, "target": target,
+        row = {"label": label, "fixture": fixture, "head": head, "preprocess": pre, "train": train, "target": target,
                "class": cfg["architectures"][0], "export": exp_dir, "claims": prov["loads_in"],
                "refusal": refusal, "stacks": {}}
         for name, _, _ in STACKS:
@@ -402,7 +415,8 @@ def update_readme(md):
 def write_references(rows):
     out = os.path.join(ROOT, "tests", "fixtures", "export", "subnet")
     for r in rows:
-        if r["target"] != "subnet":
+        # A fine-tune's config equals its head-only twin's; the head rows own the reference.
+        if r["target"] != "subnet" or r["train"] != "head":
             continue
         d = os.path.join(out, f"{r['fixture']}_{r['preprocess']}")
         os.makedirs(d, exist_ok=True)
