@@ -62,6 +62,7 @@ CASES = [
     ("dinov3-gated linear", "dinov3-gated", "linear", "validator"),
     ("dinov3-gated MLP", "dinov3-gated", "mlp", "validator"),
     ("dinov2 LoRA fine-tune", "dinov2_s36", "linear", "validator", "lora"),
+    ("dinov2 LoRA fine-tune (processor)", "dinov2_s36", "linear", "processor", "lora"),
     ("dinov2 full fine-tune", "dinov2_s36", "linear", "validator", "full"),
     ("dinov2-reg4 LoRA fine-tune", "dinov2_reg4_s36", "linear", "validator", "lora"),
 ]

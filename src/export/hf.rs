@@ -5,10 +5,9 @@
 //! Two targets ([`Target`]). The default, [`Target::Subnet`], writes only what the subnet's own
 //! miner loads: its poetry.lock pins transformers 4.45.2, whose only DINO classifier is
 //! `Dinov2ForImageClassification` (a `Linear(2·hidden, 2)` on `[CLS ; mean of patch tokens]`),
-//! and its `AutoImageProcessor.from_pretrained(repo, use_fast=True)` resolves
-//! `ViTImageProcessor` (to `ViTImageProcessorFast`) or, with no `image_processor_type`, the
-//! model type's `BitImageProcessor`, but not an explicit `BitImageProcessor` (it looks for a
-//! `BitImageProcessorFast` that 4.45.2 lacks). Registers, DINOv3 and MLP heads have no 4.45.2
+//! and its `AutoImageProcessor.from_pretrained(repo, use_fast=True)` resolves, with no
+//! `image_processor_type`, the model type's `BitImageProcessor` (PIL), but not an explicit
+//! `BitImageProcessor` (it looks for a `BitImageProcessorFast` that 4.45.2 lacks). Registers, DINOv3 and MLP heads have no 4.45.2
 //! form computing the same function (README, "Export compatibility"), so the subnet target
 //! refuses them before any work. [`Target::Transformers`] writes them for current
 //! transformers: `Dinov2WithRegistersForImageClassification` for a linear head on registers,
@@ -354,11 +353,12 @@ pub fn build_config(
 
 /// `preprocessor_config.json` reproducing the recipe the head's features were computed with.
 ///
-/// `validator` runs (exact square resize, no crop, resize on uint8) become a
-/// `ViTImageProcessor` config for every family: with `use_fast=True` both 4.45.2 and current
-/// transformers load `ViTImageProcessorFast`, which resizes uint8 pixels with torchvision's
-/// antialiased kernel and then rescales and normalises in one step, exactly the validator recipe
-/// (DINOv3's own processor resizes floats). `processor` runs reuse the snapshot's own file; for
+/// `validator` runs (exact square resize, no crop, resize on uint8) become, for the
+/// transformers target, a `ViTImageProcessor` config for every family: current transformers
+/// loads its torchvision backend, which resizes uint8 pixels and then rescales and normalises in
+/// one step, the validator recipe (DINOv3's own processor resizes floats). For the subnet target
+/// they become the model type's `BitImageProcessor` without a crop, which 4.45.2 runs with PIL
+/// (see the comment inside). `processor` runs reuse the snapshot's own file; for
 /// the subnet target a `BitImageProcessor` loses its `image_processor_type`, so that 4.45.2
 /// takes the model type's processor (`BitImageProcessor`) instead of looking for the
 /// `BitImageProcessorFast` it lacks.
@@ -383,9 +383,9 @@ pub fn preprocessor_config(pre: &Preprocess, snapshot: &Path, target: Target) ->
             "BitImageProcessor" => {
                 obj.remove("image_processor_type");
             }
-            "ViTImageProcessor" => {
-                obj.insert("image_processor_type".into(), json!("ViTImageProcessor"));
-            }
+            // A ViT processor is the validator recipe (exact resize, no crop): written out
+            // in full below, so 4.45.2 runs it with PIL too.
+            "ViTImageProcessor" => return exact_resize_config(pre, target),
             other => bail!(
                 "{}: image_processor_type {other:?} has no form the subnet's miner \
                  ({SUBNET_STACK}) loads; train with backbone.preprocess = validator",
@@ -394,6 +394,11 @@ pub fn preprocessor_config(pre: &Preprocess, snapshot: &Path, target: Target) ->
         }
         return Ok(serde_json::to_string_pretty(&v)?);
     }
+    exact_resize_config(pre, target)
+}
+
+/// The processor config of an exact resize on uint8 without a crop (the validator recipe).
+fn exact_resize_config(pre: &Preprocess, target: Target) -> Result<String> {
     let Some((ResizeTo::Exact { height, width }, resample)) = pre.resize else {
         bail!("the validator preprocessing must resize to a fixed size");
     };
@@ -401,7 +406,7 @@ pub fn preprocessor_config(pre: &Preprocess, snapshot: &Path, target: Target) ->
         bail!("unexpected validator preprocessing {pre:?}");
     }
     let (mean, std) = pre.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
-    let v = json!({
+    let mut v = json!({
         "image_processor_type": "ViTImageProcessor",
         "do_resize": true,
         "size": {"height": height, "width": width},
@@ -413,6 +418,15 @@ pub fn preprocessor_config(pre: &Preprocess, snapshot: &Path, target: Target) ->
         "image_std": std.map(f64::from),
         "do_convert_rgb": true,
     });
+    if target == Target::Subnet {
+        // The model type's `BitImageProcessor` (no `image_processor_type`), told not to crop:
+        // 4.45.2 has no fast variant of it and resizes with PIL, which sv72's resize matches,
+        // where its `ViTImageProcessorFast` (torchvision 0.21) rounds one uint8 level apart on
+        // ~20% of pixels, measured up to 4e-4 on a fine-tuned model's probability.
+        let obj = v.as_object_mut().expect("a JSON object");
+        obj.remove("image_processor_type");
+        obj.insert("do_center_crop".into(), json!(false));
+    }
     Ok(serde_json::to_string_pretty(&v)?)
 }
 
@@ -739,5 +753,34 @@ mod tests {
         assert_eq!(v["size"]["shortest_edge"], 256);
         let kept = preprocessor_config(&pre, dir.path(), Target::Transformers).unwrap();
         assert!(kept.contains("BitImageProcessor"));
+    }
+
+    /// A ViT-processor snapshot (exact resize, ViT's class defaults) becomes the model type's
+    /// processor told not to crop, with every value the class defaults supplied written out,
+    /// and parses back to the same preprocessing.
+    #[test]
+    fn subnet_processor_config_spells_out_a_vit_processor() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(PREPROCESSOR_FILE),
+            r#"{"image_processor_type": "ViTImageProcessorFast", "size": {"height": 98, "width": 98}}"#,
+        )
+        .unwrap();
+        let pre = Preprocess::from_snapshot(dir.path()).unwrap();
+        let text = preprocessor_config(&pre, dir.path(), Target::Subnet).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(v.get("image_processor_type").is_none(), "{text}");
+        assert_eq!(v["do_center_crop"], false, "{text}");
+        assert_eq!(
+            (v["size"]["height"].as_u64(), v["resample"].as_u64()),
+            (Some(98), Some(2))
+        );
+        assert_eq!(v["image_mean"][0], 0.5, "{text}");
+        let back = Preprocess::from_json(&text, "exported").unwrap();
+        assert_eq!(
+            (back.resize, back.crop, back.order),
+            (pre.resize, pre.crop, pre.order)
+        );
+        assert_eq!((back.normalize, back.rescale), (pre.normalize, pre.rescale));
     }
 }
