@@ -41,16 +41,24 @@ pub(crate) fn logprobs(p_yes: f64) -> serde_json::Value {
     }]})
 }
 
+/// The canned key answering for any image not otherwise canned.
+const ANY: &str = "*";
+
 /// The stand-in server: answers by the blake3 hash of the image in the data URL.
 pub(crate) struct StandIn {
     addr: String,
     pub(crate) calls: Arc<AtomicUsize>,
     auth: Arc<Mutex<Vec<String>>>,
-    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub(crate) bodies: Arc<Mutex<Vec<serde_json::Value>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl StandIn {
+    /// A stand-in answering `reply` for every image.
+    pub(crate) fn start_default(reply: Canned) -> Self {
+        Self::start(HashMap::from([(ANY.to_string(), reply)]))
+    }
+
     pub(crate) fn start(canned: HashMap<String, Canned>) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
@@ -149,7 +157,8 @@ fn serve_one(
             body.len()
         );
     };
-    match canned.get(&hash).cloned().unwrap_or(Canned::Status(404)) {
+    let reply = canned.get(&hash).or_else(|| canned.get(ANY)).cloned();
+    match reply.unwrap_or(Canned::Status(404)) {
         Canned::Reply(v, delay) => {
             // Sleep in small steps so a stopped stand-in lets its threads go.
             let end = Instant::now() + delay;
@@ -576,4 +585,167 @@ fn mine_hard_judge_marks_disagreements_and_suggests_labels() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("judge.endpoint"), "{err}");
+}
+
+fn fit_cases(base: impl Fn(bool) -> f64) -> Vec<sv72::judge::FitCase> {
+    (0..20u8)
+        .map(|i| {
+            let (image, hash) = image(100 + i);
+            let pos = i % 2 == 0;
+            sv72::judge::FitCase {
+                image,
+                hash,
+                base: base(pos),
+                label: u8::from(pos),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn fitted_weight_is_one_for_a_judge_that_is_always_right_and_zero_for_a_useless_one() {
+    let t = tempfile::tempdir().unwrap();
+    // Always right beside a weak base (0.55 / 0.45): the judge takes the whole weight.
+    let cases = fit_cases(|pos| if pos { 0.55 } else { 0.45 });
+    let right: HashMap<String, Canned> = cases
+        .iter()
+        .map(|c| {
+            let p = if c.label == 1 { 0.97 } else { 0.03 };
+            (c.hash.clone(), Canned::Reply(logprobs(p), Duration::ZERO))
+        })
+        .collect();
+    let server = StandIn::start(right);
+    let j = Judge::from_config(&config(server.endpoint(), &t.path().join("a.jsonl")))
+        .unwrap()
+        .unwrap();
+    let start = Instant::now();
+    let fit = j.fit_weight_by_asking(&cases).unwrap();
+    assert!(fit.weight >= 0.95, "{fit:?}");
+    assert_eq!((fit.asked, fit.judged), (20, 20), "{fit:?}");
+    assert_eq!(server.calls.load(Ordering::Relaxed), 20);
+    assert!(start.elapsed() < Duration::from_secs(20));
+
+    // Useless (always 0.5) beside an informative base (0.8 / 0.2): weight 0.
+    let cases = fit_cases(|pos| if pos { 0.8 } else { 0.2 });
+    let useless: HashMap<String, Canned> = cases
+        .iter()
+        .map(|c| (c.hash.clone(), Canned::Reply(logprobs(0.5), Duration::ZERO)))
+        .collect();
+    let server = StandIn::start(useless);
+    let j = Judge::from_config(&config(server.endpoint(), &t.path().join("b.jsonl")))
+        .unwrap()
+        .unwrap();
+    let fit = j.fit_weight_by_asking(&cases).unwrap();
+    assert_eq!(fit.weight, 0.0, "{fit:?}");
+
+    // A judge that never answers fits nothing: an error, not a guessed weight.
+    let server = StandIn::start(HashMap::new());
+    let mut cfg = config(server.endpoint(), &t.path().join("c.jsonl"));
+    cfg.breaker_failures = 100;
+    let j = Judge::from_config(&cfg).unwrap().unwrap();
+    let e = format!("{:#}", j.fit_weight_by_asking(&cases).unwrap_err());
+    assert!(
+        e.contains("none of the 20") && e.contains("HTTP 404"),
+        "{e}"
+    );
+}
+
+/// `calibrate --judge` end to end: the judge is asked about at most `--judge-max-cases`
+/// in-band validation challenges (JPEGs, as a validator sends), its weight lands in the spec,
+/// `serve`'s judge prefers it over `judge.weight`, and a plain recalibration drops it.
+#[test]
+fn calibrate_judge_fits_stores_and_serves_the_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    crate::common::demo_mix(d, 16);
+    let bb = format!(
+        "backbone.model={}",
+        crate::common::fixture("backbones/dinov2_reg4_s36").display()
+    );
+    let run = |args: &[&str]| {
+        let all: Vec<&str> = ["--set", bb.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let out = crate::common::sv72(d, &all);
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&[
+        "train-head",
+        "--manifest",
+        "mix",
+        "--epochs",
+        "2",
+        "--views",
+        "1",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    std::fs::write(d.join("s.yaml"), "model: checkpoints/latest\n").unwrap();
+
+    // A stand-in that says "yes" (0.99) to every image: no use to anyone.
+    let server = StandIn::start_default(Canned::Reply(logprobs(0.99), Duration::ZERO));
+    let ep = format!("judge.endpoint={}", server.endpoint());
+    let judged = [
+        "--set",
+        ep.as_str(),
+        "--set",
+        "judge.band=[0.0,1.0]",
+        "--set",
+        "judge.log=''",
+        "calibrate",
+        "s.yaml",
+        "--on",
+        "mix",
+        "--judge",
+        "--judge-max-cases",
+        "12",
+    ];
+    let (code, text) = run(&judged);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("judge weight"), "{text}");
+    let calls = server.calls.load(Ordering::Relaxed);
+    assert!((1..=12).contains(&calls), "{calls} calls\n{text}");
+    let spec = sv72::infer::ModelSpec::read(&d.join("s.yaml")).unwrap();
+    let fit = spec.judge.clone().expect("the spec stores the judge fit");
+    assert_eq!(fit.judged, calls, "{fit:?}");
+    assert_eq!(fit.band, [0.0, 1.0]);
+    assert!(fit.weight <= 0.15, "a yes-to-everything judge got {fit:?}");
+    // Every image sent was a JPEG of a challenge.
+    for b in server.bodies.lock().unwrap().iter() {
+        let url = b
+            .pointer("/messages/0/content/1/image_url/url")
+            .and_then(|u| u.as_str())
+            .unwrap();
+        assert!(url.starts_with("data:image/jpeg;base64,"), "{}", &url[..40]);
+    }
+
+    // serve's judge takes the spec's weight, not judge.weight.
+    let cfg = JudgeConfig {
+        weight: 0.9,
+        ..config(server.endpoint(), &d.join("j.jsonl"))
+    };
+    let j = Judge::for_model(&cfg, &d.join("s.yaml")).unwrap().unwrap();
+    assert_eq!(j.weight(), fit.weight);
+    let j = Judge::for_model(&cfg, &d.join("checkpoints/latest"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.weight(), 0.9);
+
+    // Recalibrated without --judge: the old weight no longer fits the answers; it is dropped.
+    let (code, text) = run(&["calibrate", "s.yaml", "--on", "mix"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("dropped"), "{text}");
+    assert!(sv72::infer::ModelSpec::read(&d.join("s.yaml"))
+        .unwrap()
+        .judge
+        .is_none());
+    // --judge without an endpoint names the key.
+    let (code, text) = run(&["calibrate", "s.yaml", "--on", "mix", "--judge"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("judge.endpoint"), "{text}");
 }

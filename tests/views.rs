@@ -189,3 +189,81 @@ fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
     let e = code(d, &["calibrate", "checkpoints/latest", "--on", "mix"], 1);
     assert!(e.contains("not a model spec"), "{e}");
 }
+
+/// Two heads trained on one frozen backbone, as an ensemble: the backbone is loaded once and
+/// runs once per batch (counted), and the stacked answers are exactly those of the members
+/// loaded alone, each with its own backbone and forward.
+#[test]
+fn ensemble_heads_on_one_backbone_share_its_forward() {
+    use sv72::backend::Cpu;
+    use sv72::infer::{load_ensemble, CheckpointPredictor, EnsemblePredictor, LoadOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    super::common::demo_mix(d, 16);
+    let latest = || {
+        std::fs::read_to_string(d.join("checkpoints/latest"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let train = [
+        "train-head",
+        "--manifest",
+        "mix",
+        "--epochs",
+        "2",
+        "--views",
+        "1",
+    ];
+    code(d, &train, 0);
+    let a = latest();
+    let mlp: Vec<&str> = train
+        .into_iter()
+        .chain(["--set", "head.kind=mlp"])
+        .collect();
+    code(d, &mlp, 0);
+    let b = latest();
+    assert_ne!(a, b);
+    let spec_path = d.join("ens.yaml");
+    std::fs::write(
+        &spec_path,
+        format!(
+            "members: [checkpoints/{a}, checkpoints/{b}]\nstacking: {{weights: [0.7, 0.4], bias: 0.1}}\n"
+        ),
+    )
+    .unwrap();
+    let spec = ModelSpec::read(&spec_path).unwrap();
+    let opts = LoadOptions {
+        feature_cache: d.join("cache"),
+        max_batch: 8,
+        verify_weights: true,
+    };
+    let dev = Default::default();
+    let images: Vec<image::RgbImage> = ["roadwork/roadwork_0000.jpg", "none/none_0000.jpg"]
+        .iter()
+        .chain(["roadwork/roadwork_0001.jpg", "none/none_0001.jpg"].iter())
+        .map(|n| image::open(d.join("raw/real").join(n)).unwrap().to_rgb8())
+        .collect();
+
+    let mut shared = load_ensemble::<Cpu>(&spec_path, &spec, &dev, &opts).unwrap();
+    assert_eq!(shared.forward_groups(), 1, "both heads on one backbone");
+    let got = shared.predict(&images).unwrap();
+    assert_eq!(shared.backbone_forwards(), 1, "one forward for the batch");
+    let per = shared.member_probs(&images[..2]).unwrap();
+    assert_eq!(shared.backbone_forwards(), 2);
+    assert_ne!(per[0], per[1], "the members are different heads");
+
+    let alone: Vec<Box<dyn Predictor>> = [&a, &b]
+        .iter()
+        .map(|r| {
+            Box::new(
+                CheckpointPredictor::<Cpu>::load(&d.join("checkpoints").join(r), &dev, &opts)
+                    .unwrap(),
+            ) as Box<dyn Predictor>
+        })
+        .collect();
+    let mut alone = EnsemblePredictor::new(alone, spec.stacking.clone().unwrap()).unwrap();
+    assert_eq!(alone.forward_groups(), 2);
+    assert_eq!(got, alone.predict(&images).unwrap());
+    assert_eq!(shared.version(), alone.version());
+}

@@ -71,7 +71,6 @@ pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Resu
     }
     opts.echo_image |= args.echo_image;
     opts.handle_signals = true;
-    opts.judge = crate::judge::Judge::from_config(&ctx.config.judge)?;
     let mg_path = args
         .metagraph
         .clone()
@@ -82,12 +81,20 @@ pub fn run_with(args: Args, ctx: &Ctx, loader: Arc<Loader>, watch: bool) -> Resu
         .model
         .clone()
         .unwrap_or_else(|| default_model_path(&ctx.config));
+    opts.judge = crate::judge::Judge::for_model(&ctx.config.judge, &model)?;
     let first = loader(&model).with_context(|| format!("cannot serve {}", model.display()))?;
     eprintln!(
         "sv72 serve: model {} from {}",
         first.version(),
         model.display()
     );
+    if let Some(j) = &opts.judge {
+        eprintln!(
+            "sv72 serve: judge {} at weight {:.2}",
+            j.describe().0,
+            j.weight()
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let slot = ModelSlot::new(first, metrics);
     let stop = Arc::new(AtomicBool::new(false));

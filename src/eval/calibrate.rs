@@ -4,6 +4,12 @@
 //! agreeing views is sharper; a mean probability is softer), so the calibration fitted for one
 //! view no longer holds. For an ensemble spec the stacking weights are fitted first, on the
 //! members' answers to the same challenges.
+//!
+//! With `--judge`, the configured VLM judge is then asked about the challenges whose calibrated
+//! answer falls in `judge.band` (at most `max_cases`, spread over the split, through the serving
+//! machinery: per-call timeout, concurrency cap, breaker, cache), and its blend weight is fitted
+//! on (answer, judge, label) and stored in the spec. Without it, a weight fitted before is dropped:
+//! it belonged to the old calibration's answers.
 
 use std::path::{Path, PathBuf};
 
@@ -13,11 +19,12 @@ use super::challenges::made_challenges;
 use crate::config::Config;
 use crate::data::manifest::{parse_on, ManifestRow, SourceKind};
 use crate::infer::{
-    fit_stacking, model_loader, Calibration, EnsemblePredictor, ModelRef, ModelSpec, Predictor,
-    Stacking, ViewPredictor,
+    ensemble_on_device, fit_stacking, model_loader, Calibration, JudgeFit, ModelRef, ModelSpec,
+    Predictor, Stacking, ViewPredictor,
 };
+use crate::judge::{FitCase, Judge, WeightFit};
 use crate::metrics::{choose_threshold, fit_temperature, sigmoid, ScoreItem};
-use crate::train::data::{challenge_views, read_split, LEVELS};
+use crate::train::data::{challenge_views, read_split, ViewKey, LEVELS};
 
 /// What was fitted.
 #[derive(Debug, Clone)]
@@ -27,6 +34,16 @@ pub struct CalibrateOutcome {
     /// Challenges the fit used.
     pub challenges: usize,
     pub skipped: usize,
+    /// The judge's weight, with `--judge`: the fit and the in-band challenges there were.
+    pub judge: Option<(WeightFit, usize)>,
+    /// A judge weight fitted before was dropped (calibrated without `--judge`).
+    pub dropped_judge: bool,
+}
+
+/// `--judge`: fit the judge's blend weight too, asking about at most `max_cases` challenges.
+#[derive(Debug, Clone, Copy)]
+pub struct JudgeFitRequest {
+    pub max_cases: usize,
 }
 
 /// Aggregate logits before calibration, with labels and score items' metadata.
@@ -35,17 +52,39 @@ struct Fitted {
     labels: Vec<u8>,
     synthetic: Vec<bool>,
     levels: Vec<u8>,
+    keys: Vec<ViewKey>,
 }
 
 /// Fits the calibration of the spec at `spec_path` on `on` (`MANIFEST[:split]`, default split
 /// `val`) and rewrites the spec with it.
-pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<CalibrateOutcome> {
+pub fn calibrate_spec(
+    cfg: &Config,
+    spec_path: &Path,
+    on: &str,
+    judge_req: Option<JudgeFitRequest>,
+) -> Result<CalibrateOutcome> {
     if !matches!(ModelRef::resolve(spec_path)?, ModelRef::Spec(_)) {
         bail!(
             "{} is not a model spec (.yaml): calibrate fits the views of a spec",
             spec_path.display()
         );
     }
+    // Checked before any forward: a misconfigured judge should not cost a calibration run.
+    let judge = match judge_req {
+        None => None,
+        Some(r) => {
+            if r.max_cases == 0 {
+                bail!("--judge-max-cases must be at least 1");
+            }
+            match Judge::from_config(&cfg.judge)? {
+                Some(j) => Some((j, r)),
+                None => bail!(
+                    "--judge: judge.endpoint is empty; set it in the config (or --set \
+                     judge.endpoint=http://HOST:PORT/v1) to an OpenAI-compatible VLM server"
+                ),
+            }
+        }
+    };
     let mut spec = ModelSpec::read(spec_path)?;
     let on_val = if on.contains(':') {
         on.to_string()
@@ -61,15 +100,9 @@ pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<Calibr
     let seed = cfg.ab_test.seed ^ 0xca11_b8a7e;
     let keys = challenge_views(rows.len(), &LEVELS, draws, seed, &cfg.augment);
     let base: Box<dyn Predictor> = if spec.is_ensemble() {
-        let mut members = Vec::new();
-        for (i, p) in spec.member_paths(spec_path)?.iter().enumerate() {
-            members
-                .push(loader(p).with_context(|| {
-                    format!("model spec {}: members[{i}]", spec_path.display())
-                })?);
-        }
-        let n = members.len();
-        let mut ens = EnsemblePredictor::new(members, Stacking::equal(n))?;
+        // Members on one backbone share its forward, as when served.
+        let mut ens = ensemble_on_device(cfg, cfg.backbone.device, spec_path, &spec)?;
+        ens.set_stacking(Stacking::equal(spec.members.len()))?;
         // Pass 1: the stacking weights on the members' own answers.
         let (mut probs, mut labels) = (Vec::new(), Vec::new());
         made_challenges(
@@ -103,6 +136,7 @@ pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<Calibr
         labels: Vec::new(),
         synthetic: Vec::new(),
         levels: Vec::new(),
+        keys: Vec::new(),
     };
     let skipped = made_challenges(cfg, &rows, &keys, seed, "calibrate", |kept, images| {
         let z = vp.aggregate_logits(images)?;
@@ -112,6 +146,7 @@ pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<Calibr
             fit.labels.push(r.label);
             fit.synthetic.push(r.source == SourceKind::Synthetic);
             fit.levels.push(v.level);
+            fit.keys.push((*v).clone());
         }
         Ok(())
     })?;
@@ -129,13 +164,93 @@ pub fn calibrate_spec(cfg: &Config, spec_path: &Path, on: &str) -> Result<Calibr
         manifest.display(),
         fit.z.len()
     ));
+    let dropped_judge = judge.is_none() && spec.judge.take().is_some();
+    let judged = match &judge {
+        None => None,
+        Some((j, r)) => {
+            let base: Vec<f64> = fit.z.iter().map(|&z| calibration.apply(z)).collect();
+            let (cases, in_band) = judge_cases(cfg, &rows, &fit, &base, j, r.max_cases, seed)?;
+            let wf = j.fit_weight_by_asking(&cases)?;
+            spec.judge = Some(JudgeFit {
+                weight: wf.weight,
+                model: j.describe().0,
+                band: j.band(),
+                judged: wf.judged,
+            });
+            Some((wf, in_band))
+        }
+    };
     spec.write(spec_path)?;
     Ok(CalibrateOutcome {
         spec: spec_path.to_path_buf(),
         calibration,
         challenges: fit.z.len(),
         skipped,
+        judge: judged,
+        dropped_judge,
     })
+}
+
+/// The challenges to ask the judge about: those whose calibrated answer `base` is in the
+/// judge's band, at most `max` spread evenly over them, made again (deterministic in the seed)
+/// and JPEG-encoded as a validator sends them. Also returns how many were in the band.
+fn judge_cases(
+    cfg: &Config,
+    rows: &[&ManifestRow],
+    fit: &Fitted,
+    base: &[f64],
+    judge: &Judge,
+    max: usize,
+    seed: u64,
+) -> Result<(Vec<FitCase>, usize)> {
+    let in_band: Vec<usize> = (0..base.len())
+        .filter(|&i| judge.wants(base[i] as f32))
+        .collect();
+    if in_band.is_empty() {
+        bail!(
+            "calibrate --judge: no validation answer falls in judge.band {:?}; nothing to fit \
+             the judge's weight on",
+            judge.band()
+        );
+    }
+    let take = max.min(in_band.len());
+    let picked: Vec<usize> = (0..take)
+        .map(|k| in_band[k * in_band.len() / take])
+        .collect();
+    let keys: Vec<ViewKey> = picked.iter().map(|&i| fit.keys[i].clone()).collect();
+    let mut cases = Vec::new();
+    let mut next = 0;
+    made_challenges(
+        cfg,
+        rows,
+        &keys,
+        seed,
+        "calibrate: judge",
+        |kept, images| {
+            for (v, im) in kept.iter().zip(images) {
+                // `kept` follows `keys` in order, skipping any that could not be made again.
+                while next < keys.len() && &keys[next] != *v {
+                    next += 1;
+                }
+                let Some(&i) = picked.get(next) else {
+                    bail!("calibrate --judge: a remade challenge is not among those picked");
+                };
+                next += 1;
+                let mut image = Vec::new();
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut image, 90)
+                    .encode_image(im)
+                    .context("calibrate --judge: encoding a challenge as JPEG")?;
+                cases.push(FitCase {
+                    hash: crate::util::hash::content_hash(&image),
+                    image,
+                    base: base[i],
+                    label: fit.labels[i],
+                });
+            }
+            Ok(())
+        },
+    )?;
+    Ok((cases, in_band.len()))
 }
 
 /// Temperature by NLL on the aggregate logits, then the threshold on the tempered

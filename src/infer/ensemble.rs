@@ -1,7 +1,7 @@
 //! Ensembles: several models' calibrated answers combined by logistic stacking,
 //! `p = sigmoid(bias + Σ wᵢ · logit(pᵢ))`, with weights fitted on validation answers
-//! ([`fit_stacking`]). Members see the same decoded images; each runs its own forward (members on
-//! one backbone do not share it yet).
+//! ([`fit_stacking`]). Members see the same decoded images; members that are heads on one frozen
+//! backbone ([`super::checkpoint::HeadGroup`]) share its forward pass, the others run their own.
 
 use anyhow::{bail, Result};
 use image::RgbImage;
@@ -41,64 +41,156 @@ impl Stacking {
     }
 }
 
+/// Ensemble members that answer together: one member, or several heads sharing a forward.
+pub trait MemberGroup: Send {
+    /// Each member's answers for `images`, member-major.
+    fn member_probs(&mut self, images: &[RgbImage]) -> Result<Vec<Vec<f64>>>;
+    /// The members' versions, in the order of [`Self::member_probs`].
+    fn versions(&self) -> Vec<String>;
+    /// Backbone forward passes run so far, where the group counts them.
+    fn backbone_forwards(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Any predictor as a group of one.
+struct Single(Box<dyn Predictor>);
+
+/// `p` as a group of one member.
+pub fn single(p: Box<dyn Predictor>) -> Box<dyn MemberGroup> {
+    Box::new(Single(p))
+}
+
+impl MemberGroup for Single {
+    fn member_probs(&mut self, images: &[RgbImage]) -> Result<Vec<Vec<f64>>> {
+        Ok(vec![self
+            .0
+            .predict(images)?
+            .into_iter()
+            .map(f64::from)
+            .collect()])
+    }
+    fn versions(&self) -> Vec<String> {
+        vec![self.0.version()]
+    }
+}
+
 /// Members answering together.
 pub struct EnsemblePredictor {
-    members: Vec<Box<dyn Predictor>>,
+    /// Groups with the member indices (spec order) they answer for.
+    groups: Vec<(Box<dyn MemberGroup>, Vec<usize>)>,
+    members: usize,
     stacking: Stacking,
     version: String,
 }
 
 impl EnsemblePredictor {
-    /// Combines `members` with `stacking` (one weight per member).
+    /// Combines `members` with `stacking` (one weight per member); each runs its own forward.
     pub fn new(members: Vec<Box<dyn Predictor>>, stacking: Stacking) -> Result<Self> {
-        if members.is_empty() {
+        let groups = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| (Box::new(Single(m)) as Box<dyn MemberGroup>, vec![i]))
+            .collect();
+        Self::from_groups(groups, stacking)
+    }
+
+    /// Combines groups of members; `groups[g].1` are the spec-order indices of the members group
+    /// `g` answers for (together, every index from 0 once).
+    pub fn from_groups(
+        groups: Vec<(Box<dyn MemberGroup>, Vec<usize>)>,
+        stacking: Stacking,
+    ) -> Result<Self> {
+        let members: usize = groups.iter().map(|(_, ix)| ix.len()).sum();
+        if members == 0 {
             bail!("an ensemble needs at least one member");
         }
-        if stacking.weights.len() != members.len() {
+        let mut names = vec![String::new(); members];
+        let mut seen = vec![false; members];
+        for (g, ix) in &groups {
+            let v = g.versions();
+            if v.len() != ix.len() {
+                bail!(
+                    "an ensemble group names {} members but answers for {}",
+                    ix.len(),
+                    v.len()
+                );
+            }
+            for (&i, name) in ix.iter().zip(v) {
+                if i >= members || seen[i] {
+                    bail!("ensemble member index {i} is out of range or given twice");
+                }
+                seen[i] = true;
+                names[i] = name;
+            }
+        }
+        if stacking.weights.len() != members {
             bail!(
                 "stacking has {} weights for {} members",
                 stacking.weights.len(),
-                members.len()
+                members
             );
         }
         if !(stacking.bias.is_finite() && stacking.weights.iter().all(|w| w.is_finite())) {
             bail!("stacking weights must be finite numbers");
         }
-        let names: Vec<String> = members.iter().map(|m| m.version()).collect();
         let version = format!("ensemble[{}]", names.join(","));
         Ok(Self {
+            groups,
             members,
             stacking,
             version,
         })
     }
 
-    /// Each member's answers for `images`, member-major.
+    /// Each member's answers for `images`, member-major (spec order).
     pub fn member_probs(&mut self, images: &[RgbImage]) -> Result<Vec<Vec<f64>>> {
-        self.members
-            .iter_mut()
-            .map(|m| {
-                let v = m.predict(images)?;
+        let mut out = vec![Vec::new(); self.members];
+        for (g, ix) in &mut self.groups {
+            let per = g.member_probs(images)?;
+            let names = g.versions();
+            if per.len() != ix.len() {
+                bail!(
+                    "ensemble group {names:?} answered for {} members, not {}",
+                    per.len(),
+                    ix.len()
+                );
+            }
+            for ((&i, v), name) in ix.iter().zip(per).zip(names) {
                 if v.len() != images.len() {
                     bail!(
-                        "member {} answered {} times for {} images",
-                        m.version(),
+                        "member {name} answered {} times for {} images",
                         v.len(),
                         images.len()
                     );
                 }
-                Ok(v.into_iter().map(f64::from).collect())
-            })
-            .collect()
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Backbone forward passes run so far by the groups that count them (heads on a shared
+    /// backbone).
+    pub fn backbone_forwards(&self) -> usize {
+        self.groups
+            .iter()
+            .filter_map(|(g, _)| g.backbone_forwards())
+            .sum()
+    }
+
+    /// How many backbones the members run on, counting each unshared member as its own.
+    pub fn forward_groups(&self) -> usize {
+        self.groups.len()
     }
 
     /// Replaces the stacking (after fitting it).
     pub fn set_stacking(&mut self, s: Stacking) -> Result<()> {
-        if s.weights.len() != self.members.len() {
+        if s.weights.len() != self.members {
             bail!(
                 "stacking has {} weights for {} members",
                 s.weights.len(),
-                self.members.len()
+                self.members
             );
         }
         self.stacking = s;

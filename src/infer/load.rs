@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 
-use super::checkpoint::CheckpointPredictor;
-use super::ensemble::{EnsemblePredictor, Stacking};
+use super::checkpoint::{CheckpointPredictor, HeadGroup, OpenedCheckpoint};
+use super::ensemble::{EnsemblePredictor, MemberGroup, Stacking};
 use super::export::ExportPredictor;
 use super::model_ref::ModelRef;
 use super::predictor::{Loader, Predictor};
@@ -61,24 +61,79 @@ pub fn load_predictor<B: Backend>(
 }
 
 /// The members of an ensemble spec, stacked as the spec says (equal weights until fitted).
+/// Checkpoint members whose heads sit on one frozen backbone (same snapshot, weights and
+/// preprocessing) share it: it is loaded once and runs once per batch.
 pub fn load_ensemble<B: Backend>(
     file: &Path,
     spec: &ModelSpec,
     device: &B::Device,
     opts: &LoadOptions,
 ) -> Result<EnsemblePredictor> {
-    let mut members = Vec::new();
+    let mut heads: Vec<(HeadGroup<B>, Vec<usize>)> = Vec::new();
+    let mut others: Vec<(Box<dyn MemberGroup>, Vec<usize>)> = Vec::new();
     for (i, p) in spec.member_paths(file)?.iter().enumerate() {
-        members.push(
-            load_predictor::<B>(p, device, opts)
-                .with_context(|| format!("model spec {}: members[{i}]", file.display()))?,
-        );
+        let what = || format!("model spec {}: members[{i}]", file.display());
+        match ModelRef::resolve(p).with_context(what)? {
+            ModelRef::Checkpoint(dir) => {
+                let opened = OpenedCheckpoint::<B>::open(&dir, device).with_context(what)?;
+                match heads.iter_mut().find(|(g, _)| g.fits(&opened)) {
+                    Some((g, ix)) => {
+                        g.push(opened).with_context(what)?;
+                        ix.push(i);
+                    }
+                    None => heads.push((
+                        HeadGroup::new(opened, device, opts).with_context(what)?,
+                        vec![i],
+                    )),
+                }
+            }
+            _ => others.push((
+                super::ensemble::single(load_predictor::<B>(p, device, opts).with_context(what)?),
+                vec![i],
+            )),
+        }
     }
-    let n = members.len();
-    EnsemblePredictor::new(
-        members,
+    let n = spec.members.len();
+    let groups = heads
+        .into_iter()
+        .map(|(g, ix)| (Box::new(g) as Box<dyn MemberGroup>, ix))
+        .chain(others)
+        .collect();
+    EnsemblePredictor::from_groups(
+        groups,
         spec.stacking.clone().unwrap_or_else(|| Stacking::equal(n)),
     )
+}
+
+/// [`load_ensemble`] on `device` with the config's precision and load options.
+pub fn ensemble_on_device(
+    cfg: &Config,
+    device: Device,
+    file: &Path,
+    spec: &ModelSpec,
+) -> Result<EnsemblePredictor> {
+    on_device(
+        device,
+        cfg.backbone.dtype,
+        LoadEnsemble {
+            file,
+            spec,
+            opts: LoadOptions::from_config(cfg),
+        },
+    )
+}
+
+struct LoadEnsemble<'a> {
+    file: &'a Path,
+    spec: &'a ModelSpec,
+    opts: LoadOptions,
+}
+
+impl OnBackend for LoadEnsemble<'_> {
+    type Out = EnsemblePredictor;
+    fn run<B: Backend>(self, device: &B::Device, _name: &str) -> Result<EnsemblePredictor> {
+        load_ensemble::<B>(self.file, self.spec, device, &self.opts)
+    }
 }
 
 /// The deployed model `sv72 serve` loads when no `--checkpoint` is given: `serve.model` when it

@@ -16,11 +16,14 @@ pub mod views;
 
 pub use batch::{BatchOptions, Batcher, Outcome};
 pub use checkpoint::CheckpointPredictor;
-pub use ensemble::{fit_stacking, EnsemblePredictor, Stacking};
+pub use ensemble::{fit_stacking, EnsemblePredictor, MemberGroup, Stacking};
 pub use export::ExportPredictor;
-pub use load::{default_model_path, load_predictor, model_loader, LoadOptions};
+pub use load::{
+    default_model_path, ensemble_on_device, load_ensemble, load_predictor, model_loader,
+    LoadOptions,
+};
 pub use model_ref::{is_export_dir, is_spec_file, ModelRef, SUMS_FILE};
 pub use predictor::{ConstantPredictor, Loader, Predictor};
 pub use slot::{fingerprint, ModelSlot, Telemetry};
-pub use spec::ModelSpec;
+pub use spec::{fitted_judge_weight, JudgeFit, ModelSpec};
 pub use views::{Aggregate, Calibration, View, ViewPredictor, ViewSpec};

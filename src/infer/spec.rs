@@ -49,6 +49,39 @@ pub struct ModelSpec {
     /// Where the calibration came from (written by `sv72 calibrate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibrated_on: Option<String>,
+    /// The VLM judge's blend weight fitted with this calibration (`sv72 calibrate --judge`);
+    /// `serve` prefers it over `judge.weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeFit>,
+}
+
+/// A judge blend weight fitted on validation challenges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeFit {
+    /// `w` in `(1 - w) * base + w * judge`.
+    pub weight: f64,
+    /// The judge model and band it was fitted with, and on how many answered challenges.
+    pub model: String,
+    pub band: [f64; 2],
+    pub judged: usize,
+}
+
+/// The fitted judge weight of the spec at `path`, or `None` when `path` is not a spec or its spec
+/// has none. A spec that cannot be read is an error (serve would refuse it anyway).
+pub fn fitted_judge_weight(path: &Path) -> Result<Option<f64>> {
+    if !is_spec_file(path) {
+        return Ok(None);
+    }
+    let spec = ModelSpec::read(path)?;
+    match spec.judge {
+        Some(j) if !(0.0..=1.0).contains(&j.weight) => bail!(
+            "model spec {}: judge.weight = {} must be within [0, 1]",
+            path.display(),
+            j.weight
+        ),
+        j => Ok(j.map(|j| j.weight)),
+    }
 }
 
 fn identity_only() -> Vec<View> {

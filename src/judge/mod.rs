@@ -13,7 +13,7 @@
 pub mod breaker;
 pub mod reply;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io::Write as _;
 use std::path::Path;
@@ -154,6 +154,24 @@ impl Judge {
             in_flight: Arc::new(AtomicUsize::new(0)),
             log,
         })))
+    }
+
+    /// The judge for serving `model`: as [`Judge::from_config`], with the blend weight the
+    /// model spec fitted (`sv72 calibrate --judge`) preferred over `judge.weight`. The weight is
+    /// read at start; a spec refitted while serving takes effect on restart.
+    pub fn for_model(cfg: &JudgeConfig, model: &Path) -> Result<Option<Arc<Self>>> {
+        let mut cfg = cfg.clone();
+        if !cfg.endpoint.trim().is_empty() {
+            if let Some(w) = crate::infer::fitted_judge_weight(model)? {
+                cfg.weight = w;
+            }
+        }
+        Self::from_config(&cfg)
+    }
+
+    /// The blend weight in use.
+    pub fn weight(&self) -> f64 {
+        self.cfg.weight
     }
 
     /// Whether `base` is in the band the judge is asked about.
@@ -411,6 +429,86 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A labelled challenge to ask the judge about while fitting its weight (`sv72 calibrate
+/// --judge`): the encoded image as it would be received, its hash, the model's answer and label.
+#[derive(Debug, Clone)]
+pub struct FitCase {
+    pub image: Vec<u8>,
+    pub hash: String,
+    pub base: f64,
+    pub label: u8,
+}
+
+/// The fitted blend weight and what it rests on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightFit {
+    pub weight: f64,
+    /// Cases asked, and those the judge answered (the fit uses these).
+    pub asked: usize,
+    pub judged: usize,
+    /// Why the others got no opinion, with counts.
+    pub unjudged: BTreeMap<String, usize>,
+}
+
+impl Judge {
+    /// Asks the judge about every case (at most `max_concurrency` at once, each call bounded by
+    /// `timeout_ms` as in serving) and fits the blend weight on the answered ones. An error when
+    /// none was answered: a weight fitted on nothing would be a guess.
+    pub fn fit_weight_by_asking(self: &Arc<Self>, cases: &[FitCase]) -> Result<WeightFit> {
+        let next = AtomicUsize::new(0);
+        let got: Mutex<Vec<(usize, std::result::Result<f64, String>)>> = Mutex::new(Vec::new());
+        let workers = self.cfg.max_concurrency.min(cases.len()).max(1);
+        // Each call's deadline is its own timeout plus the reserve, so the budget `opinion`
+        // computes is exactly `timeout_ms`.
+        let per_call = Duration::from_millis(self.cfg.timeout_ms + self.cfg.reserve_ms);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(c) = cases.get(i) else { break };
+                    let mut r = self.opinion(&c.image, &c.hash, Instant::now() + per_call);
+                    // A slot can still be held for a moment by the call before; wait once.
+                    if matches!(&r, Err(e) if e == "busy") {
+                        std::thread::sleep(Duration::from_millis(20));
+                        r = self.opinion(&c.image, &c.hash, Instant::now() + per_call);
+                    }
+                    let r = r.map(|(p, _cached)| p);
+                    got.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+                });
+            }
+        });
+        let mut got = got.into_inner().unwrap_or_else(|e| e.into_inner());
+        got.sort_by_key(|(i, _)| *i);
+        let mut samples = Vec::new();
+        let mut unjudged = BTreeMap::new();
+        for (i, r) in got {
+            match r {
+                Ok(j) => samples.push((cases[i].base, j, cases[i].label)),
+                Err(why) => *unjudged.entry(why).or_insert(0) += 1,
+            }
+        }
+        if samples.is_empty() {
+            bail!(
+                "judge: none of the {} cases asked got an opinion from {} ({:?}); no weight fitted",
+                cases.len(),
+                self.url,
+                unjudged
+            );
+        }
+        Ok(WeightFit {
+            weight: fit_weight(&samples),
+            asked: cases.len(),
+            judged: samples.len(),
+            unjudged,
+        })
+    }
+
+    /// The configured band (for reports and the fitted spec).
+    pub fn band(&self) -> [f64; 2] {
+        self.cfg.band
     }
 }
 

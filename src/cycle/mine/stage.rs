@@ -156,9 +156,19 @@ fn featurizer(
     }
 }
 
-/// The backbone a checkpoint (its `run.yaml`) or an export folder (its `sv72_export.json`,
-/// through the source checkpoint when it is still there) was built on.
+/// The backbone a checkpoint (its `run.yaml`), an export folder (its `sv72_export.json`,
+/// through the source checkpoint when it is still there) or a model spec was built on.
 fn backbone_of(dir: &Path, cfg: &Config) -> Result<(String, Featurizer)> {
+    // A model spec embeds with its base model's backbone (an ensemble's first member's).
+    if crate::infer::is_spec_file(dir) {
+        let spec = crate::infer::ModelSpec::read(dir)?;
+        let base = if spec.is_ensemble() {
+            spec.member_paths(dir)?.swap_remove(0)
+        } else {
+            spec.base(dir)?
+        };
+        return backbone_of(&base, cfg);
+    }
     let provenance = dir.join(crate::export::build::PROVENANCE_FILE);
     let ck_dir = if provenance.is_file() {
         let text = std::fs::read_to_string(&provenance)
