@@ -652,7 +652,7 @@ fn fitted_weight_is_one_for_a_judge_that_is_always_right_and_zero_for_a_useless_
 
 /// `calibrate --judge` end to end: the judge is asked about at most `--judge-max-cases`
 /// in-band validation challenges (JPEGs, as a validator sends), its weight lands in the spec,
-/// `serve`'s judge prefers it over `judge.weight`, and a plain recalibration drops it.
+/// `serve`'s judge prefers it over `judge.weight` (unless the band changed since), and a plain recalibration drops it.
 #[test]
 fn calibrate_judge_fits_stores_and_serves_the_weight() {
     let tmp = tempfile::tempdir().unwrap();
@@ -727,11 +727,22 @@ fn calibrate_judge_fits_stores_and_serves_the_weight() {
     // serve's judge takes the spec's weight, not judge.weight.
     let cfg = JudgeConfig {
         weight: 0.9,
+        model: fit.model.clone(),
+        band: fit.band,
         ..config(server.endpoint(), &d.join("j.jsonl"))
     };
     let j = Judge::for_model(&cfg, &d.join("s.yaml")).unwrap().unwrap();
     assert_eq!(j.weight(), fit.weight);
     let j = Judge::for_model(&cfg, &d.join("checkpoints/latest"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.weight(), 0.9);
+    // A fit made for another band says nothing about this one: judge.weight is used.
+    let other_band = JudgeConfig {
+        band: [0.2, 0.8],
+        ..cfg.clone()
+    };
+    let j = Judge::for_model(&other_band, &d.join("s.yaml"))
         .unwrap()
         .unwrap();
     assert_eq!(j.weight(), 0.9);

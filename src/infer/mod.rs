@@ -25,5 +25,5 @@ pub use load::{
 pub use model_ref::{is_export_dir, is_spec_file, ModelRef, SUMS_FILE};
 pub use predictor::{ConstantPredictor, Loader, Predictor};
 pub use slot::{fingerprint, ModelSlot, Telemetry};
-pub use spec::{fitted_judge_weight, JudgeFit, ModelSpec};
+pub use spec::{fitted_judge, JudgeFit, ModelSpec};
 pub use views::{Aggregate, Calibration, View, ViewPredictor, ViewSpec};

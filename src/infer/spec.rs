@@ -67,9 +67,10 @@ pub struct JudgeFit {
     pub judged: usize,
 }
 
-/// The fitted judge weight of the spec at `path`, or `None` when `path` is not a spec or its spec
-/// has none. A spec that cannot be read is an error (serve would refuse it anyway).
-pub fn fitted_judge_weight(path: &Path) -> Result<Option<f64>> {
+/// The judge fit stored in the spec at `path`, or `None` when `path` is not a spec or its spec
+/// has none. A spec that cannot be read, or a weight outside `[0, 1]`, is an error (serve would
+/// refuse it anyway).
+pub fn fitted_judge(path: &Path) -> Result<Option<JudgeFit>> {
     if !is_spec_file(path) {
         return Ok(None);
     }
@@ -80,7 +81,7 @@ pub fn fitted_judge_weight(path: &Path) -> Result<Option<f64>> {
             path.display(),
             j.weight
         ),
-        j => Ok(j.map(|j| j.weight)),
+        j => Ok(j),
     }
 }
 

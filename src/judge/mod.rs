@@ -157,13 +157,29 @@ impl Judge {
     }
 
     /// The judge for serving `model`: as [`Judge::from_config`], with the blend weight the
-    /// model spec fitted (`sv72 calibrate --judge`) preferred over `judge.weight`. The weight is
-    /// read at start; a spec refitted while serving takes effect on restart.
+    /// model spec fitted (`sv72 calibrate --judge`) preferred over `judge.weight` — unless the
+    /// config now names another judge model or band, for which that weight says nothing (then
+    /// `judge.weight`, with a warning). The weight is read at start; a spec refitted while
+    /// serving takes effect on restart.
     pub fn for_model(cfg: &JudgeConfig, model: &Path) -> Result<Option<Arc<Self>>> {
         let mut cfg = cfg.clone();
         if !cfg.endpoint.trim().is_empty() {
-            if let Some(w) = crate::infer::fitted_judge_weight(model)? {
-                cfg.weight = w;
+            if let Some(fit) = crate::infer::fitted_judge(model)? {
+                if fit_matches(&fit, &cfg) {
+                    cfg.weight = fit.weight;
+                } else {
+                    eprintln!(
+                        "judge: warning: {} fitted its judge weight {:.2} for model {:?} and band                          {:?}, but the config says {:?} and {:?}; using judge.weight = {:.2}                          (rerun `sv72 calibrate {} --on MANIFEST --judge` to refit)",
+                        model.display(),
+                        fit.weight,
+                        fit.model,
+                        fit.band,
+                        cfg.model,
+                        cfg.band,
+                        cfg.weight,
+                        model.display()
+                    );
+                }
             }
         }
         Self::from_config(&cfg)
@@ -430,6 +446,11 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Whether a stored judge fit was made for the judge model and band `cfg` configures.
+fn fit_matches(fit: &crate::infer::JudgeFit, cfg: &JudgeConfig) -> bool {
+    fit.model == cfg.model && (0..2).all(|i| (fit.band[i] - cfg.band[i]).abs() < 1e-9)
 }
 
 /// A labelled challenge to ask the judge about while fitting its weight (`sv72 calibrate
