@@ -361,7 +361,8 @@ pub fn build_config(
 /// (see the comment inside). `processor` runs reuse the snapshot's own file; for
 /// the subnet target a `BitImageProcessor` loses its `image_processor_type`, so that 4.45.2
 /// takes the model type's processor (`BitImageProcessor`) instead of looking for the
-/// `BitImageProcessorFast` it lacks.
+/// `BitImageProcessorFast` it lacks, and a `ViTImageProcessor` snapshot (the validator recipe
+/// under another name) is written out in full as a validator run is.
 pub fn preprocessor_config(pre: &Preprocess, snapshot: &Path, target: Target) -> Result<String> {
     if pre.kind != "validator" {
         let path = snapshot.join(PREPROCESSOR_FILE);
@@ -407,7 +408,6 @@ fn exact_resize_config(pre: &Preprocess, target: Target) -> Result<String> {
     }
     let (mean, std) = pre.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
     let mut v = json!({
-        "image_processor_type": "ViTImageProcessor",
         "do_resize": true,
         "size": {"height": height, "width": width},
         "resample": resample_pil(resample),
@@ -418,14 +418,18 @@ fn exact_resize_config(pre: &Preprocess, target: Target) -> Result<String> {
         "image_std": std.map(f64::from),
         "do_convert_rgb": true,
     });
-    if target == Target::Subnet {
+    let obj = v.as_object_mut().expect("a JSON object");
+    match target {
+        Target::Transformers => {
+            obj.insert("image_processor_type".into(), json!("ViTImageProcessor"));
+        }
         // The model type's `BitImageProcessor` (no `image_processor_type`), told not to crop:
         // 4.45.2 has no fast variant of it and resizes with PIL, which sv72's resize matches,
         // where its `ViTImageProcessorFast` (torchvision 0.21) rounds one uint8 level apart on
         // ~20% of pixels, measured up to 4e-4 on a fine-tuned model's probability.
-        let obj = v.as_object_mut().expect("a JSON object");
-        obj.remove("image_processor_type");
-        obj.insert("do_center_crop".into(), json!(false));
+        Target::Subnet => {
+            obj.insert("do_center_crop".into(), json!(false));
+        }
     }
     Ok(serde_json::to_string_pretty(&v)?)
 }
