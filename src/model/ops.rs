@@ -4,8 +4,8 @@
 //! these, so a kernel replaces an op everywhere at once. Each op goes through [`Kernels`], a
 //! backend extension trait whose default methods are burn's own (differentiable) ops. burn-flex
 //! ([`crate::backend::Cpu`]) has a specialised implementation ([`super::kernels`]) with fused
-//! host kernels; every other backend — autodiff ones included, so training keeps its graph —
-//! takes the defaults. [`kernels`] picks the implementation for `B` without adding a bound to
+//! host kernels, and so does `Autodiff<Cpu>` (custom autodiff ops whose forward and backward
+//! run those kernels, [`super::kernels::autodiff`]); every other backend takes the defaults. [`kernels`] picks the implementation for `B` without adding a bound to
 //! every generic caller.
 
 use std::any::Any;
@@ -124,16 +124,23 @@ struct BurnOps;
 
 impl<B: Backend> Kernels<B> for BurnOps {}
 
-/// The kernels for backend `B`: burn-flex's own for [`crate::backend::Cpu`], burn's ops for
-/// every other backend (CUDA, ndarray, candle, and all autodiff backends, `Autodiff<Cpu>`
-/// included: it is a different type, so training always records differentiable ops).
+/// The kernels for backend `B`: burn-flex's own for [`crate::backend::Cpu`], custom autodiff
+/// ops over the same kernels for `Autodiff<Cpu>` (both checkpoint strategies `finetune` uses;
+/// see [`super::kernels::autodiff`]), burn's ops for every other backend (CUDA, ndarray,
+/// candle, their autodiff wrappers).
 pub fn kernels<B: Backend>() -> &'static dyn Kernels<B> {
-    let flex: &'static dyn Kernels<burn::backend::Flex> = &super::kernels::FlexKernels;
-    // The cast succeeds exactly when `B` is burn-flex.
-    (&flex as &dyn Any)
-        .downcast_ref::<&'static dyn Kernels<B>>()
-        .copied()
-        .unwrap_or(&BurnOps)
+    use super::kernels::{autodiff::AutodiffKernels, FlexKernels};
+    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+    use burn::backend::{Autodiff, Flex};
+    let flex: &'static dyn Kernels<Flex> = &FlexKernels;
+    let ad: &'static dyn Kernels<Autodiff<Flex, NoCheckpointing>> = &AutodiffKernels;
+    let balanced: &'static dyn Kernels<Autodiff<Flex, BalancedCheckpointing>> = &AutodiffKernels;
+    // Each cast succeeds exactly when `B` is that backend.
+    let candidates: [&dyn Any; 3] = [&flex, &ad, &balanced];
+    let found = candidates
+        .into_iter()
+        .find_map(|k| k.downcast_ref::<&'static dyn Kernels<B>>().copied());
+    found.unwrap_or(&BurnOps)
 }
 
 /// `x · w + b` over rows: `x` `[M, in]`, `w` `[in, out]`, `b` `[out]`.

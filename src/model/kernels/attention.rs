@@ -77,26 +77,7 @@ pub fn self_attention(qkv: &[f32], dims: Dims, rope: Option<&RopeRef<'_>>, out: 
             let (q, rest) = scratch.split_at_mut(t * hd);
             let (k, s) = rest.split_at_mut(t * hd);
             let s = &mut s[..t * t];
-            for i in 0..t {
-                let row = &rows[i * 3 * d..(i + 1) * 3 * d];
-                let (qs, ks) = (
-                    &row[h * hd..(h + 1) * hd],
-                    &row[d + h * hd..d + (h + 1) * hd],
-                );
-                let (qd, kd) = (&mut q[i * hd..(i + 1) * hd], &mut k[i * hd..(i + 1) * hd]);
-                match rope {
-                    Some(r) if i >= r.prefix => {
-                        let p = (i - r.prefix) * hd;
-                        let (c, sn) = (&r.cos[p..p + hd], &r.sin_signed[p..p + hd]);
-                        math::rope_row(qd, qs, c, sn, scale);
-                        math::rope_row(kd, ks, c, sn, 1.0);
-                    }
-                    _ => {
-                        math::scaled_copy(qd, qs, scale);
-                        kd.copy_from_slice(ks);
-                    }
-                }
-            }
+            gather_qk(rows, dims, h, rope, scale, q, k);
             // SAFETY: q, k are t×hd, s is t×t, all in this thread's scratch; v is read inside
             // `rows`; the output block (rows of image b, columns of head h) belongs to this
             // task alone, and `out` outlives the parallel loop.
@@ -145,6 +126,202 @@ pub fn self_attention(qkv: &[f32], dims: Dims, rope: Option<&RopeRef<'_>>, out: 
                     },
                     false,
                 );
+            }
+        });
+    });
+}
+
+thread_local! {
+    /// Per-thread scratch of the backward: q, k, dq, dk (`T×hd` each), probabilities and
+    /// their gradient (`T×T` each).
+    static BACKWARD_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Gathers head `h`'s q (scaled, rotated) and k (rotated) of one image's `rows` into `q`, `k`,
+/// exactly as the forward does.
+fn gather_qk(
+    rows: &[f32],
+    dims: Dims,
+    h: usize,
+    rope: Option<&RopeRef<'_>>,
+    scale: f32,
+    q: &mut [f32],
+    k: &mut [f32],
+) {
+    let (t, hd) = (dims.t, dims.head_dim);
+    let d = dims.heads * hd;
+    for i in 0..t {
+        let row = &rows[i * 3 * d..(i + 1) * 3 * d];
+        let (qs, ks) = (
+            &row[h * hd..(h + 1) * hd],
+            &row[d + h * hd..d + (h + 1) * hd],
+        );
+        let (qd, kd) = (&mut q[i * hd..(i + 1) * hd], &mut k[i * hd..(i + 1) * hd]);
+        match rope {
+            Some(r) if i >= r.prefix => {
+                let p = (i - r.prefix) * hd;
+                let (c, sn) = (&r.cos[p..p + hd], &r.sin_signed[p..p + hd]);
+                math::rope_row(qd, qs, c, sn, scale);
+                math::rope_row(kd, ks, c, sn, 1.0);
+            }
+            _ => {
+                math::scaled_copy(qd, qs, scale);
+                kd.copy_from_slice(ks);
+            }
+        }
+    }
+}
+
+/// The gradient of [`self_attention`] with respect to `qkv`: given the forward's input `qkv`
+/// and the context's gradient `d_out` (`[N·T, D]`), writes `d_qkv` (`[N·T, 3·D]`). One task per
+/// (image, head) recomputes its softmax probabilities `P` (cheaper than keeping `N·heads·T²`
+/// floats per layer), then `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`,
+/// `dq = dS·k`, `dk = dSᵀ·q`, and undoes the scale and rotation of q and k.
+pub fn self_attention_backward(
+    qkv: &[f32],
+    d_out: &[f32],
+    dims: Dims,
+    rope: Option<&RopeRef<'_>>,
+    d_qkv: &mut [f32],
+) {
+    let Dims {
+        n,
+        t,
+        heads,
+        head_dim: hd,
+    } = dims;
+    let d = heads * hd;
+    assert_eq!(qkv.len(), n * t * 3 * d, "qkv size");
+    assert_eq!(d_out.len(), n * t * d, "output gradient size");
+    assert_eq!(d_qkv.len(), qkv.len(), "qkv gradient size");
+    if let Some(r) = rope {
+        assert_eq!(r.cos.len(), (t - r.prefix) * hd, "rope table size");
+        assert_eq!(r.sin_signed.len(), r.cos.len(), "rope table size");
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    let dst = Out(d_qkv.as_mut_ptr());
+    (0..n * heads).into_par_iter().for_each(|task| {
+        let (b, h) = (task / heads, task % heads);
+        let rows = &qkv[b * t * 3 * d..(b + 1) * t * 3 * d];
+        let g_rows = &d_out[b * t * d..(b + 1) * t * d];
+        BACKWARD_SCRATCH.with_borrow_mut(|scratch| {
+            let need = 4 * t * hd + 2 * t * t;
+            if scratch.len() < need {
+                scratch.resize(need, 0.0);
+            }
+            let (q, rest) = scratch.split_at_mut(t * hd);
+            let (k, rest) = rest.split_at_mut(t * hd);
+            let (dq, rest) = rest.split_at_mut(t * hd);
+            let (dk, rest) = rest.split_at_mut(t * hd);
+            let (p, rest) = rest.split_at_mut(t * t);
+            let dp = &mut rest[..t * t];
+            gather_qk(rows, dims, h, rope, scale, q, k);
+            let (ti, hdi, di) = (t as isize, hd as isize, d as isize);
+            let mat = |ptr: *const f32, rs: isize, cs: isize| MatRef { ptr, rs, cs };
+            // SAFETY: q, k, dq, dk (t×hd), p, dp (t×t) are this thread's scratch; v and the
+            // output gradient are read in place within `rows` and `g_rows`; the written block
+            // of `d_qkv` (image b's rows, head h's q, k and v columns) belongs to this task
+            // alone, and `d_qkv` outlives the loop.
+            unsafe {
+                let g = g_rows.as_ptr().add(h * hd);
+                let v = rows.as_ptr().add(2 * d + h * hd);
+                let base = dst.get().add(b * t * 3 * d);
+                // P = softmax(q·kᵀ).
+                let pm = MatMut {
+                    ptr: p.as_mut_ptr(),
+                    rs: ti,
+                };
+                matmul(
+                    t,
+                    t,
+                    hd,
+                    pm,
+                    false,
+                    mat(q.as_ptr(), hdi, 1),
+                    mat(k.as_ptr(), 1, hdi),
+                    false,
+                );
+                math::softmax_rows(p, t);
+                // dV = Pᵀ·dO, straight into v's columns.
+                let dv = MatMut {
+                    ptr: base.add(2 * d + h * hd),
+                    rs: 3 * di,
+                };
+                matmul(
+                    t,
+                    hd,
+                    t,
+                    dv,
+                    false,
+                    mat(p.as_ptr(), 1, ti),
+                    mat(g, di, 1),
+                    false,
+                );
+                // dP = dO·Vᵀ.
+                let dpm = MatMut {
+                    ptr: dp.as_mut_ptr(),
+                    rs: ti,
+                };
+                matmul(
+                    t,
+                    t,
+                    hd,
+                    dpm,
+                    false,
+                    mat(g, di, 1),
+                    mat(v, 1, 3 * di),
+                    false,
+                );
+                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), into dp.
+                math::softmax_backward_rows(dp, p, t);
+                // dq' = dS·k, dk' = dSᵀ·q'.
+                let dqm = MatMut {
+                    ptr: dq.as_mut_ptr(),
+                    rs: hdi,
+                };
+                matmul(
+                    t,
+                    hd,
+                    t,
+                    dqm,
+                    false,
+                    mat(dp.as_ptr(), ti, 1),
+                    mat(k.as_ptr(), hdi, 1),
+                    false,
+                );
+                let dkm = MatMut {
+                    ptr: dk.as_mut_ptr(),
+                    rs: hdi,
+                };
+                matmul(
+                    t,
+                    hd,
+                    t,
+                    dkm,
+                    false,
+                    mat(dp.as_ptr(), 1, ti),
+                    mat(q.as_ptr(), hdi, 1),
+                    false,
+                );
+                // Undo the rotation (and q's scale) into q's and k's columns.
+                for i in 0..t {
+                    let row = base.add(i * 3 * d);
+                    let dq_dst = std::slice::from_raw_parts_mut(row.add(h * hd), hd);
+                    let dk_dst = std::slice::from_raw_parts_mut(row.add(d + h * hd), hd);
+                    let (gq, gk) = (&dq[i * hd..(i + 1) * hd], &dk[i * hd..(i + 1) * hd]);
+                    match rope {
+                        Some(r) if i >= r.prefix => {
+                            let o = (i - r.prefix) * hd;
+                            let (c, sn) = (&r.cos[o..o + hd], &r.sin_signed[o..o + hd]);
+                            math::rope_row_backward(dq_dst, gq, c, sn, scale);
+                            math::rope_row_backward(dk_dst, gk, c, sn, 1.0);
+                        }
+                        _ => {
+                            math::scaled_copy(dq_dst, gq, scale);
+                            dk_dst.copy_from_slice(gk);
+                        }
+                    }
+                }
             }
         });
     });

@@ -56,6 +56,36 @@ pub fn gelu(x: f32) -> f32 {
     x.max(0.0) - a * half_erfc
 }
 
+/// `d/dx gelu(x) = Φ(x) + x·φ(x)`, with `Φ` from the same `erfc` approximation as [`gelu`].
+#[inline(always)]
+pub fn gelu_grad(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1 * std::f32::consts::FRAC_1_SQRT_2;
+    const A: [f32; 5] = [
+        0.254_829_6 * 0.5,
+        -0.284_496_74 * 0.5,
+        1.421_413_7 * 0.5,
+        -1.453_152 * 0.5,
+        1.061_405_4 * 0.5,
+    ];
+    // 1/√(2π)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let g = exp(-0.5 * x * x);
+    let half_erfc = poly * g;
+    let cdf = if x >= 0.0 { 1.0 - half_erfc } else { half_erfc };
+    cdf + x * g * INV_SQRT_2PI
+}
+
+/// `dy[i] *= gelu'(z[i])`: the gradient through GELU at pre-activations `z`.
+#[macerator::with_simd]
+pub fn gelu_backward<S: Simd>(dy: &mut [f32], z: &[f32]) {
+    for (d, v) in dy.iter_mut().zip(z) {
+        *d *= gelu_grad(*v);
+    }
+}
+
 /// GELU in place.
 #[macerator::with_simd]
 pub fn gelu_inplace<S: Simd>(x: &mut [f32]) {
@@ -114,6 +144,31 @@ pub fn softmax_rows<S: Simd>(rows: &mut [f32], cols: usize) {
     }
 }
 
+/// Softmax's backward per row: `grad[i] = p[i]·(grad[i] − Σ_j grad[j]·p[j])`, in place
+/// (`grad` enters as the gradient of the probabilities `p`, leaves as that of the scores).
+#[macerator::with_simd]
+pub fn softmax_backward_rows<S: Simd>(grad: &mut [f32], p: &[f32], cols: usize) {
+    for (g, p) in grad.chunks_exact_mut(cols).zip(p.chunks_exact(cols)) {
+        let mut acc = [0f32; LANES];
+        let gc = g.chunks_exact(LANES);
+        let tail: f32 = gc
+            .remainder()
+            .iter()
+            .zip(&p[cols - cols % LANES..])
+            .map(|(a, b)| a * b)
+            .sum();
+        for (a, b) in gc.zip(p.chunks_exact(LANES)) {
+            for i in 0..LANES {
+                acc[i] += a[i] * b[i];
+            }
+        }
+        let dot = tail + acc.iter().sum::<f32>();
+        for (g, p) in g.iter_mut().zip(p) {
+            *g = *p * (*g - dot);
+        }
+    }
+}
+
 /// Adds `bias` (`cols` wide) to every row of `rows`.
 #[macerator::with_simd]
 pub fn add_rows<S: Simd>(rows: &mut [f32], bias: &[f32]) {
@@ -151,6 +206,27 @@ pub fn rope_row<S: Simd>(dst: &mut [f32], x: &[f32], cos: &[f32], sin_signed: &[
     for j in 0..half {
         d0[j] = (x0[j] * c0[j] + x1[j] * s0[j]) * scale;
         d1[j] = (x1[j] * c1[j] + x0[j] * s1[j]) * scale;
+    }
+}
+
+/// The transpose of [`rope_row`] (the gradient of its input): `dst[j] = (g[j]·cos[j] +
+/// g[σ(j)]·sin_signed[σ(j)])·scale` with `σ(j) = (j + hd/2) % hd`.
+#[macerator::with_simd]
+pub fn rope_row_backward<S: Simd>(
+    dst: &mut [f32],
+    g: &[f32],
+    cos: &[f32],
+    sin_signed: &[f32],
+    scale: f32,
+) {
+    let half = g.len() / 2;
+    let (g0, g1) = g.split_at(half);
+    let (d0, d1) = dst.split_at_mut(half);
+    let (c0, c1) = cos.split_at(half);
+    let (s0, s1) = sin_signed.split_at(half);
+    for j in 0..half {
+        d0[j] = (g0[j] * c0[j] + g1[j] * s1[j]) * scale;
+        d1[j] = (g1[j] * c1[j] + g0[j] * s0[j]) * scale;
     }
 }
 

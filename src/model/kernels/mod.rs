@@ -14,6 +14,7 @@
 //! activations), so results never depend on which path ran beyond float rounding.
 
 pub mod attention;
+pub mod autodiff;
 pub mod gemm;
 pub mod math;
 
@@ -318,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn autodiff_backends_take_burn_ops() {
+    fn autodiff_seam_keeps_the_graph() {
         type Ad = burn::backend::Autodiff<Flex>;
         // Gradients flow through the seam on an autodiff backend.
         let dev = Default::default();
