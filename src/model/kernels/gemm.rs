@@ -805,21 +805,26 @@ pub mod avx2 {
                 $body!(5);
             };
         }
-        for _ in 0..kc {
+        // Raw-pointer loads and `wrapping_add` steps: with debug assertions (the dev profile),
+        // `ptr::add`, references from raw pointers and range steps each carry a run-time
+        // check, a few percent of this loop.
+        let mut left = kc;
+        while left != 0 {
+            left -= 1;
             // SAFETY: `b` holds NR floats per step, `a` MR.
             unsafe {
-                let (b0, b1) = (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)));
+                let (b0, b1) = (_mm256_loadu_ps(b), _mm256_loadu_ps(b.wrapping_add(8)));
                 macro_rules! fma {
                     ($i:literal) => {
-                        let ai = _mm256_broadcast_ss(&*a.add($i));
+                        let ai = _mm256_broadcastss_ps(_mm_load_ss(a.wrapping_add($i)));
                         acc0[$i] = _mm256_fmadd_ps(ai, b0, acc0[$i]);
                         acc1[$i] = _mm256_fmadd_ps(ai, b1, acc1[$i]);
                     };
                 }
                 rows!(fma);
-                a = a.add(MR);
-                b = b.add(NR);
             }
+            a = a.wrapping_add(MR);
+            b = b.wrapping_add(NR);
         }
         macro_rules! store {
             ($i:literal) => {

@@ -30,8 +30,10 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5; // Cephes writes 5.0000001e-1, which is 0.5 in f32
     let y = p * r2 + r + 1.0;
-    // 2^k through the exponent bits; k ∈ [-126, 127] after the clamp.
-    let pow2 = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // 2^k through the exponent bits; k ∈ [-126, 127] after the clamp. `wrapping_add`: the
+    // sum cannot overflow, and an overflow check (debug assertions) would be a panic branch
+    // that keeps every loop calling this from vectorising.
+    let pow2 = f32::from_bits(((k as i32).wrapping_add(127) as u32) << 23);
     y * pow2
 }
 
