@@ -729,8 +729,19 @@ pub mod avx2 {
                     let row = unsafe { std::slice::from_raw_parts(at(p, 0), nr) };
                     panel[p * NR..p * NR + nr].copy_from_slice(row);
                 }
+            } else if rhs.rs == 1 && nr == NR {
+                // A transposed weight (`Wᵀ` of an input gradient): its `NR` columns are rows
+                // of `W`; write the panel in order, reading the sixteen rows side by side.
+                // SAFETY: column `j + jj` has `kc` adjacent floats from row `p0`.
+                let cols: [&[f32]; NR] =
+                    std::array::from_fn(|jj| unsafe { std::slice::from_raw_parts(at(0, jj), kc) });
+                for (p, o) in panel.chunks_exact_mut(NR).enumerate() {
+                    for jj in 0..NR {
+                        o[jj] = cols[jj][p];
+                    }
+                }
             } else {
-                // A transposed weight (`Wᵀ` of an input gradient): read each column in order.
+                // A strided or ragged panel: read each column in order.
                 for jj in 0..nr {
                     for p in 0..kc {
                         // SAFETY: within the caller's shape.
