@@ -1,13 +1,14 @@
 //! `f32` matrix products with strides, so that views (a head's columns of a fused q|k|v, a
 //! transposed key) are read in place.
 //!
-//! On x86-64 with AVX-512 the product runs on the kernel in [`avx512`]: the ViT shapes
-//! (`M` = a few hundred to a few thousand token rows, `K` ≤ 1536, `N` ≤ 4096) are too small for
-//! the `gemm` crate's general blocking and its rayon split to keep two cores busy (issue #11), so
-//! the work is split into one task per thread over column blocks, the weights are read in
-//! place (they need no packing: rows are contiguous), and each task runs a 14×32 register tile.
-//! With AVX2 and FMA only (AMD Zen 2/3, older Intel) the same split runs the 6×16 tile of
-//! [`avx2`]. Elsewhere the `gemm` crate runs the product.
+//! On x86-64 the product runs on sv72's own register-tile kernel when the CPU has one: the ViT
+//! shapes (`M` = a few hundred to a few thousand token rows, `K` ≤ 1536, `N` ≤ 4096) are too
+//! small for the `gemm` crate's general blocking and its rayon split to keep two cores busy
+//! (issue #11), so the work is split into one task per thread over column blocks, the weights
+//! are read in place (they need no packing: rows are contiguous), and each task runs a register
+//! tile: 14×32 with AVX-512F ([`avx512`], its own driver, as measured on AVX-512 machines), else
+//! 6×16 with AVX2+FMA ([`avx2`] on the [`tiled`] driver). Elsewhere the `gemm` crate runs the
+//! product.
 
 /// A read-only strided matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -46,16 +47,17 @@ pub unsafe fn matmul(
 ) {
     let parallel = threads && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_FLOPS;
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
-        // SAFETY: forwarded from the caller; the CPU has AVX-512F.
-        unsafe { avx512::matmul(m, n, k, dst, accumulate, lhs, rhs, parallel) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: forwarded from the caller; the CPU has AVX2 and FMA.
-        unsafe { avx2::matmul(m, n, k, dst, accumulate, lhs, rhs, parallel) };
-        return;
+    {
+        if avx512::available() {
+            // SAFETY: forwarded from the caller; the CPU has AVX-512F.
+            unsafe { avx512::matmul(m, n, k, dst, accumulate, lhs, rhs, parallel) };
+            return;
+        }
+        if avx2::available() {
+            // SAFETY: forwarded from the caller; the CPU has AVX2 and FMA.
+            unsafe { tiled::matmul::<avx2::Tile>(m, n, k, dst, accumulate, lhs, rhs, parallel) };
+            return;
+        }
     }
     // SAFETY: forwarded from the caller.
     unsafe { matmul_gemm_crate(m, n, k, dst, accumulate, lhs, rhs, parallel) }
@@ -104,6 +106,313 @@ pub unsafe fn matmul_gemm_crate(
             false,
             parallelism,
         );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod tiled {
+    //! The driver shared by the register-tile kernels. Per task (a block of rows × a block of
+    //! columns): for each `KC`-deep slice of `k`, a group of `GROUP` `MR`-row tiles of `lhs` is
+    //! packed `k`-major (once per tile and slice: packing is a visible cost), then each
+    //! `NR`-wide column panel of the task, read straight from `rhs` (unit column stride; packed
+    //! otherwise), is multiplied by every tile of the group in turn. On Zen 3's 512 KiB L2 the
+    //! task's share of a ViT-S/B weight slice (`KC` × ≤ 768 columns) did not stay in L2 with one
+    //! tile at a time, so the AVX2 kernel groups 16 tiles and each panel stays in L1 while the
+    //! group runs. (The AVX-512 kernel keeps its own driver, one tile at a time: it cannot be
+    //! measured or tested on an AVX2 machine, so it was left as it was measured.)
+
+    use std::cell::RefCell;
+
+    use rayon::prelude::*;
+
+    use super::{MatMut, MatRef};
+
+    /// A register-tile kernel: `c[0..MR, 0..nr] (+)= a · b` over `kc` steps, `a` packed
+    /// `[kc][MR]`, `b` rows `ldb` apart with `nr` readable floats each.
+    pub trait Kernel {
+        /// Rows of the register tile.
+        const MR: usize;
+        /// Columns of the register tile.
+        const NR: usize;
+        /// Depth of one `k` slice (the packed `lhs` tile, `MR·KC` floats, stays in L1).
+        const KC: usize;
+        /// `lhs` tiles packed together and run against each `rhs` panel in turn, so that the
+        /// panel's `KC·NR` floats are read from L2 or L3 once per group rather than once per
+        /// tile (1: panel after panel for one tile).
+        const GROUP: usize;
+
+        /// `FULL`: `nr == NR` (no masks).
+        ///
+        /// # Safety
+        /// The CPU has the kernel's features; `a` holds `MR·kc` floats, `b` `kc` rows of `nr`
+        /// floats, `c` `MR` rows of `nr` writable floats.
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn run<const FULL: bool>(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            ldb: isize,
+            c: *mut f32,
+            ldc: isize,
+            nr: usize,
+            load_c: bool,
+        );
+    }
+
+    /// The largest `MR·NR` of any kernel (the edge-tile scratch).
+    const MAX_TILE: usize = 14 * 32;
+
+    thread_local! {
+        /// Per-thread packing scratch: the `lhs` tile, then (for a strided `rhs`) its panels.
+        static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// The three matrices, shared read-only by the tasks (each writes its own block of `dst`).
+    #[derive(Clone, Copy)]
+    struct Job {
+        dst: MatMut,
+        lhs: MatRef,
+        rhs: MatRef,
+        k: usize,
+        accumulate: bool,
+    }
+    // SAFETY: tasks write disjoint blocks of `dst` and only read `lhs` and `rhs`; the caller of
+    // `matmul` guarantees nothing else touches them during the call.
+    unsafe impl Send for Job {}
+    unsafe impl Sync for Job {}
+
+    /// See [`super::matmul`]; `parallel` splits the product into one task per rayon thread.
+    ///
+    /// # Safety
+    /// As [`super::matmul`], and the CPU must have `K`'s features.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn matmul<K: Kernel>(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: MatMut,
+        accumulate: bool,
+        lhs: MatRef,
+        rhs: MatRef,
+        parallel: bool,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let job = Job {
+            dst,
+            lhs,
+            rhs,
+            k,
+            accumulate,
+        };
+        let threads = if parallel {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        if threads <= 1 {
+            // SAFETY: forwarded.
+            unsafe { block::<K>(job, 0..m, 0..n) };
+            return;
+        }
+        let (mr, nr) = (K::MR, K::NR);
+        // Column blocks first (each task then reads only its share of `rhs`, the weights), in
+        // whole panels; rows split as well when there are fewer panels than threads.
+        let panels = n.div_ceil(nr);
+        let col_parts = threads.min(panels);
+        let row_parts = threads.div_ceil(col_parts).min(m.div_ceil(mr));
+        let row_tiles = m.div_ceil(mr);
+        (0..col_parts * row_parts).into_par_iter().for_each(|task| {
+            let (c, r) = (task % col_parts, task / col_parts);
+            let cols =
+                (panels * c / col_parts * nr).min(n)..(panels * (c + 1) / col_parts * nr).min(n);
+            let rows = (row_tiles * r / row_parts * mr).min(m)
+                ..(row_tiles * (r + 1) / row_parts * mr).min(m);
+            // SAFETY: blocks of distinct tasks are disjoint.
+            unsafe { block::<K>(job, rows, cols) };
+        });
+    }
+
+    /// `dst[rows, cols] (+)= lhs[rows, :] · rhs[:, cols]` on the calling thread.
+    unsafe fn block<K: Kernel>(
+        job: Job,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        let (mr_max, nr_max, kc_max) = (K::MR, K::NR, K::KC);
+        let tile_len = mr_max * kc_max;
+        PACK.with_borrow_mut(|(a_pack, b_pack)| {
+            if a_pack.len() < K::GROUP * tile_len {
+                a_pack.resize(K::GROUP * tile_len, 0.0);
+            }
+            let Job {
+                dst,
+                lhs,
+                rhs,
+                k,
+                accumulate,
+            } = job;
+            let direct = rhs.cs == 1;
+            let (j0, j1) = (cols.start, cols.end);
+            #[cfg(test)]
+            super::tests_hook::touched();
+            for p0 in (0..k.max(1)).step_by(kc_max) {
+                let kc = kc_max.min(k - p0);
+                let load_c = accumulate || p0 > 0;
+                // Where panel `j` (a column index) of this slice starts, and its row stride.
+                let (b_base, ldb, panel_stride): (*const f32, isize, isize);
+                // SAFETY (whole block): indices stay within the shapes the caller vouched for;
+                // packed buffers are sized before use.
+                unsafe {
+                    if direct {
+                        b_base = rhs.ptr.offset(p0 as isize * rhs.rs + j0 as isize);
+                        ldb = rhs.rs;
+                        panel_stride = nr_max as isize;
+                    } else {
+                        let panels = (j1 - j0).div_ceil(nr_max);
+                        let need = panels * kc * nr_max;
+                        if b_pack.len() < need {
+                            b_pack.resize(need, 0.0);
+                        }
+                        pack_rhs(nr_max, rhs, p0, kc, j0, j1, b_pack);
+                        b_base = b_pack.as_ptr();
+                        ldb = nr_max as isize;
+                        panel_stride = (kc * nr_max) as isize;
+                    }
+                    for g0 in rows.clone().step_by(mr_max * K::GROUP) {
+                        let g1 = (g0 + mr_max * K::GROUP).min(rows.end);
+                        for (t, i0) in (g0..g1).step_by(mr_max).enumerate() {
+                            let mr = mr_max.min(rows.end - i0);
+                            pack_lhs(mr_max, lhs, i0, mr, p0, kc, &mut a_pack[t * tile_len..]);
+                        }
+                        for (pi, j) in (j0..j1).step_by(nr_max).enumerate() {
+                            let nr = nr_max.min(j1 - j);
+                            let b = b_base.offset(pi as isize * panel_stride);
+                            for (t, i0) in (g0..g1).step_by(mr_max).enumerate() {
+                                let mr = mr_max.min(rows.end - i0);
+                                let a = a_pack.as_ptr().add(t * tile_len);
+                                let c = dst.ptr.offset(i0 as isize * dst.rs + j as isize);
+                                tile::<K>(mr, nr, kc, a, b, ldb, c, dst.rs, load_c);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Packs `lhs[i0..i0+mr, p0..p0+kc]` `k`-major, `tr` (the tile's rows) wide:
+    /// `out[p·tr + i]`, rows past `mr` zero.
+    unsafe fn pack_lhs(
+        tr: usize,
+        lhs: MatRef,
+        i0: usize,
+        mr: usize,
+        p0: usize,
+        kc: usize,
+        out: &mut [f32],
+    ) {
+        let out = &mut out[..kc * tr];
+        if mr < tr {
+            out.fill(0.0);
+        }
+        // Plain pointer walks: the dev profile keeps iterator adapters and the UB checks of
+        // `offset`/`get_unchecked`, which made this loop a visible share of the forward.
+        let dst = out.as_mut_ptr();
+        for i in 0..mr {
+            let mut s = lhs
+                .ptr
+                .wrapping_offset((i0 + i) as isize * lhs.rs + p0 as isize * lhs.cs);
+            let mut d = dst.wrapping_add(i);
+            for _ in 0..kc {
+                // SAFETY: `s` walks row `i0 + i` within the caller's shape, `d` column `i` of
+                // `out` (tr·kc floats).
+                unsafe { *d = *s };
+                s = s.wrapping_offset(lhs.cs);
+                d = d.wrapping_add(tr);
+            }
+        }
+    }
+
+    /// Packs `rhs[p0..p0+kc, j0..j1]` into `tc`-wide panels (the tile's columns),
+    /// `out[panel][p][tc]`, the last panel zero-padded.
+    unsafe fn pack_rhs(
+        tc: usize,
+        rhs: MatRef,
+        p0: usize,
+        kc: usize,
+        j0: usize,
+        j1: usize,
+        out: &mut [f32],
+    ) {
+        for (pi, j) in (j0..j1).step_by(tc).enumerate() {
+            let panel = &mut out[pi * kc * tc..(pi + 1) * kc * tc];
+            let nr = tc.min(j1 - j);
+            if nr < tc {
+                panel.fill(0.0);
+            }
+            for jj in 0..nr {
+                // SAFETY: within the caller's shape.
+                let col = unsafe {
+                    rhs.ptr
+                        .offset(p0 as isize * rhs.rs + (j + jj) as isize * rhs.cs)
+                };
+                for p in 0..kc {
+                    // SAFETY: as above.
+                    panel[p * tc + jj] = unsafe { *col.offset(p as isize * rhs.rs) };
+                }
+            }
+        }
+    }
+
+    /// One `mr × nr` tile. The kernel always computes `MR` rows (its loop is written out so
+    /// that even the dev profile keeps the accumulators in registers); a short edge tile runs
+    /// on zero-padded `lhs` rows into a scratch tile that is then copied out.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn tile<K: Kernel>(
+        mr: usize,
+        nr: usize,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: isize,
+        c: *mut f32,
+        ldc: isize,
+        load_c: bool,
+    ) {
+        const { assert!(K::MR * K::NR <= MAX_TILE) };
+        let (mr_max, nr_max) = (K::MR, K::NR);
+        // SAFETY: forwarded; the scratch tile holds MR×NR.
+        unsafe {
+            if mr == mr_max {
+                if nr == nr_max {
+                    K::run::<true>(kc, a, b, ldb, c, ldc, nr, load_c);
+                } else {
+                    K::run::<false>(kc, a, b, ldb, c, ldc, nr, load_c);
+                }
+                return;
+            }
+            let mut tmp = [0f32; MAX_TILE];
+            if load_c {
+                for i in 0..mr {
+                    std::ptr::copy_nonoverlapping(
+                        c.offset(i as isize * ldc),
+                        tmp.as_mut_ptr().add(i * nr_max),
+                        nr,
+                    );
+                }
+            }
+            K::run::<false>(kc, a, b, ldb, tmp.as_mut_ptr(), nr_max as isize, nr, load_c);
+            for i in 0..mr {
+                std::ptr::copy_nonoverlapping(
+                    tmp.as_ptr().add(i * nr_max),
+                    c.offset(i as isize * ldc),
+                    nr,
+                );
+            }
+        }
     }
 }
 
@@ -467,33 +776,22 @@ pub mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    //! The AVX2 + FMA product (no AVX-512: AMD Zen 2/3, Intel before Skylake-X), in the
-    //! classic blocked order for a 32 KiB L1 and a 512 KiB L2. Per task (a block of rows × a
-    //! block of columns) and `KC`-deep slice of `k`: the task's `rhs` slice is packed once into
-    //! `NR`-wide panels (`KC × NR` floats, 16 KiB: one stays in L1 while every row tile of a
-    //! block runs against it; reading it in place would thrash L1 sets for row strides of
-    //! 1536 or 6144 bytes); then per `MC`-row block the `lhs` rows are packed into `MR`-row
-    //! tiles (`MC × KC`, 96 KiB, L2-resident) and each column panel runs against every tile.
-    //! The register tile is `MR × NR` = 6 × 16: 12 accumulators, two `rhs` loads and six
-    //! broadcasts per step, which fills both FMA pipes through their latency with the 16 `ymm`
-    //! registers.
+    //! The AVX2+FMA register tile for CPUs without AVX-512 (e.g. AMD Zen 2/3), `MR` × `NR` =
+    //! 6 × 16 in the 16 ymm registers: 12 accumulators, two `rhs` loads and one broadcast `lhs`
+    //! operand per row, twelve independent FMAs per step for two FMA pipes of latency 4.
 
     use std::arch::x86_64::*;
-    use std::cell::RefCell;
     use std::sync::OnceLock;
-
-    use rayon::prelude::*;
-
-    use super::{MatMut, MatRef};
 
     /// Rows of the register tile.
     pub const MR: usize = 6;
     /// Columns of the register tile (two 8-lane vectors).
     pub const NR: usize = 16;
-    /// Depth of one `k` slice: a packed `rhs` panel is `KC·NR` floats (16 KiB), L1-resident.
-    const KC: usize = 256;
-    /// Rows of one packed `lhs` block (`MC·KC` floats, 96 KiB, L2-resident).
-    const MC: usize = 16 * MR;
+    /// Depth of one `k` slice: a packed `lhs` tile is `MR·KC` floats (9 KiB), L1-resident.
+    const KC: usize = 384;
+    /// `lhs` tiles per group (measured: 8 < 16 ≈ 32): 16 × 9 KiB stay in L2 while each 24 KiB
+    /// `rhs` panel stays in L1.
+    const GROUP: usize = 16;
 
     /// Whether the CPU runs AVX2 and FMA (checked once).
     pub fn available() -> bool {
@@ -501,307 +799,49 @@ pub mod avx2 {
         *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
 
-    thread_local! {
-        /// Per-thread packing scratch: the `lhs` block, then the `rhs` slice.
-        static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    }
+    /// The 6×16 AVX2+FMA kernel for [`super::tiled`].
+    pub struct Tile;
 
-    /// The three matrices, shared read-only by the tasks (each writes its own block of `dst`).
-    #[derive(Clone, Copy)]
-    struct Job {
-        dst: MatMut,
-        lhs: MatRef,
-        rhs: MatRef,
-        k: usize,
-        accumulate: bool,
-    }
-    // SAFETY: tasks write disjoint blocks of `dst` and only read `lhs` and `rhs`; the caller of
-    // `matmul` guarantees nothing else touches them during the call.
-    unsafe impl Send for Job {}
-    unsafe impl Sync for Job {}
+    impl super::tiled::Kernel for Tile {
+        const MR: usize = MR;
+        const NR: usize = NR;
+        const KC: usize = KC;
+        const GROUP: usize = GROUP;
 
-    /// See [`super::matmul`]; `parallel` splits the product into one task per rayon thread.
-    ///
-    /// # Safety
-    /// As [`super::matmul`], and the CPU must have AVX2 and FMA.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn matmul(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: MatMut,
-        accumulate: bool,
-        lhs: MatRef,
-        rhs: MatRef,
-        parallel: bool,
-    ) {
-        if m == 0 || n == 0 {
-            return;
-        }
-        let job = Job {
-            dst,
-            lhs,
-            rhs,
-            k,
-            accumulate,
-        };
-        let threads = if parallel {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        if threads <= 1 {
-            // SAFETY: forwarded.
-            unsafe { block(job, 0..m, 0..n) };
-            return;
-        }
-        // Every task packs its rows of `lhs` and its columns of `rhs` (at scalar speed, a cost
-        // of about 16 multiply-adds per element packed), so split the longer side: rows for
-        // the training products (thousands of token rows), columns for a small batch's. The
-        // other side splits as well when the first has fewer tiles than threads.
-        let panels = n.div_ceil(NR);
-        let row_tiles = m.div_ceil(MR);
-        let (row_parts, col_parts) = if m >= n {
-            let r = threads.min(row_tiles);
-            (r, threads.div_ceil(r).min(panels))
-        } else {
-            let c = threads.min(panels);
-            (threads.div_ceil(c).min(row_tiles), c)
-        };
-        (0..col_parts * row_parts).into_par_iter().for_each(|task| {
-            let (c, r) = (task % col_parts, task / col_parts);
-            let cols =
-                (panels * c / col_parts * NR).min(n)..(panels * (c + 1) / col_parts * NR).min(n);
-            let rows = (row_tiles * r / row_parts * MR).min(m)
-                ..(row_tiles * (r + 1) / row_parts * MR).min(m);
-            // SAFETY: blocks of distinct tasks are disjoint.
-            unsafe { block(job, rows, cols) };
-        });
-    }
-
-    /// `dst[rows, cols] (+)= lhs[rows, :] · rhs[:, cols]` on the calling thread.
-    unsafe fn block(job: Job, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
-        if rows.is_empty() || cols.is_empty() {
-            return;
-        }
-        PACK.with_borrow_mut(|(a_pack, b_pack)| {
-            let Job {
-                dst,
-                lhs,
-                rhs,
-                k,
-                accumulate,
-            } = job;
-            let (j0, j1) = (cols.start, cols.end);
-            let panels = (j1 - j0).div_ceil(NR);
-            #[cfg(test)]
-            super::tests_hook::touched();
-            if k == 0 {
-                if !accumulate {
-                    for i in rows {
-                        // SAFETY: row `i` of `dst` has the columns `j0..j1`.
-                        unsafe {
-                            std::ptr::write_bytes(
-                                dst.ptr.offset(i as isize * dst.rs + j0 as isize),
-                                0,
-                                j1 - j0,
-                            )
-                        };
-                    }
-                }
-                return;
-            }
-            let a_need = MC * KC.min(k);
-            if a_pack.len() < a_need {
-                a_pack.resize(a_need, 0.0);
-            }
-            let b_need = panels * KC.min(k) * NR;
-            if b_pack.len() < b_need {
-                b_pack.resize(b_need, 0.0);
-            }
-            for p0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - p0);
-                let load_c = accumulate || p0 > 0;
-                // SAFETY (whole loop): indices stay within the shapes the caller vouched for;
-                // packed buffers are sized above.
-                unsafe {
-                    pack_rhs(rhs, p0, kc, j0, j1, b_pack);
-                    for ib in rows.clone().step_by(MC) {
-                        let mc = MC.min(rows.end - ib);
-                        pack_lhs(lhs, ib, mc, p0, kc, a_pack);
-                        for (pi, j) in (j0..j1).step_by(NR).enumerate() {
-                            let nr = NR.min(j1 - j);
-                            let b = b_pack.as_ptr().add(pi * kc * NR);
-                            for (ti, i0) in (ib..ib + mc).step_by(MR).enumerate() {
-                                let mr = MR.min(ib + mc - i0);
-                                let a = a_pack.as_ptr().add(ti * kc * MR);
-                                let c = dst.ptr.offset(i0 as isize * dst.rs + j as isize);
-                                tile(mr, nr, kc, a, b, c, dst.rs, load_c);
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    }
-
-    /// Packs `lhs[i0..i0+mc, p0..p0+kc]` into `MR`-row tiles, each `k`-major:
-    /// `out[tile·kc·MR + p·MR + i]`, rows past `mc` zero.
-    unsafe fn pack_lhs(lhs: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
-        for (ti, t0) in (0..mc).step_by(MR).enumerate() {
-            let mr = MR.min(mc - t0);
-            let out = &mut out[ti * kc * MR..(ti + 1) * kc * MR];
-            if mr < MR {
-                out.fill(0.0);
-            }
-            let base = |i: usize, p: usize| {
-                // SAFETY: within the caller's shape.
-                unsafe {
-                    lhs.ptr
-                        .offset((i0 + t0 + i) as isize * lhs.rs + (p0 + p) as isize * lhs.cs)
-                }
-            };
-            if lhs.cs == 1 && mr == MR {
-                // SAFETY: rows `i0 + t0 ..+ MR` have `kc` floats from column `p0`.
-                let rows: [&[f32]; MR] =
-                    std::array::from_fn(|i| unsafe { std::slice::from_raw_parts(base(i, 0), kc) });
-                for (p, o) in out.chunks_exact_mut(MR).enumerate() {
-                    for i in 0..MR {
-                        o[i] = rows[i][p];
-                    }
-                }
-            } else if lhs.cs == 1 {
-                for i in 0..mr {
-                    // SAFETY: row `i0 + t0 + i` has `kc` floats from column `p0`.
-                    let row = unsafe { std::slice::from_raw_parts(base(i, 0), kc) };
-                    for (o, v) in out[i..].iter_mut().step_by(MR).zip(row) {
-                        *o = *v;
-                    }
-                }
-            } else if lhs.rs == 1 && mr == MR {
-                // A transposed operand (`xᵀ` of a weight gradient): the tile's rows are adjacent.
-                for (p, o) in out.chunks_exact_mut(MR).enumerate() {
-                    // SAFETY: column `p0 + p` has `MR` adjacent floats from row `i0 + t0`.
-                    let col = unsafe { &*(base(0, p) as *const [f32; MR]) };
-                    o.copy_from_slice(col);
-                }
-            } else if lhs.rs == 1 {
-                for p in 0..kc {
-                    // SAFETY: column `p0 + p` has `mr` adjacent floats from row `i0 + t0`.
-                    let col = unsafe { std::slice::from_raw_parts(base(0, p), mr) };
-                    out[p * MR..p * MR + mr].copy_from_slice(col);
-                }
-            } else {
-                for i in 0..mr {
-                    for p in 0..kc {
-                        // SAFETY: within the caller's shape.
-                        out[p * MR + i] = unsafe { *base(i, p) };
-                    }
-                }
-            }
+        #[inline]
+        unsafe fn run<const FULL: bool>(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            ldb: isize,
+            c: *mut f32,
+            ldc: isize,
+            nr: usize,
+            load_c: bool,
+        ) {
+            // SAFETY: forwarded; the caller checked `available()`.
+            unsafe { kernel::<FULL>(kc, a, b, ldb, c, ldc, nr, load_c) }
         }
     }
 
-    /// Packs `rhs[p0..p0+kc, j0..j1]` into `NR`-wide panels, `out[panel][p][NR]`, the last
-    /// panel zero-padded.
-    unsafe fn pack_rhs(rhs: MatRef, p0: usize, kc: usize, j0: usize, j1: usize, out: &mut [f32]) {
-        for (pi, j) in (j0..j1).step_by(NR).enumerate() {
-            let panel = &mut out[pi * kc * NR..(pi + 1) * kc * NR];
-            let nr = NR.min(j1 - j);
-            if nr < NR {
-                panel.fill(0.0);
-            }
-            let at = |p: usize, jj: usize| {
-                // SAFETY: within the caller's shape.
-                unsafe {
-                    rhs.ptr
-                        .offset((p0 + p) as isize * rhs.rs + (j + jj) as isize * rhs.cs)
-                }
-            };
-            if rhs.cs == 1 && nr == NR {
-                for (p, o) in panel.chunks_exact_mut(NR).enumerate() {
-                    // SAFETY: row `p0 + p` has `NR` floats from column `j`.
-                    o.copy_from_slice(unsafe { &*(at(p, 0) as *const [f32; NR]) });
-                }
-            } else if rhs.cs == 1 {
-                for p in 0..kc {
-                    // SAFETY: row `p0 + p` has `nr` floats from column `j`.
-                    let row = unsafe { std::slice::from_raw_parts(at(p, 0), nr) };
-                    panel[p * NR..p * NR + nr].copy_from_slice(row);
-                }
-            } else if rhs.rs == 1 && nr == NR {
-                // A transposed weight (`Wᵀ` of an input gradient): its `NR` columns are rows
-                // of `W`; write the panel in order, reading the sixteen rows side by side.
-                // SAFETY: column `j + jj` has `kc` adjacent floats from row `p0`.
-                let cols: [&[f32]; NR] =
-                    std::array::from_fn(|jj| unsafe { std::slice::from_raw_parts(at(0, jj), kc) });
-                for (p, o) in panel.chunks_exact_mut(NR).enumerate() {
-                    for jj in 0..NR {
-                        o[jj] = cols[jj][p];
-                    }
-                }
-            } else {
-                // A strided or ragged panel: read each column in order.
-                for jj in 0..nr {
-                    for p in 0..kc {
-                        // SAFETY: within the caller's shape.
-                        panel[p * NR + jj] = unsafe { *at(p, jj) };
-                    }
-                }
-            }
-        }
-    }
-
-    /// One `mr × nr` tile; an edge tile runs into a scratch tile that is then copied out.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    unsafe fn tile(
-        mr: usize,
-        nr: usize,
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        ldc: isize,
-        load_c: bool,
-    ) {
-        // SAFETY: forwarded; the scratch tile is MR×NR.
-        unsafe {
-            if mr == MR && nr == NR {
-                kernel(kc, a, b, c, ldc, load_c);
-                return;
-            }
-            let mut tmp = [0f32; MR * NR];
-            if load_c {
-                for i in 0..mr {
-                    std::ptr::copy_nonoverlapping(
-                        c.offset(i as isize * ldc),
-                        tmp.as_mut_ptr().add(i * NR),
-                        nr,
-                    );
-                }
-            }
-            kernel(kc, a, b, tmp.as_mut_ptr(), NR as isize, load_c);
-            for i in 0..mr {
-                std::ptr::copy_nonoverlapping(
-                    tmp.as_ptr().add(i * NR),
-                    c.offset(i as isize * ldc),
-                    nr,
-                );
-            }
-        }
-    }
-
-    /// `c[0..MR, 0..NR] (+)= a · b` over `kc` steps: `a` packed `[kc][MR]`, `b` `[kc][NR]`.
+    /// `c[0..MR, 0..nr] (+)= a · b` over `kc` steps: `a` packed `[kc][MR]`, `b` rows `ldb`
+    /// apart. `FULL`: `nr == NR` (no masks; a masked load never touches the lanes it skips).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel<const FULL: bool>(
         kc: usize,
         a: *const f32,
         b: *const f32,
+        ldb: isize,
         c: *mut f32,
         ldc: isize,
+        nr: usize,
         load_c: bool,
     ) {
+        // Lane `l` of mask 0 (columns 0..8) and mask 1 (8..16) is set when its column < nr.
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes);
+        let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32 - 8), lanes);
         let mut acc0 = [_mm256_setzero_ps(); MR];
         let mut acc1 = [_mm256_setzero_ps(); MR];
         let (mut a, mut b) = (a, b);
@@ -816,38 +856,103 @@ pub mod avx2 {
                 $body!(5);
             };
         }
-        // Raw-pointer loads and `wrapping_add` steps: with debug assertions (the dev profile),
-        // `ptr::add`, references from raw pointers and range steps each carry a run-time
-        // check, a few percent of this loop.
-        let mut left = kc;
-        while left != 0 {
-            left -= 1;
-            // SAFETY: `b` holds NR floats per step, `a` MR.
-            unsafe {
-                let (b0, b1) = (_mm256_loadu_ps(b), _mm256_loadu_ps(b.wrapping_add(8)));
-                macro_rules! fma {
-                    ($i:literal) => {
-                        let ai = _mm256_broadcastss_ps(_mm_load_ss(a.wrapping_add($i)));
-                        acc0[$i] = _mm256_fmadd_ps(ai, b0, acc0[$i]);
-                        acc1[$i] = _mm256_fmadd_ps(ai, b1, acc1[$i]);
-                    };
+        // The assembly below steps `a` by 6 floats and reads 16 columns of `b`.
+        const { assert!(MR == 6 && NR == 16) };
+        if FULL {
+            if kc > 0 {
+                // The full tile's loop in assembly: the dev profile (`opt-level = 1`, debug
+                // assertions) compiles `_mm256_loadu_ps` and pointer steps with their UB checks
+                // and passes the `rhs` vectors through the stack, which halved the kernel's speed.
+                // SAFETY: `a` holds MR floats per step and `b` NR per row, for `kc` steps.
+                unsafe {
+                    std::arch::asm!(
+                        "2:",
+                        "vmovups {b0}, ymmword ptr [{b}]",
+                        "vmovups {b1}, ymmword ptr [{b} + 32]",
+                        "vbroadcastss {t}, dword ptr [{a}]",
+                        "vfmadd231ps {c00}, {t}, {b0}",
+                        "vfmadd231ps {c01}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 4]",
+                        "vfmadd231ps {c10}, {t}, {b0}",
+                        "vfmadd231ps {c11}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 8]",
+                        "vfmadd231ps {c20}, {t}, {b0}",
+                        "vfmadd231ps {c21}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 12]",
+                        "vfmadd231ps {c30}, {t}, {b0}",
+                        "vfmadd231ps {c31}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 16]",
+                        "vfmadd231ps {c40}, {t}, {b0}",
+                        "vfmadd231ps {c41}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 20]",
+                        "vfmadd231ps {c50}, {t}, {b0}",
+                        "vfmadd231ps {c51}, {t}, {b1}",
+                        "add {a}, 24",
+                        "add {b}, {ldb}",
+                        "dec {k}",
+                        "jnz 2b",
+                        a = inout(reg) a => _,
+                        b = inout(reg) b => _,
+                        k = inout(reg) kc => _,
+                        ldb = in(reg) ldb * 4,
+                        b0 = out(ymm_reg) _,
+                        b1 = out(ymm_reg) _,
+                        t = out(ymm_reg) _,
+                        c00 = inout(ymm_reg) acc0[0],
+                        c01 = inout(ymm_reg) acc1[0],
+                        c10 = inout(ymm_reg) acc0[1],
+                        c11 = inout(ymm_reg) acc1[1],
+                        c20 = inout(ymm_reg) acc0[2],
+                        c21 = inout(ymm_reg) acc1[2],
+                        c30 = inout(ymm_reg) acc0[3],
+                        c31 = inout(ymm_reg) acc1[3],
+                        c40 = inout(ymm_reg) acc0[4],
+                        c41 = inout(ymm_reg) acc1[4],
+                        c50 = inout(ymm_reg) acc0[5],
+                        c51 = inout(ymm_reg) acc1[5],
+                        options(nostack, readonly),
+                    );
                 }
-                rows!(fma);
             }
-            a = a.wrapping_add(MR);
-            b = b.wrapping_add(NR);
+        } else {
+            for _ in 0..kc {
+                // SAFETY: `b` row has `nr` readable floats (masked beyond), `a` holds MR per
+                // step.
+                unsafe {
+                    let (b0, b1) = (_mm256_maskload_ps(b, m0), _mm256_maskload_ps(b.add(8), m1));
+                    macro_rules! fma {
+                        ($i:literal) => {
+                            let ai = _mm256_broadcast_ss(&*a.add($i));
+                            acc0[$i] = _mm256_fmadd_ps(ai, b0, acc0[$i]);
+                            acc1[$i] = _mm256_fmadd_ps(ai, b1, acc1[$i]);
+                        };
+                    }
+                    rows!(fma);
+                    a = a.add(MR);
+                    b = b.offset(ldb);
+                }
+            }
         }
         macro_rules! store {
             ($i:literal) => {
-                // SAFETY: row `i` of the tile has NR writable floats.
+                // SAFETY: row `i` of the tile has `nr` writable floats.
                 unsafe {
                     let row = c.offset($i * ldc);
-                    if load_c {
-                        acc0[$i] = _mm256_add_ps(acc0[$i], _mm256_loadu_ps(row));
-                        acc1[$i] = _mm256_add_ps(acc1[$i], _mm256_loadu_ps(row.add(8)));
+                    if FULL {
+                        if load_c {
+                            acc0[$i] = _mm256_add_ps(acc0[$i], _mm256_loadu_ps(row));
+                            acc1[$i] = _mm256_add_ps(acc1[$i], _mm256_loadu_ps(row.add(8)));
+                        }
+                        _mm256_storeu_ps(row, acc0[$i]);
+                        _mm256_storeu_ps(row.add(8), acc1[$i]);
+                    } else {
+                        if load_c {
+                            acc0[$i] = _mm256_add_ps(acc0[$i], _mm256_maskload_ps(row, m0));
+                            acc1[$i] = _mm256_add_ps(acc1[$i], _mm256_maskload_ps(row.add(8), m1));
+                        }
+                        _mm256_maskstore_ps(row, m0, acc0[$i]);
+                        _mm256_maskstore_ps(row.add(8), m1, acc1[$i]);
                     }
-                    _mm256_storeu_ps(row, acc0[$i]);
-                    _mm256_storeu_ps(row.add(8), acc1[$i]);
                 }
             };
         }
@@ -878,27 +983,53 @@ pub(crate) mod tests_hook {
 mod tests {
     use super::*;
 
-    /// A ViT-sized product on a 2-thread pool runs on both threads (issue #11: the CPU forward
-    /// once ran on one core).
+    /// The signature shared by every product path.
+    type Product = unsafe fn(usize, usize, usize, MatMut, bool, MatRef, MatRef, bool);
+
+    /// sv72's own register-tile kernels this CPU runs (none without AVX2+FMA or AVX-512F).
+    fn own_kernels() -> Vec<(&'static str, Product)> {
+        #[allow(unused_mut)]
+        let mut v: Vec<(&'static str, Product)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                v.push(("avx512", avx512::matmul));
+            }
+            if avx2::available() {
+                v.push(("avx2", tiled::matmul::<avx2::Tile>));
+            }
+        }
+        v
+    }
+
+    /// Every path: the dispatching entry, each own kernel the CPU has, the `gemm` crate.
+    fn all_paths() -> Vec<(&'static str, Product)> {
+        let mut v: Vec<(&'static str, Product)> =
+            vec![("matmul", matmul), ("gemm crate", matmul_gemm_crate)];
+        v.extend(own_kernels());
+        v
+    }
+
+    /// A ViT-sized product on a 2-thread pool runs on both threads, on each own kernel the CPU
+    /// has (issue #11: the CPU forward once ran on one core).
     #[test]
     fn large_matmul_runs_on_more_than_one_thread() {
-        #[cfg(target_arch = "x86_64")]
-        if avx512::available() || avx2::available() {
-            let (m, n, k) = (8 * 261, 1152, 384);
-            let (a, b) = (data(m * k, 1), data(k * n, 2));
-            let mut out = vec![0f32; m * n];
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .thread_name(|i| format!("gemm-test-{i}"))
-                .build()
-                .unwrap();
+        let (m, n, k) = (8 * 261, 1152, 384);
+        let (a, b) = (data(m * k, 1), data(k * n, 2));
+        let mut out = vec![0f32; m * n];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .thread_name(|i| format!("gemm-test-{i}"))
+            .build()
+            .unwrap();
+        for (name, product) in own_kernels() {
             *tests_hook::THREADS.lock().unwrap() = Some(Default::default());
             // A few products: on a loaded machine the second worker may wake too late for one.
             for _ in 0..20 {
                 pool.install(|| {
                     // SAFETY: buffers match the shapes.
                     unsafe {
-                        matmul(
+                        product(
                             m,
                             n,
                             k,
@@ -926,7 +1057,11 @@ mod tests {
                 }
             }
             let seen = tests_hook::THREADS.lock().unwrap().take().unwrap();
-            assert!(seen.len() >= 2, "product ran on {} thread(s)", seen.len());
+            assert!(
+                seen.len() >= 2,
+                "{name}: product ran on {} thread(s)",
+                seen.len()
+            );
         }
     }
 
@@ -962,11 +1097,12 @@ mod tests {
         out
     }
 
-    /// Every tile shape (rows 1..=14 and beyond, ragged columns, `k` past one slice, rows past
-    /// one packed block, products large enough to split over the pool by rows and by columns),
-    /// row-major, transposed and strided operands, accumulate on and off, one thread and the pool.
+    /// Every tile shape of both kernels (rows 1..=14 and beyond, ragged columns, `k` past one
+    /// slice, a row split when there are fewer panels than threads), strided and transposed
+    /// operands, accumulate on and off, one thread and the pool, on every path the CPU has.
     #[test]
     fn matmul_matches_reference_over_edge_shapes() {
+        let paths = all_paths();
         for &(m, n, k) in &[
             (1, 1, 1),
             (13, 31, 7),
@@ -974,72 +1110,71 @@ mod tests {
             (261, 96, 64),
             (15, 33, 800),
             (3, 700, 5),
-            (4, 9, 0),
-            (203, 200, 300),
-            (40, 500, 400),
+            (6, 16, 3),
+            (13, 1, 9),
+            (20, 17, 385),
         ] {
+            // lhs either row-major m×k or the transpose of a row-major k×m; rhs either
+            // row-major k×n or the transpose of a row-major n×k.
+            let a = data(m * k, 1);
+            let b = data(k * n, 2);
             let acc = data(m * n, 3);
-            // lhs: row-major m×k, the transpose of a row-major k×m, or every other column of a
-            // row-major m×2k.
-            for lhs_layout in 0..3 {
-                let (a, ars, acs) = match lhs_layout {
-                    0 => (data(m * k, 1), k, 1),
-                    1 => (data(m * k, 1), 1, m),
-                    _ => (data(m * 2 * k, 1), 2 * k, 2),
-                };
-                // rhs: row-major k×n or the transpose of a row-major n×k.
-                let b = data(k * n, 2);
+            let zero = vec![0f32; m * n];
+            for lhs_t in [false, true] {
+                let (ars, acs) = if lhs_t { (1, m) } else { (k, 1) };
                 for transposed in [false, true] {
                     let (brs, bcs) = if transposed { (1, k) } else { (n, 1) };
                     for accumulate in [false, true] {
-                        for threads in [false, true] {
-                            let mut out = if accumulate {
-                                acc.clone()
-                            } else {
-                                vec![f32::NAN; m * n]
-                            };
-                            let zero = vec![0f32; m * n];
-                            let want = reference(
-                                m,
-                                n,
-                                k,
-                                &a,
-                                ars,
-                                acs,
-                                &b,
-                                brs,
-                                bcs,
-                                if accumulate { &acc } else { &zero },
-                            );
-                            // SAFETY: buffers match the shapes and strides.
-                            unsafe {
-                                matmul(
-                                    m,
-                                    n,
-                                    k,
-                                    MatMut {
-                                        ptr: out.as_mut_ptr(),
-                                        rs: n as isize,
-                                    },
-                                    accumulate,
-                                    MatRef {
-                                        ptr: a.as_ptr(),
-                                        rs: ars as isize,
-                                        cs: acs as isize,
-                                    },
-                                    MatRef {
-                                        ptr: b.as_ptr(),
-                                        rs: brs as isize,
-                                        cs: bcs as isize,
-                                    },
-                                    threads,
-                                );
-                            }
-                            for (x, y) in out.iter().zip(&want) {
-                                assert!(
-                                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                                    "{m}x{n}x{k} lhs={lhs_layout} t={transposed} acc={accumulate}: {x} vs {y}"
-                                );
+                        let want = reference(
+                            m,
+                            n,
+                            k,
+                            &a,
+                            ars,
+                            acs,
+                            &b,
+                            brs,
+                            bcs,
+                            if accumulate { &acc } else { &zero },
+                        );
+                        for (name, product) in &paths {
+                            for threads in [false, true] {
+                                let mut out = if accumulate {
+                                    acc.clone()
+                                } else {
+                                    vec![f32::NAN; m * n]
+                                };
+                                // SAFETY: buffers match the shapes and strides.
+                                unsafe {
+                                    product(
+                                        m,
+                                        n,
+                                        k,
+                                        MatMut {
+                                            ptr: out.as_mut_ptr(),
+                                            rs: n as isize,
+                                        },
+                                        accumulate,
+                                        MatRef {
+                                            ptr: a.as_ptr(),
+                                            rs: ars as isize,
+                                            cs: acs as isize,
+                                        },
+                                        MatRef {
+                                            ptr: b.as_ptr(),
+                                            rs: brs as isize,
+                                            cs: bcs as isize,
+                                        },
+                                        threads,
+                                    );
+                                }
+                                for (x, y) in out.iter().zip(&want) {
+                                    assert!(
+                                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                                        "{name} {m}x{n}x{k} lhs_t={lhs_t} t={transposed} \
+                                         acc={accumulate} threads={threads}: {x} vs {y}"
+                                    );
+                                }
                             }
                         }
                     }
@@ -1048,74 +1183,69 @@ mod tests {
         }
     }
 
-    /// One-thread speed of this product against the `gemm` crate on the ViT-S shapes of the
-    /// forward (`x·W`) and of the backward (`dY·Wᵀ`, `Xᵀ·dY`: strided operands), each timed
-    /// alternately (median of 15); prints GFLOP/s.
-    /// `cargo test --lib gemm_speed -- --ignored --nocapture`.
+    /// One-thread speed of each own kernel the CPU has against the `gemm` crate on the ViT-S
+    /// shapes, each timed alternately (median of 15); prints GFLOP/s. `cargo test --lib gemm_speed -- --ignored --nocapture`.
     #[test]
     #[ignore = "timing, not a check"]
     fn gemm_speed_vs_gemm_crate() {
-        // (m, n, k, lhs transposed, rhs transposed)
-        for &(m, n, k, lt, rt) in &[
-            (261, 1152, 384, false, false),
-            (261, 384, 384, false, false),
-            (261, 1536, 384, false, false),
-            (261, 384, 1536, false, false),
-            (2088, 1152, 384, false, false),
-            (2088, 384, 1536, false, true),
-            (2088, 1536, 384, false, true),
-            (384, 1536, 2088, true, false),
-            (1536, 384, 2088, true, false),
-        ] {
-            let (a, b) = (data(m * k, 1), data(k * n, 2));
-            let mut out = vec![0f32; m * n];
-            let (ars, acs) = if lt { (1, m as isize) } else { (k as isize, 1) };
-            let (brs, bcs) = if rt { (1, k as isize) } else { (n as isize, 1) };
-            let run = |own: bool, out: &mut [f32]| {
-                let (dst, l, r) = (
-                    MatMut {
-                        ptr: out.as_mut_ptr(),
-                        rs: n as isize,
-                    },
-                    MatRef {
-                        ptr: a.as_ptr(),
-                        rs: ars,
-                        cs: acs,
-                    },
-                    MatRef {
-                        ptr: b.as_ptr(),
-                        rs: brs,
-                        cs: bcs,
-                    },
-                );
-                let t = std::time::Instant::now();
-                // SAFETY: buffers match the shapes.
-                unsafe {
-                    if own {
-                        matmul(m, n, k, dst, false, l, r, false)
-                    } else {
-                        matmul_gemm_crate(m, n, k, dst, false, l, r, false)
+        let kernels = own_kernels();
+        assert!(!kernels.is_empty(), "no own kernel on this CPU");
+        for (name, product) in kernels {
+            for &(m, n, k) in &[
+                (261, 1152, 384),
+                (261, 384, 384),
+                (261, 1536, 384),
+                (261, 384, 1536),
+                (2088, 1152, 384),
+            ] {
+                let (a, b) = (data(m * k, 1), data(k * n, 2));
+                let mut out = vec![0f32; m * n];
+                let run = |own: bool, out: &mut [f32]| {
+                    let (dst, l, r) = (
+                        MatMut {
+                            ptr: out.as_mut_ptr(),
+                            rs: n as isize,
+                        },
+                        MatRef {
+                            ptr: a.as_ptr(),
+                            rs: k as isize,
+                            cs: 1,
+                        },
+                        MatRef {
+                            ptr: b.as_ptr(),
+                            rs: n as isize,
+                            cs: 1,
+                        },
+                    );
+                    let t = std::time::Instant::now();
+                    // SAFETY: buffers match the shapes.
+                    unsafe {
+                        if own {
+                            product(m, n, k, dst, false, l, r, false)
+                        } else {
+                            matmul_gemm_crate(m, n, k, dst, false, l, r, false)
+                        }
                     }
+                    t.elapsed().as_secs_f64()
+                };
+                let (mut own, mut krate) = (Vec::new(), Vec::new());
+                for _ in 0..15 {
+                    own.push(run(true, &mut out));
+                    krate.push(run(false, &mut out));
                 }
-                t.elapsed().as_secs_f64()
-            };
-            let (mut own, mut krate) = (Vec::new(), Vec::new());
-            for _ in 0..15 {
-                own.push(run(true, &mut out));
-                krate.push(run(false, &mut out));
+                let med = |v: &mut Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let flops = 2.0 * (m * n * k) as f64;
+                let (o, c) = (med(&mut own), med(&mut krate));
+                println!(
+                    "{name} {m}x{n}x{k}: own {:.0} GFLOP/s, gemm crate {:.0} GFLOP/s ({:.2}x)",
+                    flops / o / 1e9,
+                    flops / c / 1e9,
+                    c / o
+                );
             }
-            let med = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
-            let flops = 2.0 * (m * n * k) as f64;
-            let (o, c) = (med(&mut own), med(&mut krate));
-            println!(
-                "{m}x{n}x{k} lhsT={lt} rhsT={rt}: own {:.0} GFLOP/s, gemm crate {:.0} GFLOP/s ({:.2}x)",
-                flops / o / 1e9,
-                flops / c / 1e9,
-                c / o
-            );
         }
     }
 }
