@@ -37,11 +37,10 @@ pub fn exp(x: f32) -> f32 {
     y * pow2
 }
 
-/// Exact (erf) GELU `x·Φ(x)` as `relu(x) - |x|·erfc(|x|/√2)/2`, with `erfc` from Abramowitz &
-/// Stegun 7.1.26 (absolute error ≤ 1.5e-7, below f32's own rounding of `erf` near 1); the form
-/// avoids cancellation for negative `x`.
+/// `(erfc(|x|/√2) / 2, exp(-x²/2))`, `erfc` from Abramowitz & Stegun 7.1.26 (absolute error
+/// ≤ 1.5e-7, below f32's own rounding of `erf` near 1): shared by [`gelu`] and [`gelu_grad`].
 #[inline(always)]
-pub fn gelu(x: f32) -> f32 {
+fn half_erfc_and_gauss(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1 * std::f32::consts::FRAC_1_SQRT_2;
     // a1..a5, halved so that the polynomial gives erfc(z) / 2 / exp(-z^2).
     const A: [f32; 5] = [
@@ -51,31 +50,26 @@ pub fn gelu(x: f32) -> f32 {
         -1.453_152 * 0.5,
         1.061_405_4 * 0.5,
     ];
-    let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
+    let t = 1.0 / (1.0 + P * x.abs());
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let half_erfc = poly * exp(-0.5 * x * x);
-    x.max(0.0) - a * half_erfc
+    let g = exp(-0.5 * x * x);
+    (poly * g, g)
+}
+
+/// Exact (erf) GELU `x·Φ(x)` as `relu(x) - |x|·erfc(|x|/√2)/2`; the form avoids cancellation
+/// for negative `x`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    let (half_erfc, _) = half_erfc_and_gauss(x);
+    x.max(0.0) - x.abs() * half_erfc
 }
 
 /// `d/dx gelu(x) = Φ(x) + x·φ(x)`, with `Φ` from the same `erfc` approximation as [`gelu`].
 #[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1 * std::f32::consts::FRAC_1_SQRT_2;
-    const A: [f32; 5] = [
-        0.254_829_6 * 0.5,
-        -0.284_496_74 * 0.5,
-        1.421_413_7 * 0.5,
-        -1.453_152 * 0.5,
-        1.061_405_4 * 0.5,
-    ];
     // 1/√(2π)
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let g = exp(-0.5 * x * x);
-    let half_erfc = poly * g;
+    let (half_erfc, g) = half_erfc_and_gauss(x);
     let cdf = if x >= 0.0 { 1.0 - half_erfc } else { half_erfc };
     cdf + x * g * INV_SQRT_2PI
 }
