@@ -501,19 +501,7 @@ mod cli_e2e {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         super::common::demo_mix(d, 16);
-        code(
-            d,
-            &[
-                "train-head",
-                "--manifest",
-                "mix",
-                "--epochs",
-                "2",
-                "--views",
-                "1",
-            ],
-            0,
-        );
+        code(d, &crate::common::QUICK_HEAD, 0);
         // B: the same head served with another threshold, so its answers differ from A's.
         let run_id = std::fs::read_to_string(d.join("checkpoints/latest")).unwrap();
         let a_dir = d.join("checkpoints").join(run_id.trim());

@@ -675,15 +675,7 @@ fn calibrate_judge_fits_stores_and_serves_the_weight() {
         );
         (out.status.code(), text)
     };
-    let (code, text) = run(&[
-        "train-head",
-        "--manifest",
-        "mix",
-        "--epochs",
-        "2",
-        "--views",
-        "1",
-    ]);
+    let (code, text) = run(&crate::common::QUICK_HEAD);
     assert_eq!(code, Some(0), "{text}");
     std::fs::write(d.join("s.yaml"), "model: checkpoints/latest\n").unwrap();
 

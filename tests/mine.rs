@@ -702,21 +702,8 @@ mod cli_e2e {
             ok(d, &all)
         };
         common::demo_mix(d, 16);
-        let latest = || {
-            std::fs::read_to_string(d.join("checkpoints/latest"))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
-        let train = [
-            "train-head",
-            "--manifest",
-            "mix",
-            "--epochs",
-            "2",
-            "--views",
-            "1",
-        ];
+        let latest = || crate::common::latest_run(d);
+        let train = crate::common::QUICK_HEAD;
         with_bb(&train);
         let a = latest();
         let mlp: Vec<&str> = train

@@ -950,22 +950,9 @@ mod cli_e2e {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         super::common::demo_mix(d, 16);
-        let train = [
-            "train-head",
-            "--manifest",
-            "mix",
-            "--epochs",
-            "2",
-            "--views",
-            "1",
-        ];
+        let train = crate::common::QUICK_HEAD;
         ok(d, &train);
-        let latest = || {
-            std::fs::read_to_string(d.join("checkpoints/latest"))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
+        let latest = || crate::common::latest_run(d);
         let dino_id = latest();
         let args = [&["--set", "backbone.preprocess=processor"][..], &train].concat();
         super::common::stdout_ok(&sv72_on(&siglip, d, &args), &args);

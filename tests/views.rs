@@ -39,19 +39,7 @@ fn specs_with_views_run_through_ab_test_calibrate_and_the_loader() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     super::common::demo_mix(d, 16);
-    code(
-        d,
-        &[
-            "train-head",
-            "--manifest",
-            "mix",
-            "--epochs",
-            "2",
-            "--views",
-            "1",
-        ],
-        0,
-    );
+    code(d, &crate::common::QUICK_HEAD, 0);
 
     // Identity only: the spec answers exactly as its base model.
     std::fs::write(d.join("plain.yaml"), "model: checkpoints/latest\n").unwrap();
@@ -200,21 +188,8 @@ fn ensemble_heads_on_one_backbone_share_its_forward() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     super::common::demo_mix(d, 16);
-    let latest = || {
-        std::fs::read_to_string(d.join("checkpoints/latest"))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let train = [
-        "train-head",
-        "--manifest",
-        "mix",
-        "--epochs",
-        "2",
-        "--views",
-        "1",
-    ];
+    let latest = || crate::common::latest_run(d);
+    let train = crate::common::QUICK_HEAD;
     code(d, &train, 0);
     let a = latest();
     let mlp: Vec<&str> = train

@@ -94,6 +94,25 @@ pub fn train_on_features(
         .dir
 }
 
+/// The quick head most tests train first: `train-head` on [`demo_mix`]'s `mix`, 2 epochs, 1 view.
+pub const QUICK_HEAD: [&str; 7] = [
+    "train-head",
+    "--manifest",
+    "mix",
+    "--epochs",
+    "2",
+    "--views",
+    "1",
+];
+
+/// The run id `dir/checkpoints/latest` points at.
+pub fn latest_run(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("checkpoints/latest"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 /// A tiny demo mix under `dir/datasets/mix` (`count` generated images per source, ingested and
 /// mixed by the binary as `make demo` does).
 pub fn demo_mix(dir: &Path, count: usize) {
