@@ -800,8 +800,7 @@ mod cli_e2e {
             "{args:?}: {text}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let ab: sv72::eval::ab::AbReport =
-            serde_json::from_slice(&std::fs::read(d.join("ab/decision.json")).unwrap()).unwrap();
+        let ab = super::common::decision(&d.join("ab"));
         assert_eq!(ab.a.id, dino_id.trim());
         assert_eq!(ab.b.id, run_id);
         assert!(ab.stats.answers > 0 && ab.stats.images > 0);
@@ -915,8 +914,7 @@ mod cli_e2e {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let ab: sv72::eval::ab::AbReport =
-            serde_json::from_slice(&std::fs::read(d.join("ab/decision.json")).unwrap()).unwrap();
+        let ab = super::common::decision(&d.join("ab"));
         assert_eq!(
             (ab.a.id.as_str(), ab.b.id.as_str()),
             (dino_id.trim(), run_id.as_str())
@@ -1063,8 +1061,7 @@ mod cli_e2e {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let ab: sv72::eval::ab::AbReport =
-            serde_json::from_slice(&std::fs::read(d.join("ab/decision.json")).unwrap()).unwrap();
+        let ab = super::common::decision(&d.join("ab"));
         assert_eq!(ab.a.id, dino_id);
         assert_eq!(ab.b.kind, "spec");
         assert_eq!(

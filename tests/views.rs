@@ -4,34 +4,14 @@
 //! carries both models' latencies.
 
 use std::path::Path;
-use std::process::Output;
 
-use sv72::eval::ab::AbReport;
 use sv72::infer::{ModelSpec, Predictor};
 
-fn sv72(dir: &Path, args: &[&str]) -> Output {
-    let bb = format!(
-        "backbone.model={}",
-        super::common::fixture("backbones/dinov2_reg4_s36").display()
-    );
-    let fixed = ["--set", bb.as_str(), "--set", "ab_test.bootstrap=200"];
-    let all: Vec<&str> = fixed.into_iter().chain(args.iter().copied()).collect();
-    super::common::sv72(dir, &all)
-}
+use super::common::decision;
 
+/// Runs sv72 on the fixture backbone (200 bootstrap resamples); exit status must be `want`.
 fn code(dir: &Path, args: &[&str], want: i32) -> String {
-    let out = sv72(dir, args);
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(want), "sv72 {args:?}:\n{text}");
-    text
-}
-
-fn decision(path: &Path) -> AbReport {
-    serde_json::from_slice(&std::fs::read(path.join("decision.json")).unwrap()).unwrap()
+    super::common::code_on_fixture(dir, 200, args, want)
 }
 
 #[test]

@@ -30,6 +30,34 @@ pub fn sv72(dir: &Path, args: &[&str]) -> Output {
         .expect("spawn sv72")
 }
 
+/// The binary on the tiny DINOv2-with-registers fixture backbone with `bootstrap` A/B resamples
+/// (the shared setup of the A/B and model-spec tests); returns stdout and stderr together after
+/// asserting the exit status is `want`.
+pub fn code_on_fixture(dir: &Path, bootstrap: usize, args: &[&str], want: i32) -> String {
+    let bb = format!(
+        "backbone.model={}",
+        fixture("backbones/dinov2_reg4_s36").display()
+    );
+    let boot = format!("ab_test.bootstrap={bootstrap}");
+    let fixed = ["--set", bb.as_str(), "--set", boot.as_str()];
+    let all: Vec<&str> = fixed.into_iter().chain(args.iter().copied()).collect();
+    let out = sv72(dir, &all);
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(want), "sv72 {args:?}:\n{text}");
+    text
+}
+
+/// The `decision.json` an A/B test wrote into `dir`.
+pub fn decision(dir: &Path) -> sv72::eval::ab::AbReport {
+    let path = dir.join("decision.json");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// stdout of a run that must succeed; the assertion shows both streams.
 pub fn stdout_ok(out: &Output, args: &[&str]) -> String {
     assert!(
