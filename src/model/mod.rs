@@ -175,8 +175,13 @@ pub enum Backbone<B: Backend> {
 impl<B: Backend> Backbone<B> {
     /// Loads a snapshot folder for inference, dispatching on its `model_type`.
     pub fn load(snapshot: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_with(snapshot, device, LoadOptions::INFERENCE)
+    }
+
+    /// [`Self::load`] with explicit options (e.g. [`LoadOptions::inference`] for bf16).
+    pub fn load_with(snapshot: &Path, device: &B::Device, opts: LoadOptions) -> Result<Self> {
         let weights = weights::Weights::open(snapshot)?;
-        Self::from_weights(snapshot, &weights, device, LoadOptions::INFERENCE)
+        Self::from_weights(snapshot, &weights, device, opts)
     }
 
     /// Builds the model of snapshot `dir` (its `config.json`) from `weights` (the snapshot's,
