@@ -193,7 +193,7 @@ impl OnBackend for Job {
 
     fn run<B: Backend>(self, device: &B::Device, device_name: &str) -> Result<Self::Out> {
         let t = Instant::now();
-        let opts = LoadOptions::inference(self.opts.device, self.opts.dtype);
+        let opts = LoadOptions::inference(self.opts.dtype);
         let model = Backbone::<B>::load_with(&self.dir, device, opts)?;
         let device_name = match (device_name, opts.bf16) {
             ("cpu", true) => "cpu-bf16",

@@ -46,10 +46,11 @@ impl LoadOptions {
         bf16: false,
     };
 
-    /// Inference at `dtype` on `device`: bf16 projection weights for a CPU bf16 run.
-    pub fn inference(device: crate::config::Device, dtype: crate::config::Dtype) -> Self {
+    /// Inference at `backbone.dtype`: bf16 projection weights when it is bf16 (taking effect
+    /// on the CPU backend only, see [`Self::bf16`]).
+    pub fn inference(dtype: crate::config::Dtype) -> Self {
         Self {
-            bf16: device == crate::config::Device::Cpu && dtype == crate::config::Dtype::Bf16,
+            bf16: dtype == crate::config::Dtype::Bf16,
             ..Self::INFERENCE
         }
     }

@@ -351,10 +351,16 @@ impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
 
 /// Loads any supported backbone from a snapshot folder, dispatching on `config.json`'s
 /// `model_type` (`dinov2`, `dinov2_with_registers`, `dinov3_vit`, `siglip`,
-/// `siglip_vision_model`, `siglip2`, `siglip2_vision_model`).
+/// `siglip_vision_model`, `siglip2`, `siglip2_vision_model`), with `opts` (e.g.
+/// [`LoadOptions::inference`] at `backbone.dtype`).
 pub fn load_backbone<B: Backend>(
     snapshot_dir: &Path,
     device: &B::Device,
+    opts: LoadOptions,
 ) -> Result<Box<dyn FeatureExtractor<B>>> {
-    Ok(Box::new(Backbone::<B>::load(snapshot_dir, device)?))
+    Ok(Box::new(Backbone::<B>::load_with(
+        snapshot_dir,
+        device,
+        opts,
+    )?))
 }

@@ -198,16 +198,20 @@ unsafe fn pack_x(m: usize, k: usize, kp: usize, mp: usize, x: MatRef) -> Vec<u16
 fn pack_w(wt: &[bf16], ldw: usize, n: usize, k: usize, kp: usize, n0: usize) -> Vec<u32> {
     let rows = kp / 2;
     let mut panels = vec![0u32; 2 * rows * 16];
-    for c in 0..BLOCK.min(n - n0) {
-        let src = &wt[(n0 + c) * ldw..(n0 + c) * ldw + k];
-        let panel = &mut panels[(c / 16) * rows * 16..(c / 16 + 1) * rows * 16];
-        let col = c % 16;
-        let mut pairs = src.chunks_exact(2);
-        for (p, pair) in pairs.by_ref().enumerate() {
-            panel[p * 16 + col] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
+    for (j, panel) in panels.chunks_exact_mut(rows * 16).enumerate() {
+        let c0 = n0 + 16 * j;
+        let cols = n.saturating_sub(c0).min(16);
+        if cols == 0 {
+            break;
         }
-        if let [last] = pairs.remainder() {
-            panel[(k / 2) * 16 + col] = last.to_bits() as u32;
+        // Whole pairs with one gather per panel row (every engine implies AVX-512F).
+        // SAFETY: columns c0..c0+cols are rows of `wt` (length checked in `matmul`), each read
+        // for its first `2 * (k / 2) <= k` values; the panel holds `rows >= k / 2` rows.
+        unsafe { x86::gather_pairs(wt[c0 * ldw..].as_ptr(), ldw, cols, k / 2, panel) };
+        if k % 2 == 1 {
+            for c in 0..cols {
+                panel[(k / 2) * 16 + c] = wt[(c0 + c) * ldw + k - 1].to_bits() as u32;
+            }
         }
     }
     panels
@@ -239,6 +243,36 @@ mod x86 {
                 ARCH_REQ_XCOMP_PERM,
                 XFEATURE_XTILEDATA,
             ) == 0
+        }
+    }
+
+    /// `panel[p * 16 + c] = (wt[c][2p], wt[c][2p + 1])` for `c < cols`, `p < pairs`, where row
+    /// `c` of `wt` starts `c * ldw` values after `wt`; other lanes are left as they are.
+    ///
+    /// # Safety
+    /// Rows `0..cols` valid for `2 * pairs` values; `panel` holds `pairs * 16` values; the CPU
+    /// has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gather_pairs(
+        wt: *const half::bf16,
+        ldw: usize,
+        cols: usize,
+        pairs: usize,
+        panel: &mut [u32],
+    ) {
+        assert!(panel.len() >= pairs * 16 && cols <= 16);
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((ldw * 2) as i32));
+        let mask = ((1u32 << cols) - 1) as u16;
+        for p in 0..pairs {
+            // SAFETY: lane `c < cols` reads the 4 bytes of values 2p, 2p+1 of row `c`; masked
+            // lanes read nothing; the store is inside `panel`.
+            unsafe {
+                let base = (wt as *const u8).add(4 * p) as *const i32;
+                let v =
+                    _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offsets, base);
+                _mm512_storeu_si512(panel.as_mut_ptr().add(p * 16) as *mut __m512i, v);
+            }
         }
     }
 
@@ -470,6 +504,9 @@ mod x86 {
 
     pub fn amx_usable() -> bool {
         false
+    }
+    pub unsafe fn gather_pairs(_: *const half::bf16, _: usize, _: usize, _: usize, _: &mut [u32]) {
+        unreachable!("no bf16 engine on this architecture")
     }
     pub unsafe fn round_row(_: *const f32, _: usize, _: &mut [u16]) {
         unreachable!("no bf16 engine on this architecture")
