@@ -54,25 +54,17 @@ fn bf16_cls_drift_against_f32_is_small_on_fixtures() {
         return;
     }
     assert!(LoadOptions::inference(Dtype::Bf16).bf16);
-    let cases: Vec<(&str, Box<dyn Fn() -> Tensor<Cpu, 4>>)> = vec![
-        (
-            "dinov2_s36",
-            Box::new(|| super::dinov2::pixel_values("224")),
-        ),
-        (
-            "dinov2_reg4_s36",
-            Box::new(|| super::dinov2::pixel_values("70x112")),
-        ),
-        (
-            "dinov2_swiglu_s42",
-            Box::new(|| super::dinov2::pixel_values("98")),
-        ),
-        ("dinov3-tiny", Box::new(|| super::dinov3::pixels(112, 112))),
-        ("dinov3-gated", Box::new(|| super::dinov3::pixels(80, 128))),
-    ];
-    for (name, pixels) in cases {
-        check(name, &fixtures().join(name), pixels);
-    }
+    use super::{dinov2::pixel_values, dinov3::pixels};
+    let dir = |name: &str| fixtures().join(name);
+    check("dinov2_s36", &dir("dinov2_s36"), || pixel_values("224"));
+    check("dinov2_reg4_s36", &dir("dinov2_reg4_s36"), || {
+        pixel_values("70x112")
+    });
+    check("dinov2_swiglu_s42", &dir("dinov2_swiglu_s42"), || {
+        pixel_values("98")
+    });
+    check("dinov3-tiny", &dir("dinov3-tiny"), || pixels(112, 112));
+    check("dinov3-gated", &dir("dinov3-gated"), || pixels(80, 128));
 }
 
 /// CLS drift of `dir` on `pixels`, printed per image and checked against the bounds.
