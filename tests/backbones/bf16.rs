@@ -105,3 +105,40 @@ fn bf16_cls_drift_on_a_random_vits14_reg() {
         super::dinov2::pixel_values("224")
     });
 }
+
+/// `sv72 bench --device cpu`: bf16 runs (reported as `cpu-bf16`) where the CPU has a bf16
+/// engine and is refused, naming what is missing, where not; f16 is refused.
+#[test]
+fn bench_cpu_bf16_runs_or_is_refused_and_f16_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = fixtures().join("dinov2_s36");
+    let run = |dtype: &str| {
+        let args = [
+            "bench",
+            "--backbone",
+            snap.to_str().unwrap(),
+            "--batch",
+            "1,3",
+            "--image-size",
+            "56",
+            "--secs",
+            "0.05",
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+        ];
+        let out = crate::common::sv72(tmp.path(), &args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = run("bf16");
+    if bf16::engine().is_some() {
+        assert!(ok && text.contains("cpu-bf16"), "{text}");
+    } else {
+        assert!(!ok && text.contains("AMX-BF16 or AVX512-BF16"), "{text}");
+    }
+    let (ok, text) = run("f16");
+    assert!(!ok && text.contains("f32 or bf16"), "{text}");
+}

@@ -11,7 +11,9 @@
 //!   columns of the output (see [`attention`]).
 //!
 //! Every kernel falls back to burn's op for what it does not cover (non-f32 tensors, other
-//! activations), so results never depend on which path ran beyond float rounding.
+//! activations), so results never depend on which path ran beyond float rounding. The one
+//! non-f32 input covered is a bf16 projection weight (`backbone.dtype: bf16`), whose product
+//! runs on [`bf16`].
 
 pub mod attention;
 pub mod autodiff;
