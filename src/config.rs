@@ -21,7 +21,8 @@ pub enum Device {
     Cuda,
 }
 
-/// Backbone precision (`backbone.dtype`); half precision only takes effect on CUDA.
+/// Backbone precision (`backbone.dtype`): f16 and bf16 on CUDA; on the CPU, bf16 holds the
+/// projection weights in bf16 for inference (AMX/AVX512-BF16 CPUs only; training stays f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {

@@ -3,6 +3,8 @@
 //! registers), `tools/backbone_fixtures_dinov3.py` (DINOv3), `tools/backbone_fixtures_siglip.py`
 //! (SigLIP vision towers) and `tools/backbone_fixtures_siglip2.py` (SigLIP 2 NaFlex).
 
+#[path = "backbones/bf16.rs"]
+mod bf16;
 #[cfg(feature = "cuda")]
 #[path = "backbones/cuda.rs"]
 mod cuda;

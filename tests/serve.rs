@@ -1398,7 +1398,9 @@ mod checkpoint_model {
         let ck = Checkpoint::<Cpu>::load(ck_dir, &dev).unwrap();
         let pre = Preprocess::validator_for(snapshot, size).unwrap();
         let px = pre.pixel_values_rgb(img);
-        let bb = sv72::model::load_backbone::<Cpu>(snapshot, &dev).unwrap();
+        let bb =
+            sv72::model::load_backbone::<Cpu>(snapshot, &dev, sv72::model::LoadOptions::INFERENCE)
+                .unwrap();
         let s = size as usize;
         let x = Tensor::<Cpu, 4>::from_data(TensorData::new(px, [1, 3, s, s]), &dev);
         let out = bb.extract(x, false);

@@ -192,6 +192,7 @@ fn ensemble_heads_on_one_backbone_share_its_forward() {
         feature_cache: d.join("cache"),
         max_batch: 8,
         verify_weights: true,
+        backbone: sv72::model::LoadOptions::INFERENCE,
     };
     let dev = Default::default();
     let images: Vec<image::RgbImage> = ["roadwork/roadwork_0000.jpg", "none/none_0000.jpg"]

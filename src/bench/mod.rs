@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::backend::{on_device, OnBackend};
 use crate::config::{Device, Dtype};
 use crate::model::preprocess::Preprocess;
-use crate::model::Backbone;
+use crate::model::{Backbone, LoadOptions};
 
 pub use snapshot::{write_random_snapshot, SIZES};
 pub use train::{TrainBenchOptions, TrainBenchReport};
@@ -77,16 +77,11 @@ pub struct BenchReport {
     pub peak_rss_mib: f64,
 }
 
-/// Runs the benchmark. Half precision runs on CUDA only: the CPU path is f32 (a bf16 CPU
-/// path is not implemented), and a CPU run asked for f16/bf16 is refused rather than
-/// silently measured in f32.
+/// Runs the benchmark. On the CPU, f32 or bf16 (projection weights in bf16, see
+/// [`crate::model::kernels::bf16`]; refused on a CPU without AMX-BF16/AVX512-BF16); f16 runs
+/// on CUDA only and a CPU run asked for it is refused rather than silently measured in f32.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
-    if opts.device == Device::Cpu && opts.dtype != Dtype::F32 {
-        bail!(
-            "--dtype {:?} on --device cpu: the CPU backend runs f32 only; use --dtype f32, or --device cuda for f16/bf16",
-            opts.dtype
-        );
-    }
+    cpu_dtype_supported(opts.device, opts.dtype)?;
     if opts.batches.is_empty() || opts.batches.contains(&0) {
         bail!("--batch: give one or more batch sizes >= 1, e.g. --batch 1,8,32");
     }
@@ -109,6 +104,19 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         batches,
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// Refuses a CPU dtype the CPU backend cannot run (f16; bf16 without AMX/AVX512-BF16).
+pub fn cpu_dtype_supported(device: Device, dtype: Dtype) -> Result<()> {
+    match (device, dtype) {
+        (Device::Cpu, Dtype::F16) => bail!(
+            "--dtype f16 on --device cpu: the CPU backend runs f32 or bf16; use --dtype f32 or bf16, or --device cuda for f16"
+        ),
+        (Device::Cpu, Dtype::Bf16) if crate::model::kernels::bf16::engine().is_none() => {
+            bail!("--dtype bf16 on --device cpu: {}", crate::model::kernels::bf16::UNAVAILABLE)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A temporary folder removed on drop.
@@ -185,7 +193,12 @@ impl OnBackend for Job {
 
     fn run<B: Backend>(self, device: &B::Device, device_name: &str) -> Result<Self::Out> {
         let t = Instant::now();
-        let model = Backbone::<B>::load(&self.dir, device)?;
+        let opts = LoadOptions::inference(self.opts.dtype);
+        let model = Backbone::<B>::load_with(&self.dir, device, opts)?;
+        let device_name = match (device_name, opts.bf16) {
+            ("cpu", true) => "cpu-bf16",
+            (name, _) => name,
+        };
         let load_s = t.elapsed().as_secs_f64();
         let s = self.opts.image_size;
         let mut out = Vec::new();

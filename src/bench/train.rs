@@ -72,11 +72,12 @@ pub struct TrainBenchReport {
     pub peak_rss_mib: f64,
 }
 
-/// Runs the training benchmark. As the forward one, the CPU path is f32 only.
+/// Runs the training benchmark. Training on the CPU is f32 only (the bf16 CPU path is
+/// inference-only), so a CPU run asked for f16/bf16 is refused rather than measured in f32.
 pub fn run(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     if opts.device == Device::Cpu && opts.dtype != Dtype::F32 {
         bail!(
-            "--dtype {:?} on --device cpu: the CPU backend runs f32 only; use --dtype f32, or --device cuda for f16/bf16",
+            "--dtype {:?} on --device cpu with --train: CPU training runs f32 only (bf16 on the CPU is for inference); use --dtype f32, or --device cuda for f16/bf16",
             opts.dtype
         );
     }

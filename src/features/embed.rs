@@ -323,6 +323,7 @@ pub fn embed_to_file(cfg: &Config, req: &EmbedRequest) -> Result<EmbedOutcome> {
         cfg.backbone.dtype,
         EmbedOn {
             snapshot: &snapshot,
+            load: crate::model::LoadOptions::inference(cfg.backbone.dtype),
             job: &job,
             cache: &mut cache,
         },
@@ -337,6 +338,7 @@ pub fn embed_to_file(cfg: &Config, req: &EmbedRequest) -> Result<EmbedOutcome> {
 /// [`run_embed`] on the backend `on_device` picks.
 struct EmbedOn<'a> {
     snapshot: &'a Path,
+    load: crate::model::LoadOptions,
     job: &'a EmbedJob<'a>,
     cache: &'a mut FeatureCache,
 }
@@ -344,7 +346,7 @@ struct EmbedOn<'a> {
 impl OnBackend for EmbedOn<'_> {
     type Out = EmbedIndex;
     fn run<B: Backend>(self, dev: &B::Device, _name: &str) -> Result<EmbedIndex> {
-        let model = crate::model::load_backbone::<B>(self.snapshot, dev)?;
+        let model = crate::model::load_backbone::<B>(self.snapshot, dev, self.load)?;
         run_embed::<B, _>(model.as_ref(), dev, self.job, self.cache)
     }
 }

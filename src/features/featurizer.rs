@@ -20,6 +20,8 @@ pub struct Featurizer {
     pub cache: FeatureCache,
     /// Fine-tuned tensors over the snapshot (a `sv72 finetune` checkpoint's backbone).
     pub overlay: Option<Overlay>,
+    /// How the backbone is loaded (`backbone.dtype`: bf16 weights on the CPU).
+    pub load: LoadOptions,
 }
 
 impl Featurizer {
@@ -36,6 +38,7 @@ impl Featurizer {
             backbone_key,
             cache,
             overlay: None,
+            load: LoadOptions::inference(bb.dtype),
         })
     }
 
@@ -59,6 +62,6 @@ impl Featurizer {
         if let Some(o) = &self.overlay {
             weights = weights.with_overlay(o.clone())?;
         }
-        Backbone::from_weights(&self.snapshot, &weights, device, LoadOptions::INFERENCE)
+        Backbone::from_weights(&self.snapshot, &weights, device, self.load)
     }
 }

@@ -140,12 +140,7 @@ impl<B: Backend> CheckpointPredictor<B> {
             }
         }
         let weights = crate::train::checkpoint::backbone_weights(&dir, info, &snapshot)?;
-        let backbone = Backbone::<B>::from_weights(
-            &snapshot,
-            &weights,
-            device,
-            crate::model::LoadOptions::INFERENCE,
-        )?;
+        let backbone = Backbone::<B>::from_weights(&snapshot, &weights, device, opts.backbone)?;
         drop(weights);
         let d = backbone.hidden_size();
         check_head_width(&dir, &checkpoint, &snapshot, d)?;

@@ -34,7 +34,7 @@ impl<B: Backend> ExportPredictor<B> {
     /// (`exports/latest`).
     pub fn load(path: &Path, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
         let dir = ModelRef::export(path)?;
-        let backbone = Backbone::<B>::load(&dir, device)
+        let backbone = Backbone::<B>::load_with(&dir, device, opts.backbone)
             .with_context(|| format!("loading the backbone of export {}", dir.display()))?;
         let preprocess = Preprocess::from_snapshot(&dir)?;
         let weights = Weights::open(&dir)?;

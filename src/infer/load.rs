@@ -25,6 +25,8 @@ pub struct LoadOptions {
     pub max_batch: usize,
     /// Check the backbone's weights hash against `run.yaml` (hashes the weights once).
     pub verify_weights: bool,
+    /// How backbones are built (`backbone.dtype`: bf16 weights on the CPU).
+    pub backbone: crate::model::LoadOptions,
 }
 
 impl LoadOptions {
@@ -34,6 +36,7 @@ impl LoadOptions {
             feature_cache: cfg.paths.feature_cache.clone(),
             max_batch: cfg.backbone.batch_size.max(1),
             verify_weights: true,
+            backbone: crate::model::LoadOptions::inference(cfg.backbone.dtype),
         }
     }
 }

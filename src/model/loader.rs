@@ -15,7 +15,7 @@ use anyhow::Result;
 use burn::module::{Param, ParamId};
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorCreationOptions, TensorData};
 
 use super::linear::{PartInfo, Proj};
 use super::weights::Weights;
@@ -27,13 +27,33 @@ pub struct LoadOptions {
     /// faster for inference, but the parameters then no longer match the snapshot's one to one,
     /// so a folded model cannot be trained or written back.
     pub fold: bool,
+    /// Hold projection weights in bf16 on the CPU backend (`backbone.dtype: bf16`): their
+    /// products then run on [`super::kernels::bf16`]; norms, attention, GELU and the
+    /// accumulation stay f32. Inference only; other backends ignore it (CUDA picks its
+    /// precision by backend type).
+    pub bf16: bool,
 }
 
 impl LoadOptions {
     /// For inference: fold.
-    pub const INFERENCE: Self = Self { fold: true };
+    pub const INFERENCE: Self = Self {
+        fold: true,
+        bf16: false,
+    };
     /// For training and write-back: one parameter per snapshot tensor, as `transformers` has it.
-    pub const TRAINING: Self = Self { fold: false };
+    pub const TRAINING: Self = Self {
+        fold: false,
+        bf16: false,
+    };
+
+    /// Inference at `backbone.dtype`: bf16 projection weights when it is bf16 (taking effect
+    /// on the CPU backend only, see [`Self::bf16`]).
+    pub fn inference(dtype: crate::config::Dtype) -> Self {
+        Self {
+            bf16: dtype == crate::config::Dtype::Bf16,
+            ..Self::INFERENCE
+        }
+    }
 }
 
 /// How one piece of a snapshot tensor sits in a parameter.
@@ -235,6 +255,25 @@ impl<'a, B: Backend> Loader<'a, B> {
         Tensor::from_data(TensorData::new(values, shape), self.device)
     }
 
+    /// A projection weight `[d_in, d_out]` from its row-major values: f32, or with
+    /// [`LoadOptions::bf16`] on the CPU backend, bf16 held as its `[d_out, d_in]` transpose
+    /// (rounded to nearest even once, here) viewed back as `[d_in, d_out]`, the layout the bf16
+    /// product reads in place.
+    fn weight_tensor(&self, w: Vec<f32>, d_in: usize, d_out: usize) -> Result<Tensor<B, 2>> {
+        if !(self.opts.bf16 && crate::backend::is_host_cpu::<B>()) {
+            return Ok(self.tensor(w, [d_in, d_out]));
+        }
+        if super::kernels::bf16::engine().is_none() {
+            anyhow::bail!(super::kernels::bf16::UNAVAILABLE);
+        }
+        let t: Vec<half::bf16> = transpose(&w, d_in, d_out)
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect();
+        let options = TensorCreationOptions::new(self.device.clone()).with_dtype(DType::BF16);
+        Ok(Tensor::from_data(TensorData::new(t, [d_out, d_in]), options).transpose())
+    }
+
     /// Records a binding (when not folding) at the current depth.
     pub fn record(&self, name: String, shape: &[usize], pieces: Vec<Piece>, decay: bool) {
         if self.opts.fold {
@@ -341,7 +380,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 row.iter_mut().zip(s).for_each(|(x, s)| *x *= s);
             }
         }
-        let weight = Param::from_tensor(self.tensor(w, [d_in, d_out]));
+        let weight = Param::from_tensor(self.weight_tensor(w, d_in, d_out)?);
         let mut offset = 0;
         for info in &infos {
             self.record(

@@ -175,8 +175,13 @@ pub enum Backbone<B: Backend> {
 impl<B: Backend> Backbone<B> {
     /// Loads a snapshot folder for inference, dispatching on its `model_type`.
     pub fn load(snapshot: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_with(snapshot, device, LoadOptions::INFERENCE)
+    }
+
+    /// [`Self::load`] with explicit options (e.g. [`LoadOptions::inference`] for bf16).
+    pub fn load_with(snapshot: &Path, device: &B::Device, opts: LoadOptions) -> Result<Self> {
         let weights = weights::Weights::open(snapshot)?;
-        Self::from_weights(snapshot, &weights, device, LoadOptions::INFERENCE)
+        Self::from_weights(snapshot, &weights, device, opts)
     }
 
     /// Builds the model of snapshot `dir` (its `config.json`) from `weights` (the snapshot's,
@@ -346,10 +351,16 @@ impl<B: Backend> FeatureExtractor<B> for Backbone<B> {
 
 /// Loads any supported backbone from a snapshot folder, dispatching on `config.json`'s
 /// `model_type` (`dinov2`, `dinov2_with_registers`, `dinov3_vit`, `siglip`,
-/// `siglip_vision_model`, `siglip2`, `siglip2_vision_model`).
+/// `siglip_vision_model`, `siglip2`, `siglip2_vision_model`), with `opts` (e.g.
+/// [`LoadOptions::inference`] at `backbone.dtype`).
 pub fn load_backbone<B: Backend>(
     snapshot_dir: &Path,
     device: &B::Device,
+    opts: LoadOptions,
 ) -> Result<Box<dyn FeatureExtractor<B>>> {
-    Ok(Box::new(Backbone::<B>::load(snapshot_dir, device)?))
+    Ok(Box::new(Backbone::<B>::load_with(
+        snapshot_dir,
+        device,
+        opts,
+    )?))
 }

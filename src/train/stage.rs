@@ -34,7 +34,7 @@ impl OnBackend for TrainFeatures<'_> {
     type Out = Sets;
     fn run<B: Backend>(self, dev: &B::Device, _name: &str) -> Result<Sets> {
         let cfg = self.cfg;
-        let model = load_backbone::<B>(&self.fz.snapshot, dev)?;
+        let model = load_backbone::<B>(&self.fz.snapshot, dev, self.fz.load)?;
         let root = &cfg.paths.datasets;
         let aug = &cfg.augment;
         let tviews = training_views(self.train.len(), cfg.train.views, aug.seed, aug);

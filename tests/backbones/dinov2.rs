@@ -71,7 +71,7 @@ fn write_safetensors(path: &Path, tensors: &HashMap<String, HostTensor>) {
 
 /// `pixel_values` of `inputs_<res>.safetensors`: `(f32(u8) / 255 - mean) / std`, op by op in f32
 /// exactly as the fixture script computes them.
-fn pixel_values(res: &str) -> Tensor<Cpu, 4> {
+pub(super) fn pixel_values(res: &str) -> Tensor<Cpu, 4> {
     let t = read_safetensors(&fixtures().join(format!("inputs_{res}.safetensors")));
     let u8s = &t["pixel_u8"];
     let (mean, std) = (&t["mean"].values, &t["std"].values);

@@ -28,7 +28,7 @@ fn read(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
 }
 
 /// Reference `pixel_values` `[N, 3, h, w]` (f16 on disk, exact in f32).
-fn pixels(h: usize, w: usize) -> Tensor<Cpu, 4> {
+pub(super) fn pixels(h: usize, w: usize) -> Tensor<Cpu, 4> {
     let path = fixtures().join(format!("dinov3-inputs/pixel_values_{h}x{w}.safetensors"));
     let (v, s) = read(&path, "pixel_values");
     Tensor::from_data(

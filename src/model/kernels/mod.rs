@@ -11,10 +11,13 @@
 //!   columns of the output (see [`attention`]).
 //!
 //! Every kernel falls back to burn's op for what it does not cover (non-f32 tensors, other
-//! activations), so results never depend on which path ran beyond float rounding.
+//! activations), so results never depend on which path ran beyond float rounding. The one
+//! non-f32 input covered is a bf16 projection weight (`backbone.dtype: bf16`), whose product
+//! runs on [`bf16`].
 
 pub mod attention;
 pub mod autodiff;
+pub mod bf16;
 pub mod gemm;
 pub mod math;
 
@@ -67,6 +70,35 @@ fn all_f32(ts: &[&FlexTensor]) -> bool {
     ts.iter().all(|t| t.dtype() == DType::F32)
 }
 
+/// Whether the kernels cover weight `w`: f32, or bf16 where the CPU runs [`bf16`] products
+/// (`backbone.dtype: bf16`, inference only).
+fn weight_covered(w: &FlexTensor) -> bool {
+    w.dtype() == DType::F32 || w.dtype() == DType::BF16 && bf16::engine().is_some()
+}
+
+/// `out (+)= x · w` for a bf16 weight `w` `[K, N]`, read as the rows of its transpose: the
+/// loader's `[out, in]` storage is used in place, any other layout is copied into it first.
+///
+/// # Safety
+/// `x` valid for `m×k` at its strides, `out` an `m×n` buffer; [`bf16::engine`] is `Some`.
+unsafe fn product_bf16(
+    (m, n, k): (usize, usize, usize),
+    out: &mut [f32],
+    accumulate: bool,
+    x: MatRef,
+    w: FlexTensor,
+) {
+    let wt = contiguous(host(wrap::<2>(w).transpose()));
+    let engine = bf16::engine().expect("bf16 weights only where a bf16 engine exists");
+    let values = &wt.storage::<half::bf16>()[wt.layout().start_offset()..];
+    let dst = MatMut {
+        ptr: out.as_mut_ptr(),
+        rs: n as isize,
+    };
+    // SAFETY: forwarded from the caller; `wt` is a contiguous `n×k` tensor.
+    unsafe { bf16::matmul(engine, m, n, k, dst, accumulate, x, values, k) }
+}
+
 /// Elements per parallel task of an elementwise pass.
 const CHUNK: usize = 1 << 14;
 
@@ -77,7 +109,6 @@ fn linear_host(
     epilogue: Epilogue,
 ) -> FlexTensor {
     let (m, k, x_rs, x_cs) = x.layout().as_2d_strides().expect("linear input is 2D");
-    let w = contiguous(w);
     let n = w.layout().shape()[1];
     assert_eq!(
         w.layout().shape()[0],
@@ -117,30 +148,39 @@ fn linear_host(
         },
     };
     let xs: &[f32] = x.storage();
-    // SAFETY: `x` is m×k at its layout's offset and strides, `w` contiguous k×n, `out` a fresh
-    // (or uniquely owned) m×n buffer.
-    unsafe {
-        gemm::matmul(
-            m,
-            n,
-            k,
-            MatMut {
-                ptr: out.as_mut_ptr(),
-                rs: n as isize,
-            },
-            accumulate,
-            MatRef {
-                ptr: xs.as_ptr().add(x.layout().start_offset()),
-                rs: x_rs,
-                cs: x_cs,
-            },
-            MatRef {
-                ptr: f32_slice(&w).as_ptr(),
-                rs: n as isize,
-                cs: 1,
-            },
-            true,
-        );
+    let x_ref = MatRef {
+        // SAFETY: the offset is inside `x`'s storage.
+        ptr: unsafe { xs.as_ptr().add(x.layout().start_offset()) },
+        rs: x_rs,
+        cs: x_cs,
+    };
+    if w.dtype() == DType::BF16 {
+        // SAFETY: `x` is m×k at `x_ref`, `out` a fresh (or uniquely owned) m×n buffer, and
+        // `weight_covered` admitted the bf16 weight.
+        unsafe { product_bf16((m, n, k), &mut out, accumulate, x_ref, w) };
+    } else {
+        let w = contiguous(w);
+        // SAFETY: `x` is m×k at `x_ref`, `w` contiguous k×n, `out` a fresh (or uniquely owned)
+        // m×n buffer.
+        unsafe {
+            gemm::matmul(
+                m,
+                n,
+                k,
+                MatMut {
+                    ptr: out.as_mut_ptr(),
+                    rs: n as isize,
+                },
+                accumulate,
+                x_ref,
+                MatRef {
+                    ptr: f32_slice(&w).as_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
+                true,
+            );
+        }
     }
     match act {
         Some(Activation::Gelu) => {
@@ -160,7 +200,10 @@ impl Kernels<Flex> for FlexKernels {
         b: Option<Tensor<Flex, 1>>,
     ) -> Tensor<Flex, 2> {
         let (x, w, b) = (host(x), host(w), b.map(host));
-        if !all_f32(&[&x, &w]) || b.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+        if !all_f32(&[&x])
+            || !weight_covered(&w)
+            || b.as_ref().is_some_and(|b| b.dtype() != DType::F32)
+        {
             return burn::tensor::module::linear(wrap(x), wrap(w), b.map(wrap));
         }
         wrap(linear_host(x, w, b, Epilogue::None))
@@ -174,7 +217,10 @@ impl Kernels<Flex> for FlexKernels {
         act: Activation,
     ) -> Tensor<Flex, 2> {
         let (x, w, b) = (host(x), host(w), b.map(host));
-        if !all_f32(&[&x, &w]) || b.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+        if !all_f32(&[&x])
+            || !weight_covered(&w)
+            || b.as_ref().is_some_and(|b| b.dtype() != DType::F32)
+        {
             return act.apply(burn::tensor::module::linear(wrap(x), wrap(w), b.map(wrap)));
         }
         wrap(linear_host(x, w, b, Epilogue::Act(act)))
@@ -188,7 +234,10 @@ impl Kernels<Flex> for FlexKernels {
         residual: Tensor<Flex, 2>,
     ) -> Tensor<Flex, 2> {
         let (x, w, b, r) = (host(x), host(w), b.map(host), host(residual));
-        if !all_f32(&[&x, &w, &r]) || b.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+        if !all_f32(&[&x, &r])
+            || !weight_covered(&w)
+            || b.as_ref().is_some_and(|b| b.dtype() != DType::F32)
+        {
             return wrap::<2>(r) + burn::tensor::module::linear(wrap(x), wrap(w), b.map(wrap));
         }
         wrap(linear_host(x, w, b, Epilogue::Residual(r)))

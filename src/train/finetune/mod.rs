@@ -228,6 +228,13 @@ impl<B: AutodiffBackend> Trainer<B> {
 pub fn run(cfg: &Config, req: FinetuneRequest) -> Result<RunOutcome> {
     match req.device {
         crate::config::Device::Cpu => {
+            if cfg.backbone.dtype != crate::config::Dtype::F32 {
+                // bf16 on the CPU is an inference path (frozen bf16 weights, no backward).
+                eprintln!(
+                    "finetune: backbone.dtype {} does not apply to CPU training; training in f32",
+                    cfg.backbone.dtype
+                );
+            }
             let dev = Default::default();
             match cfg.finetune.checkpointing {
                 Checkpointing::None => {
