@@ -297,7 +297,7 @@ pub struct BackboneConfig {
     pub revision: String,
     /// `cpu` or `cuda`.
     pub device: Device,
-    /// `f32`, `f16` or `bf16` (half precision only on CUDA).
+    /// `f32`, `f16` or `bf16` (f16 only on CUDA; bf16 on CUDA or a CPU with AMX-BF16 / AVX512-BF16).
     pub dtype: Dtype,
     pub batch_size: usize,
     /// `validator` = the fixed 224x224 path validators send; `processor` = the checkpoint's

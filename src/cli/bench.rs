@@ -22,7 +22,7 @@ pub struct Args {
     /// `cpu` or `cuda` (default: backbone.device).
     #[arg(long)]
     pub device: Option<Device>,
-    /// f32, f16 or bf16 (half precision on CUDA only; default: backbone.dtype).
+    /// f32, f16 or bf16 (f16 only on CUDA, bf16 on CUDA or an AMX-BF16 / AVX512-BF16 CPU; default: backbone.dtype).
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<Dtype>,
     /// Batch sizes, comma-separated (default 1,8; with --train one size, default 32).

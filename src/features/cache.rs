@@ -1,6 +1,7 @@
 //! On-disk feature cache, so no stage computes the same backbone feature twice.
 //!
-//! Layout: `<root>/<backbone key>/<preprocess id>/seg-*.safetensors`. Each segment holds the
+//! Layout: `<root>/<backbone key>/<variant>/seg-*.safetensors`, the variant being the preprocess
+//! id, with the precision appended when it is not f32 ([`variant`]). Each segment holds the
 //! rows of one `put_many` call: tensors `cls`, `pooler`, `patch_mean` `[n, D]` (f32) and, in the
 //! safetensors metadata, `keys` = JSON `[[image_id, aug_id], ...]` in row order. Segments are
 //! written atomically (temp file + fsync + rename), so an interrupted run leaves either a whole
@@ -303,6 +304,18 @@ fn memo_key(path: &Path) -> Result<String> {
     Ok(format!("{}|{}|{mtime}", canon.display(), md.len()))
 }
 
+/// The cache folder under a backbone's key for features made with `preprocess_id` at `dtype`:
+/// f32 features keep the bare preprocess id (existing caches stay valid); bf16/f16 ones get
+/// their own folder, so a half-precision run never serves features to an f32 one or back.
+pub fn variant(preprocess_id: &str, dtype: crate::config::Dtype) -> String {
+    use crate::config::Dtype;
+    match dtype {
+        Dtype::F32 => preprocess_id.to_string(),
+        Dtype::F16 => format!("{preprocess_id}-f16"),
+        Dtype::Bf16 => format!("{preprocess_id}-bf16"),
+    }
+}
+
 /// The cache key of a backbone snapshot: `bb-` + 16 hex of a blake3 over `config.json` and the
 /// full blake3 of each safetensors weights file (memoised under `cache_root`).
 pub fn backbone_key(snapshot: &Path, cache_root: &Path) -> Result<String> {
@@ -359,4 +372,18 @@ pub fn backbone_key(snapshot: &Path, cache_root: &Path) -> Result<String> {
         let _ = fsx::write_json_atomic(&memo_path, &memo);
     }
     Ok(format!("bb-{}", &h.finalize().to_hex()[..16]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::variant;
+    use crate::config::Dtype;
+
+    #[test]
+    fn half_precision_features_get_their_own_cache_folder() {
+        assert_eq!(variant("processor-1", Dtype::F32), "processor-1");
+        let bf16 = variant("processor-1", Dtype::Bf16);
+        let f16 = variant("processor-1", Dtype::F16);
+        assert!(bf16 != "processor-1" && f16 != "processor-1" && bf16 != f16);
+    }
 }

@@ -308,7 +308,11 @@ pub fn embed_to_file(cfg: &Config, req: &EmbedRequest) -> Result<EmbedOutcome> {
         bail!("no inputs: give image files, folders or --manifest");
     }
     let bb_key = backbone_key(&snapshot, &cfg.paths.feature_cache)?;
-    let mut cache = FeatureCache::open(&cfg.paths.feature_cache, &bb_key, &preprocess.id())?;
+    let mut cache = FeatureCache::open(
+        &cfg.paths.feature_cache,
+        &bb_key,
+        &super::cache::variant(&preprocess.id(), cfg.backbone.dtype),
+    )?;
     let job = EmbedJob {
         inputs,
         preprocess: &preprocess,

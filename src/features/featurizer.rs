@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use burn::prelude::Backend;
 
+use super::cache::variant;
 use super::{backbone_key, FeatureCache};
 use crate::config::BackboneConfig;
 use crate::model::preprocess::Preprocess;
@@ -22,6 +23,8 @@ pub struct Featurizer {
     pub overlay: Option<Overlay>,
     /// How the backbone is loaded (`backbone.dtype`: bf16 weights on the CPU).
     pub load: LoadOptions,
+    /// The cache folder under the backbone key (preprocess id and precision, [`variant`]).
+    pub variant: String,
 }
 
 impl Featurizer {
@@ -31,7 +34,8 @@ impl Featurizer {
         let snapshot = hub::resolve_backbone(&bb.model, &bb.revision)?;
         let preprocess = Preprocess::for_kind(bb.preprocess, &snapshot, target_size)?;
         let backbone_key = backbone_key(&snapshot, cache_root)?;
-        let cache = FeatureCache::open(cache_root, &backbone_key, &preprocess.id())?;
+        let variant = variant(&preprocess.id(), bb.dtype);
+        let cache = FeatureCache::open(cache_root, &backbone_key, &variant)?;
         Ok(Featurizer {
             snapshot,
             preprocess,
@@ -39,6 +43,7 @@ impl Featurizer {
             cache,
             overlay: None,
             load: LoadOptions::inference(bb.dtype),
+            variant,
         })
     }
 
@@ -50,7 +55,7 @@ impl Featurizer {
         key: &str,
         cache_root: &Path,
     ) -> Result<Self> {
-        self.cache = FeatureCache::open(cache_root, key, &self.preprocess.id())?;
+        self.cache = FeatureCache::open(cache_root, key, &self.variant)?;
         self.backbone_key = key.to_string();
         self.overlay = Some(overlay);
         Ok(self)
