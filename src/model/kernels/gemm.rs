@@ -991,7 +991,7 @@ mod tests {
     }
 
     /// Every tile shape of both kernels (rows 1..=14 and beyond, ragged columns, `k` past one
-    /// slice, a row split when there are fewer panels than threads), strided and transposed
+    /// slice, `k` = 0, a row split when there are fewer panels than threads), strided and transposed
     /// operands, accumulate on and off, one thread and the pool, on every path the CPU has.
     #[test]
     fn matmul_matches_reference_over_edge_shapes() {
@@ -1006,6 +1006,7 @@ mod tests {
             (6, 16, 3),
             (13, 1, 9),
             (20, 17, 385),
+            (15, 40, 0),
         ] {
             // lhs either row-major m×k or the transpose of a row-major k×m; rhs either
             // row-major k×n or the transpose of a row-major n×k.
