@@ -6,9 +6,8 @@
 //! small for the `gemm` crate's general blocking and its rayon split to keep two cores busy
 //! (issue #11), so the work is split into one task per thread over column blocks, the weights
 //! are read in place (they need no packing: rows are contiguous), and each task runs a register
-//! tile: 14×32 with AVX-512F ([`avx512`], its own driver, as measured on AVX-512 machines), else
-//! 6×16 with AVX2+FMA ([`avx2`] on the [`tiled`] driver). Elsewhere the `gemm` crate runs the
-//! product.
+//! tile on the shared [`tiled`] driver: 14×32 with AVX-512F ([`avx512`]), else 6×16 with
+//! AVX2+FMA ([`avx2`]). Elsewhere the `gemm` crate runs the product.
 
 /// A read-only strided matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -50,7 +49,7 @@ pub unsafe fn matmul(
     {
         if avx512::available() {
             // SAFETY: forwarded from the caller; the CPU has AVX-512F.
-            unsafe { avx512::matmul(m, n, k, dst, accumulate, lhs, rhs, parallel) };
+            unsafe { tiled::matmul::<avx512::Tile>(m, n, k, dst, accumulate, lhs, rhs, parallel) };
             return;
         }
         if avx2::available() {
@@ -118,8 +117,7 @@ pub mod tiled {
     //! otherwise), is multiplied by every tile of the group in turn. On Zen 3's 512 KiB L2 the
     //! task's share of a ViT-S/B weight slice (`KC` × ≤ 768 columns) did not stay in L2 with one
     //! tile at a time, so the AVX2 kernel groups 16 tiles and each panel stays in L1 while the
-    //! group runs. (The AVX-512 kernel keeps its own driver, one tile at a time: it cannot be
-    //! measured or tested on an AVX2 machine, so it was left as it was measured.)
+    //! group runs; the AVX-512 kernel groups 8 (each kernel's `GROUP` says what was measured).
 
     use std::cell::RefCell;
 
@@ -404,7 +402,12 @@ pub mod tiled {
                     );
                 }
             }
-            K::run::<false>(kc, a, b, ldb, tmp.as_mut_ptr(), nr_max as isize, nr, load_c);
+            let (t, ldt) = (tmp.as_mut_ptr(), nr_max as isize);
+            if nr == nr_max {
+                K::run::<true>(kc, a, b, ldb, t, ldt, nr, load_c);
+            } else {
+                K::run::<false>(kc, a, b, ldb, t, ldt, nr, load_c);
+            }
             for i in 0..mr {
                 std::ptr::copy_nonoverlapping(
                     tmp.as_ptr().add(i * nr_max),
@@ -418,29 +421,25 @@ pub mod tiled {
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
-    //! The AVX-512 product. Per task (a block of rows × a block of columns):
-    //! for each `KC`-deep slice of `k`, each `MR`-row tile of `lhs` is packed `k`-major into a
-    //! small buffer that stays in L1 (once per tile and slice: packing is a visible cost), then
-    //! multiplied against every `NR`-wide column panel of the task, read straight from `rhs`
-    //! (unit column stride; packed otherwise) and streamed from L2 (a task's share of a ViT-S/B
-    //! weight slice, `KC` × ≤ 768 columns, fits there). The register tile is `MR` × `NR` = 14 × 32: 28 accumulators, two `rhs` loads and
-    //! fourteen broadcast `lhs` operands per step, enough independent FMAs to fill both FMA
-    //! pipes through their latency.
+    //! The AVX-512F register tile for [`super::tiled`], `MR` × `NR` = 14 × 32: 28 zmm
+    //! accumulators, two `rhs` loads and fourteen broadcast `lhs` operands per step, enough
+    //! independent FMAs to fill both FMA pipes through their latency.
 
     use std::arch::x86_64::*;
-    use std::cell::RefCell;
     use std::sync::OnceLock;
-
-    use rayon::prelude::*;
-
-    use super::{MatMut, MatRef};
 
     /// Rows of the register tile.
     pub const MR: usize = 14;
     /// Columns of the register tile (two 16-lane vectors).
     pub const NR: usize = 32;
-    /// Depth of one `k` slice: a packed `lhs` tile is `MR·KC` floats (21 KiB), L1-resident.
+    /// Depth of one `k` slice: a packed `lhs` tile is `MR·KC` floats (21 KiB), a `rhs` panel
+    /// `KC·NR` (48 KiB). Measured on Zen 5 (48 KiB L1, 1 MiB L2): 256 was slower (up to 20 %
+    /// at 2088×1152×384), 512 no faster.
     const KC: usize = 384;
+    /// `lhs` tiles per group (measured on Zen 5, one thread: 1 ≈ 2 < 4 ≈ 8 ≈ 16 by 5 % at
+    /// 2088×1152×384, equal within noise on the 261-row shapes): 8 × 21 KiB stay in L2 and
+    /// each 48 KiB panel is read from L2 or L3 once per 8 tiles.
+    const GROUP: usize = 8;
 
     /// Whether the CPU runs AVX-512F (checked once).
     pub fn available() -> bool {
@@ -448,234 +447,28 @@ pub mod avx512 {
         *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
     }
 
-    thread_local! {
-        /// Per-thread packing scratch: the `lhs` tile, then (for a strided `rhs`) its panels.
-        static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    }
+    /// The 14×32 AVX-512F kernel for [`super::tiled`].
+    pub struct Tile;
 
-    /// The three matrices, shared read-only by the tasks (each writes its own block of `dst`).
-    #[derive(Clone, Copy)]
-    struct Job {
-        dst: MatMut,
-        lhs: MatRef,
-        rhs: MatRef,
-        k: usize,
-        accumulate: bool,
-    }
-    // SAFETY: tasks write disjoint blocks of `dst` and only read `lhs` and `rhs`; the caller of
-    // `matmul` guarantees nothing else touches them during the call.
-    unsafe impl Send for Job {}
-    unsafe impl Sync for Job {}
+    impl super::tiled::Kernel for Tile {
+        const MR: usize = MR;
+        const NR: usize = NR;
+        const KC: usize = KC;
+        const GROUP: usize = GROUP;
 
-    /// See [`super::matmul`]; `parallel` splits the product into one task per rayon thread.
-    ///
-    /// # Safety
-    /// As [`super::matmul`], and the CPU must have AVX-512F.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn matmul(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: MatMut,
-        accumulate: bool,
-        lhs: MatRef,
-        rhs: MatRef,
-        parallel: bool,
-    ) {
-        if m == 0 || n == 0 {
-            return;
-        }
-        let job = Job {
-            dst,
-            lhs,
-            rhs,
-            k,
-            accumulate,
-        };
-        let threads = if parallel {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        if threads <= 1 {
-            // SAFETY: forwarded.
-            unsafe { block(job, 0..m, 0..n) };
-            return;
-        }
-        // Column blocks first (each task then reads only its share of `rhs`, the weights), in
-        // whole panels; rows split as well when there are fewer panels than threads.
-        let panels = n.div_ceil(NR);
-        let col_parts = threads.min(panels);
-        let row_parts = threads.div_ceil(col_parts).min(m.div_ceil(MR));
-        let row_tiles = m.div_ceil(MR);
-        (0..col_parts * row_parts).into_par_iter().for_each(|task| {
-            let (c, r) = (task % col_parts, task / col_parts);
-            let cols =
-                (panels * c / col_parts * NR).min(n)..(panels * (c + 1) / col_parts * NR).min(n);
-            let rows = (row_tiles * r / row_parts * MR).min(m)
-                ..(row_tiles * (r + 1) / row_parts * MR).min(m);
-            // SAFETY: blocks of distinct tasks are disjoint.
-            unsafe { block(job, rows, cols) };
-        });
-    }
-
-    /// `dst[rows, cols] (+)= lhs[rows, :] · rhs[:, cols]` on the calling thread.
-    unsafe fn block(job: Job, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
-        PACK.with_borrow_mut(|(a_pack, b_pack)| {
-            if a_pack.len() < MR * KC {
-                a_pack.resize(MR * KC, 0.0);
-            }
-            let Job {
-                dst,
-                lhs,
-                rhs,
-                k,
-                accumulate,
-            } = job;
-            let direct = rhs.cs == 1;
-            let (j0, j1) = (cols.start, cols.end);
-            #[cfg(test)]
-            super::tests_hook::touched();
-            for p0 in (0..k.max(1)).step_by(KC) {
-                let kc = KC.min(k - p0);
-                let load_c = accumulate || p0 > 0;
-                // Where panel `j` (a column index) of this slice starts, and its row stride.
-                let (b_base, ldb, panel_stride): (*const f32, isize, isize);
-                // SAFETY (whole block): indices stay within the shapes the caller vouched for;
-                // packed buffers are sized before use.
-                unsafe {
-                    if direct {
-                        b_base = rhs.ptr.offset(p0 as isize * rhs.rs + j0 as isize);
-                        ldb = rhs.rs;
-                        panel_stride = NR as isize;
-                    } else {
-                        let panels = (j1 - j0).div_ceil(NR);
-                        let need = panels * kc * NR;
-                        if b_pack.len() < need {
-                            b_pack.resize(need, 0.0);
-                        }
-                        pack_rhs(rhs, p0, kc, j0, j1, b_pack);
-                        b_base = b_pack.as_ptr();
-                        ldb = NR as isize;
-                        panel_stride = (kc * NR) as isize;
-                    }
-                    for i0 in rows.clone().step_by(MR) {
-                        let mr = MR.min(rows.end - i0);
-                        pack_lhs(lhs, i0, mr, p0, kc, a_pack);
-                        for (pi, j) in (j0..j1).step_by(NR).enumerate() {
-                            let nr = NR.min(j1 - j);
-                            let b = b_base.offset(pi as isize * panel_stride);
-                            let c = dst.ptr.offset(i0 as isize * dst.rs + j as isize);
-                            tile(mr, nr, kc, a_pack.as_ptr(), b, ldb, c, dst.rs, load_c);
-                        }
-                    }
-                }
-            }
-        });
-    }
-
-    /// Packs `lhs[i0..i0+mr, p0..p0+kc]` `k`-major, `MR` wide: `out[p·MR + i]`, rows past `mr`
-    /// zero.
-    unsafe fn pack_lhs(lhs: MatRef, i0: usize, mr: usize, p0: usize, kc: usize, out: &mut [f32]) {
-        let out = &mut out[..kc * MR];
-        if mr < MR {
-            out.fill(0.0);
-        }
-        if lhs.cs == 1 {
-            for i in 0..mr {
-                // SAFETY: row `i0 + i` has `kc` floats from column `p0`.
-                let row = unsafe {
-                    std::slice::from_raw_parts(
-                        lhs.ptr.offset((i0 + i) as isize * lhs.rs + p0 as isize),
-                        kc,
-                    )
-                };
-                for (o, v) in out[i..].iter_mut().step_by(MR).zip(row) {
-                    *o = *v;
-                }
-            }
-            return;
-        }
-        for i in 0..mr {
-            // SAFETY: within the caller's shape.
-            let row = unsafe {
-                lhs.ptr
-                    .offset((i0 + i) as isize * lhs.rs + p0 as isize * lhs.cs)
-            };
-            for p in 0..kc {
-                // SAFETY: as above; `out` holds MR·KC floats.
-                unsafe { *out.get_unchecked_mut(p * MR + i) = *row.offset(p as isize * lhs.cs) };
-            }
-        }
-    }
-
-    /// Packs `rhs[p0..p0+kc, j0..j1]` into `NR`-wide panels, `out[panel][p][NR]`, the last
-    /// panel zero-padded.
-    unsafe fn pack_rhs(rhs: MatRef, p0: usize, kc: usize, j0: usize, j1: usize, out: &mut [f32]) {
-        for (pi, j) in (j0..j1).step_by(NR).enumerate() {
-            let panel = &mut out[pi * kc * NR..(pi + 1) * kc * NR];
-            let nr = NR.min(j1 - j);
-            if nr < NR {
-                panel.fill(0.0);
-            }
-            for jj in 0..nr {
-                // SAFETY: within the caller's shape.
-                let col = unsafe {
-                    rhs.ptr
-                        .offset(p0 as isize * rhs.rs + (j + jj) as isize * rhs.cs)
-                };
-                for p in 0..kc {
-                    // SAFETY: as above.
-                    panel[p * NR + jj] = unsafe { *col.offset(p as isize * rhs.rs) };
-                }
-            }
-        }
-    }
-
-    /// One `mr × nr` tile. The kernel always computes `MR` rows (its loop is written out so
-    /// that even the dev profile keeps the accumulators in registers); a short edge tile runs
-    /// on zero-padded `lhs` rows into a scratch tile that is then copied out.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    unsafe fn tile(
-        mr: usize,
-        nr: usize,
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        ldb: isize,
-        c: *mut f32,
-        ldc: isize,
-        load_c: bool,
-    ) {
-        // SAFETY: forwarded; the scratch tile is MR×NR.
-        unsafe {
-            if mr == MR {
-                if nr == NR {
-                    kernel::<true>(kc, a, b, ldb, c, ldc, nr, load_c);
-                } else {
-                    kernel::<false>(kc, a, b, ldb, c, ldc, nr, load_c);
-                }
-                return;
-            }
-            let mut tmp = [0f32; MR * NR];
-            if load_c {
-                for i in 0..mr {
-                    std::ptr::copy_nonoverlapping(
-                        c.offset(i as isize * ldc),
-                        tmp.as_mut_ptr().add(i * NR),
-                        nr,
-                    );
-                }
-            }
-            kernel::<false>(kc, a, b, ldb, tmp.as_mut_ptr(), NR as isize, nr, load_c);
-            for i in 0..mr {
-                std::ptr::copy_nonoverlapping(
-                    tmp.as_ptr().add(i * NR),
-                    c.offset(i as isize * ldc),
-                    nr,
-                );
-            }
+        #[inline]
+        unsafe fn run<const FULL: bool>(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            ldb: isize,
+            c: *mut f32,
+            ldc: isize,
+            nr: usize,
+            load_c: bool,
+        ) {
+            // SAFETY: forwarded; the caller checked `available()`.
+            unsafe { kernel::<FULL>(kc, a, b, ldb, c, ldc, nr, load_c) }
         }
     }
 
@@ -723,27 +516,127 @@ pub mod avx512 {
                 $body!(13);
             };
         }
-        for _ in 0..kc {
-            // SAFETY: `b` row has `nr` readable floats (masked beyond), `a` holds MR per step.
-            unsafe {
-                let (b0, b1) = if FULL {
-                    (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
-                } else {
-                    (
-                        _mm512_maskz_loadu_ps(m0, b),
-                        _mm512_maskz_loadu_ps(m1, b.add(16)),
-                    )
-                };
-                macro_rules! fma {
-                    ($i:literal) => {
-                        let ai = _mm512_set1_ps(*a.add($i));
-                        acc0[$i] = _mm512_fmadd_ps(ai, b0, acc0[$i]);
-                        acc1[$i] = _mm512_fmadd_ps(ai, b1, acc1[$i]);
-                    };
+        // The assembly below steps `a` by 14 floats and reads 32 columns of `b`.
+        const { assert!(MR == 14 && NR == 32) };
+        if FULL {
+            if kc > 0 {
+                // The full tile's loop in assembly, as for the AVX2 kernel: the dev profile
+                // passes both `rhs` vectors through the stack (a store and reload of each per
+                // step) and checks every pointer step; the assembly measured 10–20 % faster.
+                // SAFETY: `a` holds MR floats per step and `b` NR per row, for `kc` steps.
+                unsafe {
+                    std::arch::asm!(
+                        "2:",
+                        "vmovups {b0}, zmmword ptr [{b}]",
+                        "vmovups {b1}, zmmword ptr [{b} + 64]",
+                        "vbroadcastss {t}, dword ptr [{a}]",
+                        "vfmadd231ps {c00}, {t}, {b0}",
+                        "vfmadd231ps {c01}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 4]",
+                        "vfmadd231ps {c10}, {t}, {b0}",
+                        "vfmadd231ps {c11}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 8]",
+                        "vfmadd231ps {c20}, {t}, {b0}",
+                        "vfmadd231ps {c21}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 12]",
+                        "vfmadd231ps {c30}, {t}, {b0}",
+                        "vfmadd231ps {c31}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 16]",
+                        "vfmadd231ps {c40}, {t}, {b0}",
+                        "vfmadd231ps {c41}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 20]",
+                        "vfmadd231ps {c50}, {t}, {b0}",
+                        "vfmadd231ps {c51}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 24]",
+                        "vfmadd231ps {c60}, {t}, {b0}",
+                        "vfmadd231ps {c61}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 28]",
+                        "vfmadd231ps {c70}, {t}, {b0}",
+                        "vfmadd231ps {c71}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 32]",
+                        "vfmadd231ps {c80}, {t}, {b0}",
+                        "vfmadd231ps {c81}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 36]",
+                        "vfmadd231ps {c90}, {t}, {b0}",
+                        "vfmadd231ps {c91}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 40]",
+                        "vfmadd231ps {c100}, {t}, {b0}",
+                        "vfmadd231ps {c101}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 44]",
+                        "vfmadd231ps {c110}, {t}, {b0}",
+                        "vfmadd231ps {c111}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 48]",
+                        "vfmadd231ps {c120}, {t}, {b0}",
+                        "vfmadd231ps {c121}, {t}, {b1}",
+                        "vbroadcastss {t}, dword ptr [{a} + 52]",
+                        "vfmadd231ps {c130}, {t}, {b0}",
+                        "vfmadd231ps {c131}, {t}, {b1}",
+                        "add {a}, 56",
+                        "add {b}, {ldb}",
+                        "dec {k}",
+                        "jnz 2b",
+                        a = inout(reg) a => _,
+                        b = inout(reg) b => _,
+                        k = inout(reg) kc => _,
+                        ldb = in(reg) ldb * 4,
+                        b0 = out(zmm_reg) _,
+                        b1 = out(zmm_reg) _,
+                        t = out(zmm_reg) _,
+                        c00 = inout(zmm_reg) acc0[0],
+                        c01 = inout(zmm_reg) acc1[0],
+                        c10 = inout(zmm_reg) acc0[1],
+                        c11 = inout(zmm_reg) acc1[1],
+                        c20 = inout(zmm_reg) acc0[2],
+                        c21 = inout(zmm_reg) acc1[2],
+                        c30 = inout(zmm_reg) acc0[3],
+                        c31 = inout(zmm_reg) acc1[3],
+                        c40 = inout(zmm_reg) acc0[4],
+                        c41 = inout(zmm_reg) acc1[4],
+                        c50 = inout(zmm_reg) acc0[5],
+                        c51 = inout(zmm_reg) acc1[5],
+                        c60 = inout(zmm_reg) acc0[6],
+                        c61 = inout(zmm_reg) acc1[6],
+                        c70 = inout(zmm_reg) acc0[7],
+                        c71 = inout(zmm_reg) acc1[7],
+                        c80 = inout(zmm_reg) acc0[8],
+                        c81 = inout(zmm_reg) acc1[8],
+                        c90 = inout(zmm_reg) acc0[9],
+                        c91 = inout(zmm_reg) acc1[9],
+                        c100 = inout(zmm_reg) acc0[10],
+                        c101 = inout(zmm_reg) acc1[10],
+                        c110 = inout(zmm_reg) acc0[11],
+                        c111 = inout(zmm_reg) acc1[11],
+                        c120 = inout(zmm_reg) acc0[12],
+                        c121 = inout(zmm_reg) acc1[12],
+                        c130 = inout(zmm_reg) acc0[13],
+                        c131 = inout(zmm_reg) acc1[13],
+                        options(nostack, readonly),
+                    );
                 }
-                rows!(fma);
-                a = a.add(MR);
-                b = b.offset(ldb);
+            }
+        } else {
+            for _ in 0..kc {
+                // SAFETY: `b` row has `nr` readable floats (masked beyond), `a` holds MR per step.
+                unsafe {
+                    let (b0, b1) = if FULL {
+                        (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
+                    } else {
+                        (
+                            _mm512_maskz_loadu_ps(m0, b),
+                            _mm512_maskz_loadu_ps(m1, b.add(16)),
+                        )
+                    };
+                    macro_rules! fma {
+                        ($i:literal) => {
+                            let ai = _mm512_set1_ps(*a.add($i));
+                            acc0[$i] = _mm512_fmadd_ps(ai, b0, acc0[$i]);
+                            acc1[$i] = _mm512_fmadd_ps(ai, b1, acc1[$i]);
+                        };
+                    }
+                    rows!(fma);
+                    a = a.add(MR);
+                    b = b.offset(ldb);
+                }
             }
         }
         macro_rules! store {
@@ -993,7 +886,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             if avx512::available() {
-                v.push(("avx512", avx512::matmul));
+                v.push(("avx512", tiled::matmul::<avx512::Tile>));
             }
             if avx2::available() {
                 v.push(("avx2", tiled::matmul::<avx2::Tile>));
@@ -1098,7 +991,7 @@ mod tests {
     }
 
     /// Every tile shape of both kernels (rows 1..=14 and beyond, ragged columns, `k` past one
-    /// slice, a row split when there are fewer panels than threads), strided and transposed
+    /// slice, `k` = 0, a row split when there are fewer panels than threads), strided and transposed
     /// operands, accumulate on and off, one thread and the pool, on every path the CPU has.
     #[test]
     fn matmul_matches_reference_over_edge_shapes() {
@@ -1113,6 +1006,7 @@ mod tests {
             (6, 16, 3),
             (13, 1, 9),
             (20, 17, 385),
+            (15, 40, 0),
         ] {
             // lhs either row-major m×k or the transpose of a row-major k×m; rhs either
             // row-major k×n or the transpose of a row-major n×k.
