@@ -1107,6 +1107,80 @@ mod tests {
         }
     }
 
+    /// One-thread speed of the AVX512-BF16 product against the f32 one (`gemm::matmul`) on the
+    /// ViT-S shapes at batch 1 and 8, timed alternately (median of 15); prints GFLOP/s.
+    /// `cargo test --lib bf16_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn bf16_speed_vs_f32() {
+        assert!(
+            engines().contains(&Engine::Avx512Bf16),
+            "no AVX512-BF16 on this CPU"
+        );
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for &(m, n, k) in &[
+            (261, 1152, 384),
+            (261, 384, 384),
+            (261, 1536, 384),
+            (261, 384, 1536),
+            (2088, 1152, 384),
+            (2088, 384, 1536),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
+            let wt: Vec<bf16> = (0..n * k)
+                .map(|i| bf16::from_f32(w[(i % k) * n + i / k]))
+                .collect();
+            let mut out = vec![0f32; m * n];
+            let run = |bf: bool, out: &mut [f32]| {
+                let t = std::time::Instant::now();
+                // SAFETY: buffers match the shapes.
+                pool.install(|| unsafe {
+                    let dst = MatMut {
+                        ptr: out.as_mut_ptr(),
+                        rs: n as isize,
+                    };
+                    let lhs = MatRef {
+                        ptr: x.as_ptr(),
+                        rs: k as isize,
+                        cs: 1,
+                    };
+                    if bf {
+                        matmul(Engine::Avx512Bf16, m, n, k, dst, false, lhs, &wt, k)
+                    } else {
+                        let rhs = MatRef {
+                            ptr: w.as_ptr(),
+                            rs: n as isize,
+                            cs: 1,
+                        };
+                        super::super::gemm::matmul(m, n, k, dst, false, lhs, rhs, false)
+                    }
+                });
+                t.elapsed().as_secs_f64()
+            };
+            let (mut bf, mut f32s) = (Vec::new(), Vec::new());
+            for _ in 0..15 {
+                bf.push(run(true, &mut out));
+                f32s.push(run(false, &mut out));
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let flops = 2.0 * (m * n * k) as f64;
+            let (b, f) = (med(&mut bf), med(&mut f32s));
+            println!(
+                "{m}x{n}x{k}: bf16 {:.0} GFLOP/s, f32 {:.0} GFLOP/s ({:.2}x)",
+                flops / b / 1e9,
+                flops / f / 1e9,
+                f / b
+            );
+        }
+    }
+
     #[test]
     fn rounding_is_nearest_even_as_half() {
         if !avx512_bf16() {
