@@ -103,6 +103,7 @@ pub struct Ctx {
 
 /// Parses the command line, runs the subcommand, and maps errors to a message and exit code 1.
 pub fn main() -> ExitCode {
+    crate::util::alloc::keep_freed_memory();
     let mut cli = Cli::parse();
     cli.overrides = all_overrides(std::env::args_os().skip(1));
     if !matches!(cli.command, Command::Serve(_)) {
