@@ -1161,17 +1161,9 @@ mod tests {
                 });
                 t.elapsed().as_secs_f64()
             };
-            let (mut bf, mut f32s) = (Vec::new(), Vec::new());
-            for _ in 0..15 {
-                bf.push(run(true, &mut out));
-                f32s.push(run(false, &mut out));
-            }
-            let med = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
+            let (b, f) =
+                crate::model::kernels::timing::alternated_medians(15, |bf| run(bf, &mut out));
             let flops = 2.0 * (m * n * k) as f64;
-            let (b, f) = (med(&mut bf), med(&mut f32s));
             println!(
                 "{m}x{n}x{k}: bf16 {:.0} GFLOP/s, f32 {:.0} GFLOP/s ({:.2}x)",
                 flops / b / 1e9,

@@ -1122,17 +1122,9 @@ mod tests {
                     }
                     t.elapsed().as_secs_f64()
                 };
-                let (mut own, mut krate) = (Vec::new(), Vec::new());
-                for _ in 0..15 {
-                    own.push(run(true, &mut out));
-                    krate.push(run(false, &mut out));
-                }
-                let med = |v: &mut Vec<f64>| {
-                    v.sort_by(f64::total_cmp);
-                    v[v.len() / 2]
-                };
+                let (o, c) =
+                    crate::model::kernels::timing::alternated_medians(15, |own| run(own, &mut out));
                 let flops = 2.0 * (m * n * k) as f64;
-                let (o, c) = (med(&mut own), med(&mut krate));
                 println!(
                     "{name} {m}x{n}x{k}: own {:.0} GFLOP/s, gemm crate {:.0} GFLOP/s ({:.2}x)",
                     flops / o / 1e9,

@@ -20,6 +20,8 @@ pub mod autodiff;
 pub mod bf16;
 pub mod gemm;
 pub mod math;
+#[cfg(test)]
+pub(crate) mod timing;
 
 use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
