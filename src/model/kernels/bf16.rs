@@ -290,7 +290,7 @@ unsafe fn matmul_avx512(
         let dst = SendPtr(dst.ptr, dst.rs);
         let task = |task: usize| {
             #[cfg(test)]
-            tests_hook::touched();
+            super::testing::touched();
             let (rp, cp) = (task % row_parts, task / row_parts);
             let tile_range = tiles * rp / row_parts..tiles * (rp + 1) / row_parts;
             let block_range = blocks * cp / col_parts..blocks * (cp + 1) / col_parts;
@@ -469,26 +469,6 @@ fn pack_w_into(
         if k % 2 == 1 {
             for c in 0..cols {
                 panel[(k / 2) * 16 + c] = wt[(c0 + c) * ldw + k - 1].to_bits() as u32;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests_hook {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    use std::thread::ThreadId;
-
-    /// Threads of a `bf16-test` pool that ran an AVX512-BF16 task, while `Some`.
-    pub static THREADS: Mutex<Option<HashSet<ThreadId>>> = Mutex::new(None);
-
-    pub fn touched() {
-        // Only the test's own pool: other tests run products at the same time.
-        let me = std::thread::current();
-        if me.name().is_some_and(|n| n.starts_with("bf16-test")) {
-            if let Some(set) = THREADS.lock().unwrap().as_mut() {
-                set.insert(me.id());
             }
         }
     }
@@ -1052,16 +1032,9 @@ mod tests {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
         let wt: Vec<bf16> = (0..n * k).map(|i| bf16::from_f32((i % 5) as f32)).collect();
         let mut out = vec![0f32; m * n];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .thread_name(|i| format!("bf16-test-{i}"))
-            .build()
-            .unwrap();
-        *tests_hook::THREADS.lock().unwrap() = Some(Default::default());
-        // A few products: on a loaded machine the second worker may wake too late for one.
-        for _ in 0..20 {
+        let used = crate::model::kernels::testing::threads_used("bf16-test", || {
             // SAFETY: buffers match the shapes.
-            pool.install(|| unsafe {
+            unsafe {
                 matmul(
                     Engine::Avx512Bf16,
                     m,
@@ -1080,13 +1053,9 @@ mod tests {
                     &wt,
                     k,
                 )
-            });
-            if tests_hook::THREADS.lock().unwrap().as_ref().unwrap().len() >= 2 {
-                break;
             }
-        }
-        let seen = tests_hook::THREADS.lock().unwrap().take().unwrap();
-        assert!(seen.len() >= 2, "product ran on {} thread(s)", seen.len());
+        });
+        assert!(used >= 2, "product ran on {used} thread(s)");
     }
 
     /// Task splits stay inside the product, keep each row part's `x` within the L2 budget
@@ -1162,7 +1131,7 @@ mod tests {
                 t.elapsed().as_secs_f64()
             };
             let (b, f) =
-                crate::model::kernels::timing::alternated_medians(15, |bf| run(bf, &mut out));
+                crate::model::kernels::testing::alternated_medians(15, |bf| run(bf, &mut out));
             let flops = 2.0 * (m * n * k) as f64;
             println!(
                 "{m}x{n}x{k}: bf16 {:.0} GFLOP/s, f32 {:.0} GFLOP/s ({:.2}x)",

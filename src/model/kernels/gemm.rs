@@ -254,7 +254,7 @@ pub mod tiled {
             let direct = rhs.cs == 1;
             let (j0, j1) = (cols.start, cols.end);
             #[cfg(test)]
-            super::tests_hook::touched();
+            crate::model::kernels::testing::touched();
             for p0 in (0..k.max(1)).step_by(kc_max) {
                 let kc = kc_max.min(k - p0);
                 let load_c = accumulate || p0 > 0;
@@ -854,25 +854,6 @@ pub mod avx2 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests_hook {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    use std::thread::ThreadId;
-
-    pub static THREADS: Mutex<Option<HashSet<ThreadId>>> = Mutex::new(None);
-
-    pub fn touched() {
-        // Only the test's own pool: other tests run products at the same time.
-        let me = std::thread::current();
-        if me.name().is_some_and(|n| n.starts_with("gemm-test")) {
-            if let Some(set) = THREADS.lock().unwrap().as_mut() {
-                set.insert(me.id());
-            }
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -910,51 +891,34 @@ mod tests {
         let (m, n, k) = (8 * 261, 1152, 384);
         let (a, b) = (data(m * k, 1), data(k * n, 2));
         let mut out = vec![0f32; m * n];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .thread_name(|i| format!("gemm-test-{i}"))
-            .build()
-            .unwrap();
         for (name, product) in own_kernels() {
-            *tests_hook::THREADS.lock().unwrap() = Some(Default::default());
-            // A few products: on a loaded machine the second worker may wake too late for one.
-            for _ in 0..20 {
-                pool.install(|| {
-                    // SAFETY: buffers match the shapes.
-                    unsafe {
-                        product(
-                            m,
-                            n,
-                            k,
-                            MatMut {
-                                ptr: out.as_mut_ptr(),
-                                rs: n as isize,
-                            },
-                            false,
-                            MatRef {
-                                ptr: a.as_ptr(),
-                                rs: k as isize,
-                                cs: 1,
-                            },
-                            MatRef {
-                                ptr: b.as_ptr(),
-                                rs: n as isize,
-                                cs: 1,
-                            },
-                            true,
-                        )
-                    }
-                });
-                if tests_hook::THREADS.lock().unwrap().as_ref().unwrap().len() >= 2 {
-                    break;
+            let used = crate::model::kernels::testing::threads_used("gemm-test", || {
+                // SAFETY: buffers match the shapes.
+                unsafe {
+                    product(
+                        m,
+                        n,
+                        k,
+                        MatMut {
+                            ptr: out.as_mut_ptr(),
+                            rs: n as isize,
+                        },
+                        false,
+                        MatRef {
+                            ptr: a.as_ptr(),
+                            rs: k as isize,
+                            cs: 1,
+                        },
+                        MatRef {
+                            ptr: b.as_ptr(),
+                            rs: n as isize,
+                            cs: 1,
+                        },
+                        true,
+                    )
                 }
-            }
-            let seen = tests_hook::THREADS.lock().unwrap().take().unwrap();
-            assert!(
-                seen.len() >= 2,
-                "{name}: product ran on {} thread(s)",
-                seen.len()
-            );
+            });
+            assert!(used >= 2, "{name}: product ran on {used} thread(s)");
         }
     }
 
@@ -1122,8 +1086,9 @@ mod tests {
                     }
                     t.elapsed().as_secs_f64()
                 };
-                let (o, c) =
-                    crate::model::kernels::timing::alternated_medians(15, |own| run(own, &mut out));
+                let (o, c) = crate::model::kernels::testing::alternated_medians(15, |own| {
+                    run(own, &mut out)
+                });
                 let flops = 2.0 * (m * n * k) as f64;
                 println!(
                     "{name} {m}x{n}x{k}: own {:.0} GFLOP/s, gemm crate {:.0} GFLOP/s ({:.2}x)",

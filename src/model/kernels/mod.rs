@@ -21,7 +21,7 @@ pub mod bf16;
 pub mod gemm;
 pub mod math;
 #[cfg(test)]
-pub(crate) mod timing;
+pub(crate) mod testing;
 
 use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
